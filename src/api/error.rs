@@ -1,0 +1,121 @@
+//! The one API error type: a status, a stable machine-readable code and a
+//! reason a person can act on, always as a JSON body. Bad input is a 4xx,
+//! never a 5xx; a 503 means "retry", never "your request was wrong".
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::event::ValidationError;
+use crate::telemetry::names;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {reason}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code (`unknown_poll`, `invalid_body`, ...).
+    pub code: &'static str,
+    /// Human explanation.
+    pub reason: String,
+    /// Optional field the error is about.
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.into(),
+            field: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, reason)
+    }
+    /// 401.
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+    }
+    /// 403.
+    pub fn forbidden(code: &'static str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, reason)
+    }
+    /// 404.
+    pub fn not_found(code: &'static str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, reason)
+    }
+    /// 409.
+    pub fn conflict(code: &'static str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, reason)
+    }
+    /// 422.
+    pub fn unprocessable(code: &'static str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, reason)
+    }
+    /// 503: a dependency is down or the view is behind; retry.
+    pub fn unavailable(code: &'static str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, reason)
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_field",
+            reason: e.reason,
+            field: Some(e.field),
+        }
+    }
+}
+
+impl From<crate::view::ViewError> for ApiError {
+    fn from(e: crate::view::ViewError) -> Self {
+        tracing::warn!(error = %e, "view store error");
+        Self::unavailable("views_unavailable", "the view store is unavailable; retry")
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
+        tracing::warn!(error = %e, "log append failed");
+        Self::unavailable("log_unavailable", "the event log is unavailable; retry")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_client_error() {
+            metrics::counter!(names::INGEST_REJECTED, "reason" => self.code).increment(1);
+        }
+        let mut res = (
+            self.status,
+            Json(Body {
+                error: self.code,
+                reason: &self.reason,
+                field: self.field.as_deref(),
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}

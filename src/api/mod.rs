@@ -1,0 +1,101 @@
+//! The HTTP API (axum): ingest routes that validate, authenticate and append
+//! events, and read routes that answer from one view query each, with
+//! `?after=<token>` read-your-writes.
+
+mod auth;
+mod error;
+mod json;
+mod polls;
+pub mod token;
+
+pub use auth::{Auth, Authed, Claims, mint};
+pub use error::ApiError;
+pub use token::Token;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::bus::Producer;
+use crate::config::Config;
+use crate::project::Watermarks;
+use crate::telemetry::names;
+use crate::view::ViewStore;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Appends events.
+    pub producer: Producer,
+    /// Reads views.
+    pub views: Arc<dyn ViewStore>,
+    /// Verifies callers.
+    pub auth: Arc<Auth>,
+    /// Applied offsets, for `?after`.
+    pub watermarks: Arc<Watermarks>,
+    /// Longest `?after` wait.
+    pub max_after_wait: Duration,
+}
+
+impl AppState {
+    /// State from configuration and the opened backends.
+    pub fn new(
+        cfg: &Config,
+        producer: Producer,
+        views: Arc<dyn ViewStore>,
+        auth: Auth,
+        watermarks: Arc<Watermarks>,
+    ) -> Self {
+        Self {
+            producer,
+            views,
+            auth: Arc::new(auth),
+            watermarks,
+            max_after_wait: Duration::from_millis(cfg.http.max_after_wait_ms),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .merge(polls::routes())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::not_found("no_route", "no such route; see the README for the API")
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+async fn metrics(State(_): State<AppState>) -> Response {
+    match crate::telemetry::prometheus() {
+        Some(h) => h.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+/// Records latency and status by route template (never by raw path, which
+/// would explode label cardinality).
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let res = next.run(req).await;
+    metrics::histogram!(names::HTTP_SECONDS, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(names::HTTP_REQUESTS, "route" => route, "status" => res.status().as_u16().to_string())
+        .increment(1);
+    res
+}

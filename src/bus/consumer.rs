@@ -1,0 +1,377 @@
+//! The consumer loop: one `select!` over records, rebalances, a linger
+//! ticker and shutdown; one worker task per assigned partition.
+//!
+//! - Records are grouped per partition into mini-batches (full, or lingered).
+//! - Each partition has one worker and a bounded queue of batches. When the
+//!   queue is full the partition is paused (no unbounded buffering) and
+//!   resumed once the worker drains it.
+//! - A worker hands a batch to the [`PartitionHandler`]; only when the
+//!   handler says its effects are durable is the offset stored. Retriable
+//!   failures are retried with capped backoff while the partition waits.
+//! - On revoke a partition's worker is dropped; a write still in flight is
+//!   fenced by the views' offset-derived write timestamps.
+//! - On shutdown (the cancellation token, wired to SIGTERM/SIGINT) workers
+//!   drain with a timeout, then stored offsets are committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::BusError;
+use crate::telemetry::names;
+
+/// One consumed record, owned.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Offset in its partition.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body bytes.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Record {
+    fn of(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Headers as borrowed pairs (for `event::wire::decode`).
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Consecutive records of one partition, in offset order.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Full topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records.
+    pub records: Vec<Record>,
+}
+
+/// Why a batch could not be processed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    /// What failed.
+    pub message: String,
+    /// Whether retrying the same batch may succeed (outage, timeout).
+    pub retriable: bool,
+}
+
+/// What a consumer does with batches. Implementations must make handling
+/// idempotent: after a crash the same records arrive again.
+#[async_trait]
+pub trait PartitionHandler: Send + Sync + 'static {
+    /// A partition was assigned to this process: drop any cached state of it.
+    async fn assigned(&self, topic: &str, partition: i32);
+    /// Processes a batch; `Ok` means its effects are durable.
+    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError>;
+}
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// Consumer group id.
+    pub group: String,
+    /// Full topic names.
+    pub topics: Vec<String>,
+    /// Most records per batch.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill.
+    pub linger: Duration,
+    /// Batches queued per partition before it is paused.
+    pub queue_depth: usize,
+    /// How long shutdown waits for workers to drain.
+    pub drain_timeout: Duration,
+}
+
+enum Rebalanced {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+struct Ctx {
+    tx: mpsc::UnboundedSender<Rebalanced>,
+}
+
+impl ClientContext for Ctx {}
+
+fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let _ = self.tx.send(Rebalanced::Revoked(parts(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Assign(tpl) => {
+                let _ = self.tx.send(Rebalanced::Assigned(parts(tpl)));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+type Consumer_ = StreamConsumer<Ctx>;
+type Tp = (String, i32);
+
+struct Worker {
+    tx: mpsc::Sender<Batch>,
+    task: JoinHandle<()>,
+    pending: Vec<Record>,
+    first_pending: Option<Instant>,
+    paused: bool,
+}
+
+/// Runs a consumer group member until `shutdown` fires or a handler fails
+/// permanently.
+pub async fn run<H: PartitionHandler>(
+    base: ClientConfig,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let mut cfg = base;
+    cfg.set("group.id", &spec.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, only after a batch is durable.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        // Bounds what librdkafka prefetches per partition (with pausing,
+        // this is the most a slow partition can buffer).
+        .set("queued.max.messages.kbytes", "16384");
+    let (rb_tx, mut rb_rx) = mpsc::unbounded_channel();
+    let consumer: Arc<Consumer_> = Arc::new(cfg.create_with_context(Ctx { tx: rb_tx })?);
+    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
+    let mut workers: HashMap<Tp, Worker> = HashMap::new();
+    let mut tick = tokio::time::interval(spec.linger.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let worker_stop = CancellationToken::new();
+    let mut failure = None;
+
+    let spawn = |tp: &Tp, workers: &mut HashMap<Tp, Worker>| {
+        let (tx, rx) = mpsc::channel(spec.queue_depth.max(1));
+        let task = tokio::spawn(worker(
+            handler.clone(),
+            consumer.clone(),
+            tp.clone(),
+            rx,
+            worker_stop.child_token(),
+            fatal_tx.clone(),
+        ));
+        workers.insert(
+            tp.clone(),
+            Worker {
+                tx,
+                task,
+                pending: Vec::new(),
+                first_pending: None,
+                paused: false,
+            },
+        );
+    };
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(msg) = fatal_rx.recv() => {
+                failure = Some(BusError::Handler(msg));
+                break;
+            }
+            Some(ev) = rb_rx.recv() => match ev {
+                Rebalanced::Assigned(tps) => {
+                    for tp in tps {
+                        if !workers.contains_key(&tp) {
+                            spawn(&tp, &mut workers);
+                        }
+                    }
+                }
+                Rebalanced::Revoked(tps) => {
+                    for tp in tps {
+                        if let Some(w) = workers.remove(&tp) {
+                            w.task.abort();
+                        }
+                    }
+                }
+            },
+            msg = consumer.recv() => match msg {
+                Ok(m) => {
+                    let tp = (m.topic().to_owned(), m.partition());
+                    metrics::counter!(names::CONSUMED, "topic" => tp.0.clone()).increment(1);
+                    if !workers.contains_key(&tp) {
+                        spawn(&tp, &mut workers);
+                    }
+                    let w = workers.get_mut(&tp).expect("worker exists");
+                    w.pending.push(Record::of(&m));
+                    w.first_pending.get_or_insert_with(Instant::now);
+                    if w.pending.len() >= spec.max_batch {
+                        dispatch(&consumer, &tp, w)?;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+            },
+            _ = tick.tick() => {
+                for (tp, w) in workers.iter_mut() {
+                    if w.paused && w.tx.capacity() > 0 {
+                        consumer.resume(&tpl(tp))?;
+                        w.paused = false;
+                        metrics::gauge!(names::PAUSED).decrement(1.0);
+                    }
+                    if w.first_pending.is_some_and(|t| t.elapsed() >= spec.linger) {
+                        dispatch(&consumer, tp, w)?;
+                    }
+                }
+            }
+        }
+    }
+
+    // Drain: stop taking records, let workers finish what they hold.
+    let deadline = Instant::now() + spec.drain_timeout;
+    let tasks: Vec<JoinHandle<()>> = workers.into_values().map(|w| w.task).collect();
+    // Dropping the senders (above) ends each worker after its queue.
+    for t in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, t).await.is_err() {
+            worker_stop.cancel();
+        }
+    }
+    worker_stop.cancel();
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last commit is a normal outcome.
+        tracing::debug!(error = %e, "final commit");
+    }
+    consumer.unsubscribe();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn tpl(tp: &Tp) -> TopicPartitionList {
+    let mut l = TopicPartitionList::new();
+    l.add_partition(&tp.0, tp.1);
+    l
+}
+
+fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
+    if w.pending.is_empty() {
+        return Ok(());
+    }
+    let batch = Batch {
+        topic: tp.0.clone(),
+        partition: tp.1,
+        records: std::mem::take(&mut w.pending),
+    };
+    match w.tx.try_send(batch) {
+        Ok(()) => w.first_pending = None,
+        Err(mpsc::error::TrySendError::Full(b)) => {
+            // Backpressure: keep the records, stop fetching this partition.
+            w.pending = b.records;
+            if !w.paused {
+                consumer.pause(&tpl(tp))?;
+                w.paused = true;
+                metrics::gauge!(names::PAUSED).increment(1.0);
+            }
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return Err(BusError::Handler(format!(
+                "worker of {}/{} stopped",
+                tp.0, tp.1
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn worker<H: PartitionHandler>(
+    handler: Arc<H>,
+    consumer: Arc<Consumer_>,
+    tp: Tp,
+    mut rx: mpsc::Receiver<Batch>,
+    stop: CancellationToken,
+    fatal: mpsc::Sender<String>,
+) {
+    handler.assigned(&tp.0, tp.1).await;
+    while let Some(batch) = rx.recv().await {
+        let Some(last) = batch.records.last().map(|r| r.offset) else {
+            continue;
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match handler.handle(&batch).await {
+                Ok(()) => break,
+                Err(e) if e.retriable => {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, ?backoff, "retrying batch");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "batch failed permanently");
+                    let _ = fatal.send(e.message).await;
+                    return;
+                }
+            }
+        }
+        // The effects are durable: only now may the offset move (librdkafka
+        // commits `last + 1`).
+        if let Err(e) = consumer.store_offset(&tp.0, tp.1, last) {
+            tracing::debug!(error = %e, "store_offset (partition revoked?)");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Builds the running application once, for `main` and for tests: the log
+//! (embedded or real), the view store, the projector and the HTTP API, all
+//! under one shutdown token.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Auth};
+use crate::bus::consumer::{self, ConsumerSpec};
+use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
+use crate::config::{Config, Secret};
+use crate::event::Topic;
+use crate::fold::poll::FoldConfig;
+use crate::project::{PollProjector, Watermarks};
+use crate::view::{self, ViewStore};
+
+/// Which parts run in this process.
+#[derive(Clone, Copy, Debug)]
+pub struct Roles {
+    /// Ingest and read API.
+    pub api: bool,
+    /// Projector consumers.
+    pub projector: bool,
+}
+
+impl Roles {
+    /// Everything (`atelier up`).
+    pub const ALL: Roles = Roles {
+        api: true,
+        projector: true,
+    };
+}
+
+/// A running application.
+#[derive(Debug)]
+pub struct App {
+    /// Where the API listens (when it runs).
+    pub addr: Option<SocketAddr>,
+    /// Bootstrap servers of the log.
+    pub brokers: String,
+    /// The effective configuration (with generated dev secrets).
+    pub config: Config,
+    /// The view store.
+    pub views: Arc<dyn ViewStore>,
+    /// A producer on the log.
+    pub producer: Producer,
+    /// Applied offsets.
+    pub watermarks: Arc<Watermarks>,
+    /// The polls projector (when it runs).
+    pub projector: Option<Arc<PollProjector>>,
+    /// Fires to stop everything.
+    pub shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    // Dropped last: the mock cluster must outlive its clients.
+    cluster: Option<EmbeddedCluster>,
+}
+
+/// Reads (or creates) the development JWT secret under `data_dir`.
+pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("dev-secret");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&path, &secret)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+/// Fills in development credentials when none are configured, so the
+/// embedded default works with no setup and never with a shared secret.
+pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
+    if cfg.auth.jwt_secret.expose().is_empty() && cfg.auth.api_keys.is_empty() {
+        cfg.auth.jwt_secret = Secret(dev_secret(&cfg.data_dir)?);
+    }
+    if cfg.auth.voter_key.expose().is_empty() {
+        // Stable per data dir: pseudonyms of anonymous voters must not change
+        // between runs over the same views.
+        cfg.auth.voter_key = Secret(format!("voters:{}", dev_secret(&cfg.data_dir)?));
+    }
+    Ok(cfg)
+}
+
+impl App {
+    /// Starts the roles on the configured backends.
+    pub async fn start(cfg: Config, roles: Roles) -> anyhow::Result<App> {
+        let cfg = with_dev_auth(cfg)?;
+        let (cluster, brokers) = if cfg.kafka.is_embedded() {
+            let c = EmbeddedCluster::start(1).context("starting the embedded Kafka cluster")?;
+            topics::ensure_embedded(&c, &cfg.kafka)?;
+            let b = c.bootstrap_servers().to_owned();
+            (Some(c), b)
+        } else {
+            (None, cfg.kafka.brokers.clone())
+        };
+        let views = view::open(&cfg.views)
+            .await
+            .context("opening the view store")?;
+        let producer = Producer::new(&cfg.kafka, &brokers, "atelier/ingest")?;
+        let watermarks = Watermarks::new();
+        let shutdown = CancellationToken::new();
+        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+
+        let projector = if roles.projector {
+            let p = Arc::new(PollProjector::new(
+                views.clone(),
+                Producer::new(&cfg.kafka, &brokers, "atelier/projector")?,
+                cfg.projector.clone(),
+                FoldConfig {
+                    voter_key: cfg.auth.voter_key.expose().as_bytes().to_vec(),
+                },
+                watermarks.clone(),
+            ));
+            let mut base = client_config(&cfg.kafka, &brokers);
+            if base.get("session.timeout.ms").is_none() {
+                base.set("session.timeout.ms", "6000");
+            }
+            let spec = ConsumerSpec {
+                group: cfg.kafka.group("project.polls"),
+                topics: vec![cfg.kafka.topic(Topic::Polls)],
+                max_batch: cfg.projector.max_batch,
+                linger: Duration::from_millis(cfg.projector.linger_ms),
+                queue_depth: 2,
+                drain_timeout: Duration::from_secs(10),
+            };
+            let handler = p.clone();
+            let token = shutdown.clone();
+            tasks.push((
+                "projector",
+                tokio::spawn(async move {
+                    consumer::run(base, spec, handler, token.clone())
+                        .await
+                        .context("polls projector")?;
+                    Ok(())
+                }),
+            ));
+            Some(p)
+        } else {
+            None
+        };
+
+        let addr = if roles.api {
+            let auth = Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?;
+            let state = AppState::new(
+                &cfg,
+                producer.clone(),
+                views.clone(),
+                auth,
+                watermarks.clone(),
+            );
+            let app = api::router(state, cfg.http.body_limit);
+            let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.http.listen))?;
+            let addr = listener.local_addr()?;
+            let token = shutdown.clone();
+            tasks.push((
+                "http",
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await
+                        .context("http server")
+                }),
+            ));
+            Some(addr)
+        } else {
+            None
+        };
+
+        Ok(App {
+            addr,
+            brokers,
+            config: cfg,
+            views,
+            producer,
+            watermarks,
+            projector,
+            shutdown,
+            tasks,
+            cluster,
+        })
+    }
+
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        self.addr.map(|a| format!("http://{a}")).unwrap_or_default()
+    }
+
+    /// Waits until a task ends (an error, or shutdown), then stops the rest.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        if !self.tasks.is_empty() {
+            let (res, idx, _) =
+                futures::future::select_all(self.tasks.iter_mut().map(|(_, t)| t)).await;
+            let name = self.tasks[idx].0;
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = Some(e.context(name)),
+                Err(e) => first_err = Some(anyhow::anyhow!("{name} panicked: {e}")),
+            }
+            self.tasks.remove(idx);
+        }
+        let rest = self.stop().await;
+        match first_err {
+            Some(e) => Err(e),
+            None => rest,
+        }
+    }
+
+    /// Stops everything: cancel, drain, flush.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut result = Ok(());
+        for (name, t) in self.tasks.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(20), t).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => result = Err(e.context(name)),
+                Ok(Err(e)) => result = Err(anyhow::anyhow!("{name} panicked: {e}")),
+                Err(_) => result = Err(anyhow::anyhow!("{name} did not stop within 20 s")),
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(5));
+        drop(self.cluster.take());
+        result
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

@@ -1,0 +1,221 @@
+//! `atelier bench`: end-to-end benchmarks that need running services.
+//!
+//! `bench project` writes a poll workload to a fresh namespace of the
+//! configured Kafka (or the embedded cluster), then runs the polls projector
+//! from offset 0 into the configured view store and reports events/s and
+//! view statements per event. Pin it to one core with `taskset -c 0`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+use super::loadgen::Zipf;
+use crate::bus::consumer::{self, ConsumerSpec};
+use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
+use crate::config::{Config, ViewBackend};
+use crate::event::{
+    Event, EventData, EventId, PollCreated, PollId, Principal, Question, Topic, UserId, VoteCast,
+};
+use crate::fold::poll::FoldConfig;
+use crate::project::{PollProjector, Watermarks};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum BenchCmd {
+    /// Projector throughput: Kafka → fold → view store.
+    Project(ProjectArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ProjectArgs {
+    /// Votes to project.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Polls they go to (Zipf-skewed).
+    #[arg(long, default_value_t = 1_000)]
+    polls: usize,
+    /// Distinct voters.
+    #[arg(long, default_value_t = 100_000)]
+    voters: usize,
+    /// View store (default: the configured one).
+    #[arg(long)]
+    views: Option<ViewBackend>,
+}
+
+/// Builds the workload: poll creations then Zipf-distributed votes.
+pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Event> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let t0 = Utc::now();
+    let owner = Principal {
+        id: UserId::parse("bench-owner").expect("valid"),
+        name: "Bench".into(),
+        avatar_url: None,
+    };
+    let ids: Vec<PollId> = (0..polls)
+        .map(|_| PollId(uuid::Uuid::from_u128(rng.r#gen())))
+        .collect();
+    let mut out: Vec<Event> = ids
+        .iter()
+        .map(|&poll_id| Event {
+            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
+            time: t0,
+            principal: owner.clone(),
+            data: EventData::PollCreated(PollCreated {
+                poll_id,
+                head: "Which colour?".into(),
+                message: String::new(),
+                ends_at: None,
+                anonymous: false,
+                multiple_choice: false,
+                questions: ["red", "green", "blue", "yellow"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| Question {
+                        id: i as u16,
+                        text: (*t).into(),
+                    })
+                    .collect(),
+            }),
+        })
+        .collect();
+    let zipf = Zipf::new(polls, 1.1);
+    let names: Vec<Principal> = (0..voters.max(1))
+        .map(|i| Principal {
+            id: UserId::parse(&format!("voter-{i}")).expect("valid"),
+            name: format!("Voter {i}"),
+            avatar_url: None,
+        })
+        .collect();
+    for _ in 0..events {
+        out.push(Event {
+            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
+            time: t0,
+            principal: names[rng.gen_range(0..names.len())].clone(),
+            data: EventData::VoteCast(VoteCast {
+                poll_id: ids[zipf.sample(&mut rng)],
+                question_ids: vec![rng.gen_range(0..4)],
+            }),
+        });
+    }
+    out
+}
+
+pub(super) async fn run(mut cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
+    let BenchCmd::Project(a) = cmd;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    cfg.kafka.namespace = format!("bench-{run_id}.");
+    if let Some(v) = a.views {
+        cfg.views.backend = v;
+    }
+    if cfg.views.backend == ViewBackend::Cql {
+        cfg.views.keyspace = format!("bench_{run_id}");
+    }
+    let cluster;
+    let brokers = if cfg.kafka.is_embedded() {
+        cluster = EmbeddedCluster::start(1)?;
+        topics::ensure_embedded(&cluster, &cfg.kafka)?;
+        cluster.bootstrap_servers().to_owned()
+    } else {
+        topics::apply(&cfg.kafka, &cfg.kafka.brokers, false).await?;
+        cfg.kafka.brokers.clone()
+    };
+    let kafka = if cfg.kafka.is_embedded() {
+        "embedded Kafka"
+    } else {
+        "Kafka"
+    };
+    eprintln!(
+        "bench project: {} votes over {} polls, {} voters; {kafka} -> {:?} views",
+        a.events, a.polls, a.voters, cfg.views.backend
+    );
+
+    // Produce the workload.
+    let events = workload(a.events, a.polls, a.voters, 42);
+    let producer = Producer::new(&cfg.kafka, &brokers, "atelier/bench")?;
+    let t = Instant::now();
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    let mut sends = futures::stream::iter(events.iter())
+        .map(|e| producer.send(e))
+        .buffer_unordered(10_000);
+    while let Some(r) = sends.next().await {
+        let at = r?;
+        let e = last.entry(at.partition).or_insert(-1);
+        *e = (*e).max(at.offset);
+    }
+    drop(sends);
+    let produce_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "produced {} records in {produce_s:.1} s ({:.0}/s)",
+        events.len(),
+        events.len() as f64 / produce_s
+    );
+    drop(events);
+
+    // Project from offset 0 and time until every partition is applied.
+    let views = crate::view::open(&cfg.views)
+        .await
+        .context("opening the view store")?;
+    let watermarks = Watermarks::new();
+    let projector = Arc::new(PollProjector::new(
+        views.clone(),
+        producer.clone(),
+        cfg.projector.clone(),
+        FoldConfig {
+            voter_key: b"bench".to_vec(),
+        },
+        watermarks.clone(),
+    ));
+    let mut base = client_config(&cfg.kafka, &brokers);
+    base.set("session.timeout.ms", "6000");
+    let spec = ConsumerSpec {
+        group: cfg.kafka.group("bench.project"),
+        topics: vec![cfg.kafka.topic(Topic::Polls)],
+        max_batch: cfg.projector.max_batch,
+        linger: Duration::from_millis(cfg.projector.linger_ms),
+        queue_depth: 2,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let stop = CancellationToken::new();
+    let topic = cfg.kafka.topic(Topic::Polls);
+    let (reads0, writes0) = views.counts();
+    let t = Instant::now();
+    let task = tokio::spawn(consumer::run(base, spec, projector.clone(), stop.clone()));
+    loop {
+        let done = last
+            .iter()
+            .all(|(p, o)| watermarks.local(&topic, *p).is_some_and(|w| w >= *o));
+        if done {
+            break;
+        }
+        anyhow::ensure!(!task.is_finished(), "projector stopped early");
+        tokio::select! {
+            _ = watermarks.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    let (reads, writes) = views.counts();
+    let totals = projector.totals();
+    let n = (a.events + a.polls) as f64;
+    println!(
+        "projected {} events in {secs:.2} s: {:.0} events/s; view writes/event {:.3}, reads/event {:.3}, commits {} (applied {}, rejected {}, duplicates {})",
+        n,
+        n / secs,
+        (writes - writes0) as f64 / n,
+        (reads - reads0) as f64 / n,
+        totals.commits,
+        totals.applied,
+        totals.rejected,
+        totals.duplicates,
+    );
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `atelier loadgen`: a steady rate of realistic poll traffic through the
+//! API: many polls, Zipf-skewed popularity, many voters, a few ballot
+//! replacements and retractions. It stops by itself after `--duration`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub(super) struct LoadgenArgs {
+    /// API base URL (default: from http.listen).
+    #[arg(long, env = "ATELIER_API")]
+    api: Option<String>,
+    /// Requests per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Polls to create.
+    #[arg(long, default_value_t = 100)]
+    polls: usize,
+    /// Distinct voters.
+    #[arg(long, default_value_t = 10_000)]
+    voters: usize,
+    /// Zipf exponent of poll popularity (0: uniform).
+    #[arg(long, default_value_t = 1.1)]
+    skew: f64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+/// Samples ranks `0..n` with probability proportional to `1/(k+1)^s`.
+#[derive(Debug)]
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    /// A sampler over `n` ranks.
+    pub fn new(n: usize, s: f64) -> Self {
+        let mut acc = 0.0;
+        let mut cdf = Vec::with_capacity(n.max(1));
+        for k in 0..n.max(1) {
+            acc += 1.0 / ((k + 1) as f64).powf(s);
+            cdf.push(acc);
+        }
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Self { cdf }
+    }
+
+    /// One rank.
+    pub fn sample<R: Rng>(&self, rng: &mut R) -> usize {
+        let u: f64 = rng.r#gen();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    client_err: AtomicU64,
+    server_err: AtomicU64,
+    failed: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
+    let cfg = super::app::with_dev_auth(cfg)?;
+    let secret = cfg.auth.jwt_secret.expose().to_owned();
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "loadgen signs tokens: configure auth.jwt_secret"
+    );
+    let base = a
+        .api
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", cfg.http.listen));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency)
+        .build()?;
+    let voters: Vec<String> = (0..a.voters.max(1))
+        .map(|i| {
+            crate::api::mint(
+                &secret,
+                &format!("voter-{i}"),
+                &format!("Voter {i}"),
+                86_400,
+            )
+        })
+        .collect();
+
+    // Polls first; wait until the last is visible.
+    let mut polls = Vec::with_capacity(a.polls);
+    let mut last_token = String::new();
+    for i in 0..a.polls.max(1) {
+        let owner = crate::api::mint(&secret, &format!("owner-{}", i % 50), "Owner", 86_400);
+        let v: serde_json::Value = http
+            .post(format!("{base}/v1/polls"))
+            .bearer_auth(owner)
+            .json(&json!({
+                "head": format!("Poll {i}"),
+                "questions": ["red", "green", "blue", "yellow"],
+                "multiple_choice": i % 5 == 0,
+            }))
+            .send()
+            .await
+            .with_context(|| format!("creating polls at {base}"))?
+            .error_for_status()?
+            .json()
+            .await?;
+        polls.push(v["poll_id"].as_str().unwrap_or_default().to_owned());
+        last_token = v["token"].as_str().unwrap_or_default().to_owned();
+    }
+    http.get(format!(
+        "{base}/v1/polls/{}?after={last_token}",
+        polls[polls.len() - 1]
+    ))
+    .send()
+    .await?
+    .error_for_status()
+    .context("polls did not become visible")?;
+    eprintln!(
+        "created {} polls; driving {} req/s for {} s",
+        polls.len(),
+        a.rate,
+        a.duration
+    );
+
+    let zipf = Zipf::new(polls.len(), a.skew);
+    let tally = Arc::new(Tally::default());
+    let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
+    let mut rng = SmallRng::seed_from_u64(a.seed);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(a.duration);
+    let total = a.rate * a.duration;
+    let period = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
+    let mut next = Instant::now();
+    let mut sent = 0u64;
+    while sent < total && Instant::now() < end {
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let permit = sem.clone().acquire_owned().await?;
+        let poll = polls[zipf.sample(&mut rng)].clone();
+        let voter = voters[rng.gen_range(0..voters.len())].clone();
+        let roll: f64 = rng.r#gen();
+        let req = if roll < 0.05 {
+            http.delete(format!("{base}/v1/polls/{poll}/votes"))
+        } else {
+            let q: u16 = rng.gen_range(0..4);
+            http.post(format!("{base}/v1/polls/{poll}/votes"))
+                .json(&json!({ "question_ids": [q] }))
+        }
+        .bearer_auth(voter);
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            match req.send().await {
+                Ok(r) if r.status().is_success() => tally.ok.fetch_add(1, Ordering::Relaxed),
+                Ok(r) if r.status().is_client_error() => {
+                    tally.client_err.fetch_add(1, Ordering::Relaxed)
+                }
+                Ok(_) => tally.server_err.fetch_add(1, Ordering::Relaxed),
+                Err(_) => tally.failed.fetch_add(1, Ordering::Relaxed),
+            };
+            tally
+                .latencies_us
+                .lock()
+                .push(t0.elapsed().as_micros() as u64);
+            drop(permit);
+        });
+        sent += 1;
+    }
+    // Wait for the requests in flight.
+    let _ = sem.acquire_many(a.concurrency.max(1) as u32).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = std::mem::take(&mut *tally.latencies_us.lock());
+    lat.sort_unstable();
+    println!(
+        "sent {sent} in {elapsed:.1} s ({:.0}/s): {} accepted, {} 4xx, {} 5xx, {} failed; latency p50 {:.2} ms p99 {:.2} ms",
+        sent as f64 / elapsed,
+        tally.ok.load(Ordering::Relaxed),
+        tally.client_err.load(Ordering::Relaxed),
+        tally.server_err.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        percentile(&lat, 0.5) as f64 / 1000.0,
+        percentile(&lat, 0.99) as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_prefers_low_ranks() {
+        let z = Zipf::new(100, 1.1);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut counts = [0u32; 100];
+        for _ in 0..10_000 {
+            counts[z.sample(&mut rng)] += 1;
+        }
+        assert!(counts[0] > counts[10] && counts[10] > counts[90]);
+    }
+}

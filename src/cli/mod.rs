@@ -1,0 +1,187 @@
+//! The command line: one file per subcommand. `anyhow` lives here and in
+//! tests only; the library layers below return typed errors.
+
+pub mod app;
+mod bench;
+mod emit;
+mod loadgen;
+pub mod schemas;
+mod topics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// atelier: an event-driven stream processor. Kafka in, one-query views out.
+#[derive(Debug, Parser)]
+#[command(name = "atelier", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ./atelier.toml when present, or
+    /// $ATELIER_CONFIG). Environment: ATELIER_SECTION__FIELD.
+    #[arg(long, global = true, env = "ATELIER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process (ingest, projector, read API); embedded
+    /// backends unless configured otherwise.
+    Up {
+        /// Listen address (overrides http.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run the ingest and read API only.
+    Serve {
+        /// Listen address (overrides http.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run the projector consumers only.
+    Project,
+    /// Topics as code: apply `topics/*.toml` to Kafka, or list the specs.
+    #[command(subcommand)]
+    Topics(topics::TopicsCmd),
+    /// Create polls and votes through the API.
+    #[command(subcommand)]
+    Emit(emit::EmitCmd),
+    /// Drive a steady rate of realistic traffic through the API.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Print a bearer token for a user (signed with the configured or the
+    /// development secret).
+    Token {
+        /// User id.
+        #[arg(long = "as", default_value = "dev")]
+        user: String,
+        /// Display name (default: the user id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+    /// Event schemas: write `schemas/` from the types, or check them.
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCmd),
+    /// Benchmarks that need running services (see also `cargo bench`).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// Print the effective configuration (secrets redacted).
+    Config,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    crate::telemetry::init_tracing();
+    let cli = Cli::parse();
+    if crate::telemetry::prometheus().is_none() {
+        eprintln!("warning: metrics recorder unavailable; /metrics will be empty");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Up { listen } => {
+            let mut cfg = cfg;
+            if let Some(l) = listen {
+                cfg.http.listen = l;
+            }
+            up(cfg, app::Roles::ALL).await
+        }
+        Command::Serve { listen } => {
+            let mut cfg = cfg;
+            if let Some(l) = listen {
+                cfg.http.listen = l;
+            }
+            up(
+                cfg,
+                app::Roles {
+                    api: true,
+                    projector: false,
+                },
+            )
+            .await
+        }
+        Command::Project => {
+            up(
+                cfg,
+                app::Roles {
+                    api: false,
+                    projector: true,
+                },
+            )
+            .await
+        }
+        Command::Topics(c) => topics::run(cfg, c).await,
+        Command::Emit(c) => emit::run(cfg, c).await,
+        Command::Loadgen(a) => loadgen::run(cfg, a).await,
+        Command::Token { user, name, ttl } => {
+            let cfg = app::with_dev_auth(cfg)?;
+            let name = name.unwrap_or_else(|| user.clone());
+            println!(
+                "{}",
+                crate::api::mint(cfg.auth.jwt_secret.expose(), &user, &name, ttl)
+            );
+            Ok(())
+        }
+        Command::Schemas(c) => schemas::run(c),
+        Command::Bench(c) => bench::run(cfg, c).await,
+        Command::Config => {
+            println!("{cfg:#?}");
+            Ok(())
+        }
+    }
+}
+
+async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
+    let embedded = cfg.kafka.is_embedded();
+    let app = app::App::start(cfg, roles).await?;
+    app::cancel_on_signals(app.shutdown.clone());
+    if let Some(addr) = app.addr {
+        println!("atelier is up");
+        println!("  API        http://{addr}");
+        println!(
+            "  log        {}",
+            if embedded {
+                "embedded Kafka (mock cluster, in memory)"
+            } else {
+                "Kafka"
+            }
+        );
+        println!("  views      {}", app.views.backend());
+        println!(
+            "  try        atelier emit poll --head 'Lunch?' --question Pizza --question Sushi"
+        );
+        println!("  stop       Ctrl-C");
+    } else {
+        println!("atelier projector running (Ctrl-C to stop)");
+    }
+    app.wait().await
+}

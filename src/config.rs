@@ -1,0 +1,348 @@
+//! The one configuration struct. Defaults run everything embedded (mock Kafka
+//! cluster, embedded view store, local blob directory); a TOML file and
+//! `ATELIER_*` environment variables point it at real services.
+//!
+//! Layering, later wins: defaults, `atelier.toml` (or `--config FILE` /
+//! `ATELIER_CONFIG`), then environment: `ATELIER_SECTION__FIELD` (for example
+//! `ATELIER_KAFKA__BROKERS=host:9092`, `ATELIER_VIEWS__BACKEND=cql`), and
+//! `ATELIER_KAFKA_PROP_<NAME>` for any librdkafka property (`_` becomes `.`,
+//! so `ATELIER_KAFKA_PROP_SECURITY_PROTOCOL=SASL_SSL`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A secret: never printed, never logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret's text, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// Everything a process needs to know.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded backends keep their files (blobs, dev credentials).
+    pub data_dir: PathBuf,
+    /// HTTP API.
+    pub http: HttpConfig,
+    /// The log.
+    pub kafka: KafkaConfig,
+    /// The view store.
+    pub views: ViewsConfig,
+    /// Object storage.
+    pub blobs: BlobConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Projector tuning.
+    pub projector: ProjectorConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".atelier"),
+            http: HttpConfig::default(),
+            kafka: KafkaConfig::default(),
+            views: ViewsConfig::default(),
+            blobs: BlobConfig::default(),
+            auth: AuthConfig::default(),
+            projector: ProjectorConfig::default(),
+        }
+    }
+}
+
+/// HTTP API settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest JSON request body, in bytes (larger: 413).
+    pub body_limit: usize,
+    /// Longest wait for `?after=<token>` reads, in milliseconds.
+    pub max_after_wait_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit: 64 * 1024,
+            max_after_wait_ms: 2_000,
+        }
+    }
+}
+
+/// Kafka settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers; empty means the embedded mock cluster.
+    pub brokers: String,
+    /// Prefix for every topic and consumer group (isolates tests and tenants).
+    pub namespace: String,
+    /// Extra librdkafka properties, passed through to every client.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// True when no brokers are configured.
+    pub fn is_embedded(&self) -> bool {
+        self.brokers.trim().is_empty()
+    }
+
+    /// The namespaced name of a topic.
+    pub fn topic(&self, t: crate::event::Topic) -> String {
+        format!("{}{}", self.namespace, t.name())
+    }
+
+    /// The namespaced name of a consumer group.
+    pub fn group(&self, name: &str) -> String {
+        format!("{}atelier.{name}", self.namespace)
+    }
+}
+
+/// Which view store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewBackend {
+    /// In-process store with the CQL data model.
+    #[default]
+    Embedded,
+    /// ScyllaDB or Cassandra.
+    Cql,
+}
+
+/// View store settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViewsConfig {
+    /// Backend.
+    pub backend: ViewBackend,
+    /// CQL contact points (`host:port`).
+    pub contact_points: Vec<String>,
+    /// Keyspace (created if missing).
+    pub keyspace: String,
+    /// Replication factor used when creating the keyspace.
+    pub replication_factor: u32,
+    /// CQL username, when the cluster requires authentication.
+    pub username: String,
+    /// CQL password.
+    pub password: Secret,
+}
+
+impl Default for ViewsConfig {
+    fn default() -> Self {
+        Self {
+            backend: ViewBackend::Embedded,
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "atelier".into(),
+            replication_factor: 1,
+            username: String::new(),
+            password: Secret::default(),
+        }
+    }
+}
+
+/// Which blob store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    /// A local directory (`data_dir/blobs`).
+    #[default]
+    Local,
+    /// S3 or an S3-compatible server.
+    S3,
+}
+
+/// Blob store settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobConfig {
+    /// Backend.
+    pub backend: BlobBackend,
+    /// S3 endpoint URL (empty: AWS's default for the region).
+    pub endpoint: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+    /// Access key id (empty: the AWS default credential chain).
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: Secret,
+    /// Path-style addressing (MinIO and most S3-compatible servers need it).
+    pub force_path_style: bool,
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        Self {
+            backend: BlobBackend::Local,
+            endpoint: String::new(),
+            bucket: "atelier".into(),
+            region: "us-east-1".into(),
+            access_key: String::new(),
+            secret_key: Secret::default(),
+            force_path_style: true,
+        }
+    }
+}
+
+/// A principal an API key acts as.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyPrincipal {
+    /// User id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Avatar URL.
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+}
+
+/// Authentication settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for bearer JWTs (`sub`, `name`, optional `picture`, `exp`).
+    /// Empty in embedded mode: a dev secret is generated under `data_dir`.
+    pub jwt_secret: Secret,
+    /// API keys (the bearer token itself) and the principal each acts as.
+    pub api_keys: BTreeMap<String, ApiKeyPrincipal>,
+    /// Key for pseudonymous voter ids of anonymous polls. Must be stable for
+    /// the life of the views (replays derive the same pseudonyms from it).
+    pub voter_key: Secret,
+}
+
+/// Projector tuning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    /// Most events folded per partition per mini-batch.
+    pub max_batch: usize,
+    /// How long a partial batch waits for more events, in milliseconds.
+    pub linger_ms: u64,
+    /// Most poll aggregates kept in memory (LRU); bounds memory whatever the
+    /// number of polls.
+    pub cache_polls: usize,
+    /// Most ballot rows in one atomic aggregate commit; a larger batch of one
+    /// hot poll is split into several commits.
+    pub commit_rows: usize,
+    /// Most view-store writes in flight per partition.
+    pub write_concurrency: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 5_000,
+            linger_ms: 5,
+            cache_polls: 100_000,
+            commit_rows: 2_000,
+            write_concurrency: 32,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (when given or when `atelier.toml`
+    /// exists), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("ATELIER_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                let p = PathBuf::from("atelier.toml");
+                p.exists().then_some(p)
+            });
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("ATELIER_")
+                // Variables of other tools and scripts share the prefix:
+                // only `SECTION__FIELD` names are configuration.
+                .filter(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    k == "data_dir" || k.contains("__")
+                })
+                .split("__"),
+        );
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix("ATELIER_KAFKA_PROP_") {
+                cfg.kafka
+                    .properties
+                    .insert(name.to_ascii_lowercase().replace('_', "."), v);
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_embedded_and_secrets_are_redacted() {
+        let mut c = Config::default();
+        assert!(c.kafka.is_embedded());
+        assert_eq!(c.views.backend, ViewBackend::Embedded);
+        c.auth.jwt_secret = Secret("hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn files_and_environment_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        std::fs::write(
+            &f,
+            "[kafka]\nbrokers = \"k:9092\"\n[views]\nbackend = \"cql\"\nkeyspace = \"x\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ATELIER_VIEWS__KEYSPACE", "from_env");
+            jail.set_env("ATELIER_KAFKA_PROP_SECURITY_PROTOCOL", "SASL_SSL");
+            jail.set_env("ATELIER_LOG", "debug");
+            let c = Config::load(Some(&f)).unwrap();
+            assert_eq!(c.kafka.brokers, "k:9092");
+            assert_eq!(c.views.backend, ViewBackend::Cql);
+            assert_eq!(c.views.keyspace, "from_env");
+            assert_eq!(
+                c.kafka
+                    .properties
+                    .get("security.protocol")
+                    .map(String::as_str),
+                Some("SASL_SSL")
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,179 @@
+//! Typed identifiers: every id that crosses a boundary is parsed once into a
+//! newtype, never passed around as a bare string.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::ValidationError;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh random id (v7: time-ordered, so newer ids sort later).
+            pub fn new_v7() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// Parses the canonical hyphenated form.
+            pub fn parse(s: &str) -> Result<Self, ValidationError> {
+                Uuid::parse_str(s)
+                    .map(Self)
+                    .map_err(|_| ValidationError::new($field, "must be a UUID"))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// The id of one event, unique across topics (`ce_id`).
+    EventId,
+    "id"
+);
+uuid_id!(
+    /// A poll; the key of `atelier.polls.v1`.
+    PollId,
+    "poll_id"
+);
+uuid_id!(
+    /// A feed item (post, game or team); the key of `atelier.feed.v1`.
+    FeedItemId,
+    "item_id"
+);
+uuid_id!(
+    /// One uploaded image.
+    UploadId,
+    "upload_id"
+);
+
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts 1 to
+            #[doc = stringify!($max)]
+            /// characters of `[A-Za-z0-9_.:@-]`.
+            pub fn parse(s: &str) -> Result<Self, ValidationError> {
+                let ok = !s.is_empty()
+                    && s.len() <= $max
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));
+                if ok {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(ValidationError::new(
+                        $field,
+                        concat!("must be 1 to ", stringify!($max), " characters of A-Z a-z 0-9 _ . : @ -"),
+                    ))
+                }
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValidationError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// An authenticated user (the `sub` of a token, or an API key's principal).
+    UserId,
+    "user_id",
+    64
+);
+text_id!(
+    /// A browser or app session that groups up to three uploads; the key of
+    /// the uploads and completions topics.
+    SessionKey,
+    "session_key",
+    64
+);
+text_id!(
+    /// A style model's name, such as `mosaic`.
+    Style,
+    "style",
+    40
+);
+text_id!(
+    /// A model version, such as `v3` or a date stamp.
+    ModelVersion,
+    "version",
+    40
+);
+
+/// A question (answer option) of a poll: its position at creation time.
+pub type QuestionId = u16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_ids_reject_empty_long_and_odd_characters() {
+        assert!(UserId::parse("alice").is_ok());
+        assert!(UserId::parse("auth0|123").is_err());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse(&"x".repeat(65)).is_err());
+        assert!(Style::parse("mosaic").is_ok());
+        let err = serde_json::from_str::<UserId>("\"a b\"").unwrap_err();
+        assert!(err.to_string().contains("must be"), "{err}");
+    }
+
+    #[test]
+    fn uuid_ids_round_trip() {
+        let id = PollId::new_v7();
+        assert_eq!(PollId::parse(&id.to_string()).unwrap(), id);
+        assert!(PollId::parse("nope").is_err());
+    }
+}

@@ -1,0 +1,364 @@
+//! The polls projector: folds `atelier.polls.v1` into the `polls` view.
+//!
+//! Per mini-batch of one partition:
+//! 1. decode; poison records go to the DLQ (acknowledged before going on);
+//! 2. group events by poll; load the polls' states (bounded LRU cache,
+//!    per-partition) and the ballots of the voters the batch touches;
+//! 3. fold in log order (the pure fold skips what the aggregate's version
+//!    already covers), cutting a commit every `commit_rows` ballot rows;
+//! 4. write each poll's commits (derived row, then one atomic partition
+//!    batch `USING TIMESTAMP` from the offset), polls in parallel, bounded;
+//! 5. save the partition checkpoint, publish the watermark; the consumer
+//!    loop then stores the offset.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::{Watermarks, dlq};
+use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
+use crate::config::ProjectorConfig;
+use crate::event::{Event, EventData, PollId, Topic, wire};
+use crate::fold::poll::{FoldConfig, PollAggregate, PollCommit, PollState, Rejection, poll_id};
+use crate::fold::{Outcome, Position};
+use crate::telemetry::names;
+use crate::view::{Checkpoint, ViewError, ViewStore};
+
+/// The view name used in checkpoints.
+pub const VIEW: &str = "polls";
+/// The DLQ stage name.
+pub const STAGE: &str = "project.polls";
+
+/// Counts of one batch, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Events folded and applied.
+    pub applied: u64,
+    /// Events skipped as already applied.
+    pub duplicates: u64,
+    /// Events refused by a rule.
+    pub rejected: u64,
+    /// Records sent to the DLQ.
+    pub poison: u64,
+    /// Aggregate commits written.
+    pub commits: u64,
+}
+
+/// The projector for polls.
+pub struct PollProjector {
+    views: Arc<dyn ViewStore>,
+    dlq: Producer,
+    cfg: ProjectorConfig,
+    fold: FoldConfig,
+    watermarks: Arc<Watermarks>,
+    cache: Mutex<LruCache<(i32, PollId), PollState>>,
+    checkpoints: Mutex<HashMap<(String, i32), Checkpoint>>,
+    totals: Mutex<BatchStats>,
+}
+
+impl std::fmt::Debug for PollProjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollProjector")
+            .field("views", &self.views.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+fn view_err(e: ViewError) -> HandlerError {
+    HandlerError {
+        retriable: e.is_retriable(),
+        message: e.to_string(),
+    }
+}
+
+impl PollProjector {
+    /// A projector writing to `views`, dead-lettering through `dlq`.
+    pub fn new(
+        views: Arc<dyn ViewStore>,
+        dlq: Producer,
+        cfg: ProjectorConfig,
+        fold: FoldConfig,
+        watermarks: Arc<Watermarks>,
+    ) -> Self {
+        let cap = NonZeroUsize::new(cfg.cache_polls.max(1)).expect("nonzero");
+        Self {
+            views,
+            dlq,
+            cfg,
+            fold,
+            watermarks,
+            cache: Mutex::new(LruCache::new(cap)),
+            checkpoints: Mutex::new(HashMap::new()),
+            totals: Mutex::new(BatchStats::default()),
+        }
+    }
+
+    /// Totals since start.
+    pub fn totals(&self) -> BatchStats {
+        *self.totals.lock()
+    }
+
+    async fn checkpoint(&self, topic: &str, partition: i32) -> Result<Checkpoint, ViewError> {
+        if let Some(cp) = self.checkpoints.lock().get(&(topic.to_owned(), partition)) {
+            return Ok(cp.clone());
+        }
+        let cp = self
+            .views
+            .checkpoint(VIEW, topic, partition)
+            .await?
+            .unwrap_or_else(|| Checkpoint {
+                view: VIEW.into(),
+                topic: topic.into(),
+                partition,
+                offset: -1,
+                rejected: Default::default(),
+            });
+        Ok(cp)
+    }
+
+    /// Processes one batch; see the module docs for the steps.
+    pub async fn process(&self, batch: &Batch) -> Result<BatchStats, HandlerError> {
+        let mut stats = BatchStats::default();
+        let Some(last) = batch.records.last().map(|r| r.offset) else {
+            return Ok(stats);
+        };
+        let mut cp = self
+            .checkpoint(&batch.topic, batch.partition)
+            .await
+            .map_err(view_err)?;
+        let started = Instant::now();
+
+        // 1. Decode; dead-letter what cannot be.
+        let mut by_poll: Vec<(PollId, Vec<(Position, Event)>)> = Vec::new();
+        let mut index: HashMap<PollId, usize> = HashMap::new();
+        for rec in &batch.records {
+            if rec.offset <= cp.offset {
+                stats.duplicates += 1;
+                continue;
+            }
+            let decoded = wire::decode(
+                rec.header_pairs(),
+                rec.payload.as_deref().unwrap_or_default(),
+                Some(Topic::Polls),
+            );
+            let event = match decoded {
+                Ok(e) => e,
+                Err(e) => {
+                    dlq::send(
+                        &self.dlq,
+                        STAGE,
+                        &batch.topic,
+                        batch.partition,
+                        rec,
+                        &e.to_string(),
+                        1,
+                    )
+                    .await
+                    .map_err(|e| HandlerError {
+                        message: format!("DLQ: {e}"),
+                        retriable: true,
+                    })?;
+                    stats.poison += 1;
+                    continue;
+                }
+            };
+            let Some(id) = poll_id(&event.data) else {
+                continue;
+            };
+            let pos = Position {
+                partition: batch.partition,
+                offset: rec.offset,
+            };
+            let i = *index.entry(id).or_insert_with(|| {
+                by_poll.push((id, Vec::new()));
+                by_poll.len() - 1
+            });
+            by_poll[i].1.push((pos, event));
+        }
+
+        // 2. Load states (cache first) and the touched ballots.
+        let mut states: HashMap<PollId, PollState> = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.cache.lock();
+            for (id, _) in &by_poll {
+                match cache.get(&(batch.partition, *id)) {
+                    Some(s) => {
+                        states.insert(*id, s.clone());
+                    }
+                    None => missing.push(*id),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for s in self.views.load_polls(&missing).await.map_err(view_err)? {
+                states.insert(s.poll_id, s);
+            }
+        }
+        let mut aggs: Vec<(PollId, PollAggregate, &[(Position, Event)])> = Vec::new();
+        let loads: Vec<_> = by_poll
+            .iter()
+            .map(|(id, events)| {
+                let state = states.remove(id);
+                let keys: Vec<String> = match &state {
+                    // A poll created in this batch has no stored ballots.
+                    None => Vec::new(),
+                    Some(s) => {
+                        let mut seen = HashSet::new();
+                        events
+                            .iter()
+                            .filter(|(_, e)| {
+                                matches!(
+                                    e.data,
+                                    EventData::VoteCast(_) | EventData::VoteRetracted(_)
+                                )
+                            })
+                            .map(|(_, e)| {
+                                self.fold.voter_key(s.anonymous, s.poll_id, &e.principal.id)
+                            })
+                            .filter(|k| seen.insert(k.clone()))
+                            .collect()
+                    }
+                };
+                async move {
+                    let found = if keys.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.views.load_ballots(*id, &keys).await?
+                    };
+                    let mut agg = PollAggregate::from_state(state);
+                    agg.ballots = keys.into_iter().map(|k| (k, None)).collect();
+                    for (k, b) in found {
+                        agg.ballots.insert(k, Some(b));
+                    }
+                    Ok::<_, ViewError>((*id, agg, events.as_slice()))
+                }
+            })
+            .collect();
+        let loaded: Vec<_> = futures::stream::iter(loads)
+            .buffered(self.cfg.write_concurrency.max(1))
+            .try_collect()
+            .await
+            .map_err(view_err)?;
+        aggs.extend(loaded);
+
+        // 3. Fold, cutting commits so no single batch statement grows huge.
+        let mut commits: Vec<(PollId, Vec<PollCommit>)> = Vec::new();
+        let mut finals: Vec<(PollId, PollState)> = Vec::new();
+        for (id, mut agg, events) in aggs {
+            let mut mine = Vec::new();
+            for (pos, e) in events {
+                match agg.apply(&self.fold, *pos, e) {
+                    Outcome::Applied => stats.applied += 1,
+                    Outcome::Duplicate => stats.duplicates += 1,
+                    Outcome::Rejected(r) => {
+                        stats.rejected += 1;
+                        metrics::counter!(names::FOLD_REJECTED, "view" => VIEW, "reason" => r.as_str())
+                            .increment(1);
+                        if r == Rejection::UnknownPoll && agg.state.is_none() {
+                            *cp.rejected.entry(r.as_str().to_owned()).or_default() += 1;
+                        }
+                    }
+                }
+                if agg.dirty_ballots() >= self.cfg.commit_rows.max(1)
+                    && let Some(c) = agg.take_commit()
+                {
+                    mine.push(c);
+                }
+            }
+            if let Some(c) = agg.take_commit() {
+                mine.push(c);
+            }
+            if let Some(s) = agg.state {
+                finals.push((id, s));
+            }
+            if !mine.is_empty() {
+                commits.push((id, mine));
+            }
+        }
+        metrics::histogram!(names::FOLD_SECONDS).record(started.elapsed().as_secs_f64());
+
+        // 4. Write: polls in parallel (bounded), each poll's commits in order.
+        let wrote = Instant::now();
+        stats.commits = commits.iter().map(|(_, c)| c.len() as u64).sum();
+        let writes: Vec<_> = commits
+            .iter()
+            .map(|(_, cs)| async move {
+                for c in cs {
+                    self.views.commit_poll(c).await?;
+                }
+                Ok::<_, ViewError>(())
+            })
+            .collect();
+        let result = futures::stream::iter(writes)
+            .buffer_unordered(self.cfg.write_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await;
+        if let Err(e) = result {
+            // Some commits may have landed: forget cached states of this
+            // batch so the retry reloads states consistent with the ballots.
+            let mut cache = self.cache.lock();
+            for (id, _) in &by_poll {
+                cache.pop(&(batch.partition, *id));
+            }
+            return Err(view_err(e));
+        }
+        metrics::histogram!(names::WRITE_SECONDS).record(wrote.elapsed().as_secs_f64());
+
+        // 5. Checkpoint, then publish.
+        cp.offset = last;
+        self.views.save_checkpoint(&cp).await.map_err(view_err)?;
+        {
+            let mut cache = self.cache.lock();
+            for (id, s) in finals {
+                cache.put((batch.partition, id), s);
+            }
+        }
+        self.checkpoints
+            .lock()
+            .insert((batch.topic.clone(), batch.partition), cp);
+        self.watermarks.publish(&batch.topic, batch.partition, last);
+        metrics::histogram!(names::BATCH_EVENTS).record(batch.records.len() as f64);
+        metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
+            .increment(stats.applied);
+        metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "duplicate")
+            .increment(stats.duplicates);
+        let mut t = self.totals.lock();
+        t.applied += stats.applied;
+        t.duplicates += stats.duplicates;
+        t.rejected += stats.rejected;
+        t.poison += stats.poison;
+        t.commits += stats.commits;
+        Ok(stats)
+    }
+}
+
+#[async_trait]
+impl PartitionHandler for PollProjector {
+    async fn assigned(&self, topic: &str, partition: i32) {
+        // Another process may have written this partition meanwhile: forget
+        // everything cached about it.
+        self.checkpoints
+            .lock()
+            .remove(&(topic.to_owned(), partition));
+        let mut cache = self.cache.lock();
+        let stale: Vec<_> = cache
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            cache.pop(&k);
+        }
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
+        self.process(batch).await.map(|_| ())
+    }
+}

@@ -1,0 +1,68 @@
+//! Tracing setup and the metric names: every metric the crate emits is
+//! named here, once, so dashboards and code cannot drift apart.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Metric names.
+pub mod names {
+    /// Events appended by the ingest edge, by `topic`, `type`.
+    pub const INGEST_EVENTS: &str = "atelier_ingest_events_total";
+    /// Requests refused at the edge, by `reason`.
+    pub const INGEST_REJECTED: &str = "atelier_ingest_rejected_total";
+    /// Records consumed, by `topic`, `stage`.
+    pub const CONSUMED: &str = "atelier_consumed_total";
+    /// Events applied by a fold, by `view`, `outcome` (applied, duplicate, rejected).
+    pub const FOLDED: &str = "atelier_folded_total";
+    /// Events refused by a fold, by `view`, `reason`.
+    pub const FOLD_REJECTED: &str = "atelier_fold_rejected_total";
+    /// Records sent to the DLQ, by `stage`.
+    pub const DLQ: &str = "atelier_dlq_total";
+    /// Fold time per mini-batch, seconds.
+    pub const FOLD_SECONDS: &str = "atelier_fold_seconds";
+    /// View write time per mini-batch, seconds.
+    pub const WRITE_SECONDS: &str = "atelier_view_write_seconds";
+    /// View-store read statements.
+    pub const VIEW_READS: &str = "atelier_view_reads_total";
+    /// View-store write statements.
+    pub const VIEW_WRITES: &str = "atelier_view_writes_total";
+    /// Events per mini-batch.
+    pub const BATCH_EVENTS: &str = "atelier_batch_events";
+    /// Partitions paused for backpressure.
+    pub const PAUSED: &str = "atelier_partitions_paused";
+    /// Consumer lag, by `topic`, `partition`.
+    pub const LAG: &str = "atelier_consumer_lag";
+    /// HTTP requests, by `route`, `status`.
+    pub const HTTP_REQUESTS: &str = "atelier_http_requests_total";
+    /// HTTP latency, seconds, by `route`.
+    pub const HTTP_SECONDS: &str = "atelier_http_seconds";
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process; `None` when another
+/// recorder was installed first.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// Initializes tracing: level from `ATELIER_LOG` (or `RUST_LOG`), format from
+/// `ATELIER_LOG_FORMAT` (`pretty` default, or `json`). Safe to call twice.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ATELIER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,scylla=warn,aws=warn"));
+    let json = std::env::var("ATELIER_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}

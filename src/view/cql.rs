@@ -1,0 +1,612 @@
+//! The CQL view store: ScyllaDB in production, Apache Cassandra 5 in CI (same
+//! CQL, same driver). Statements are prepared once; fan-out is bounded.
+//!
+//! A poll is one partition of `polls`: the aggregate lives in static columns
+//! (with its version, `src_offset`) and each voter's ballot is a clustering
+//! row, so the aggregate and its ballots change in one single-partition
+//! batch, which CQL applies atomically and in isolation.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::{DeserializeRow, SerializeRow};
+
+use super::{
+    Checkpoint, Counters, OwnerCursor, OwnerPollRow, ViewError, ViewStore, write_timestamp,
+};
+use crate::config::ViewsConfig;
+use crate::event::{PollId, Principal, UserId};
+use crate::fold::Position;
+use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
+
+/// Most values in one `IN (...)` list.
+const IN_CHUNK: usize = 100;
+/// Most concurrent single-partition reads of one call.
+const FANOUT: usize = 32;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS polls (
+        poll_id uuid,
+        voter text,
+        owner text static,
+        head text static,
+        message text static,
+        created_ms bigint static,
+        ends_ms bigint static,
+        anonymous boolean static,
+        multiple boolean static,
+        closed_ms bigint static,
+        questions text static,
+        tallies frozen<list<bigint>> static,
+        voters bigint static,
+        recent text static,
+        rejected text static,
+        src_partition int static,
+        src_offset bigint static,
+        choices int,
+        voted_ms bigint,
+        name text,
+        PRIMARY KEY (poll_id, voter))",
+    "CREATE TABLE IF NOT EXISTS polls_by_owner (
+        owner_id text,
+        created_ms bigint,
+        poll_id uuid,
+        head text,
+        closed boolean,
+        ends_ms bigint,
+        voters bigint,
+        src_partition int,
+        src_offset bigint,
+        PRIMARY KEY (owner_id, created_ms, poll_id))
+        WITH CLUSTERING ORDER BY (created_ms DESC, poll_id DESC)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (
+        view text,
+        topic text,
+        partition int,
+        offset bigint,
+        rejected text,
+        PRIMARY KEY (view, topic, partition))",
+];
+
+const POLL_COLUMNS: &str = "poll_id, owner, head, message, created_ms, ends_ms, anonymous, multiple, \
+     closed_ms, questions, tallies, voters, recent, rejected, src_partition, src_offset";
+
+#[derive(DeserializeRow, SerializeRow)]
+struct PollRow {
+    poll_id: uuid::Uuid,
+    owner: Option<String>,
+    head: Option<String>,
+    message: Option<String>,
+    created_ms: Option<i64>,
+    ends_ms: Option<i64>,
+    anonymous: Option<bool>,
+    multiple: Option<bool>,
+    closed_ms: Option<i64>,
+    questions: Option<String>,
+    tallies: Option<Vec<i64>>,
+    voters: Option<i64>,
+    recent: Option<String>,
+    rejected: Option<String>,
+    src_partition: Option<i32>,
+    src_offset: Option<i64>,
+}
+
+#[derive(DeserializeRow)]
+struct BallotRow {
+    voter: String,
+    choices: Option<i32>,
+    voted_ms: Option<i64>,
+    name: Option<String>,
+}
+
+#[derive(DeserializeRow)]
+struct OwnerRow {
+    created_ms: i64,
+    poll_id: uuid::Uuid,
+    head: Option<String>,
+    closed: Option<bool>,
+    ends_ms: Option<i64>,
+    voters: Option<i64>,
+    src_partition: Option<i32>,
+    src_offset: Option<i64>,
+}
+
+#[derive(DeserializeRow)]
+struct CheckpointRow {
+    topic: String,
+    partition: i32,
+    offset: Option<i64>,
+    rejected: Option<String>,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("view values serialize")
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(col: &str, s: Option<String>) -> Result<T, ViewError> {
+    serde_json::from_str(s.as_deref().unwrap_or("null"))
+        .map_err(|e| ViewError::Corrupt(format!("{col}: {e}")))
+}
+
+impl PollRow {
+    fn of(s: &PollState) -> Self {
+        Self {
+            poll_id: s.poll_id.0,
+            owner: Some(json(&s.owner)),
+            head: Some(s.head.clone()),
+            message: Some(s.message.clone()),
+            created_ms: Some(ms(s.created_at)),
+            ends_ms: s.ends_at.map(ms),
+            anonymous: Some(s.anonymous),
+            multiple: Some(s.multiple_choice),
+            closed_ms: s.closed_at.map(ms),
+            questions: Some(json(&s.questions)),
+            tallies: Some(s.tallies.iter().map(|&t| t as i64).collect()),
+            voters: Some(s.voters as i64),
+            recent: Some(json(&s.recent)),
+            rejected: Some(json(&s.rejected)),
+            src_partition: Some(s.position.partition),
+            src_offset: Some(s.position.offset),
+        }
+    }
+
+    fn into_state(self) -> Result<Option<PollState>, ViewError> {
+        let poll_id = PollId(self.poll_id);
+        // A partition with ballots but no aggregate cannot be written by the
+        // projector (ballots commit with their aggregate); treat as absent.
+        let (Some(head), Some(offset)) = (self.head, self.src_offset) else {
+            return Ok(None);
+        };
+        let owner: Principal = unjson("owner", self.owner)?;
+        Ok(Some(PollState {
+            poll_id,
+            owner,
+            created_at: time(self.created_ms.unwrap_or_default()),
+            head,
+            message: self.message.unwrap_or_default(),
+            ends_at: self.ends_ms.map(time),
+            anonymous: self.anonymous.unwrap_or_default(),
+            multiple_choice: self.multiple.unwrap_or_default(),
+            questions: unjson("questions", self.questions)?,
+            closed_at: self.closed_ms.map(time),
+            tallies: self
+                .tallies
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.max(0) as u64)
+                .collect(),
+            voters: self.voters.unwrap_or_default().max(0) as u64,
+            recent: unjson::<Option<_>>("recent", self.recent)?.unwrap_or_default(),
+            rejected: unjson::<Option<_>>("rejected", self.rejected)?.unwrap_or_default(),
+            position: Position {
+                partition: self.src_partition.unwrap_or_default(),
+                offset,
+            },
+        }))
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ViewError {
+    ViewError::Unavailable(e.to_string())
+}
+
+/// Classifies a driver error: request failures (timeouts, connection loss,
+/// overload) are retriable; the rest are statements the store refused.
+fn exec_err(e: scylla::errors::ExecutionError) -> ViewError {
+    use scylla::errors::ExecutionError as E;
+    match e {
+        E::BadQuery(_) | E::PrepareError(_) => ViewError::Rejected(e.to_string()),
+        other => unavailable(other),
+    }
+}
+
+fn rows_err(e: impl std::fmt::Display) -> ViewError {
+    ViewError::Corrupt(e.to_string())
+}
+
+#[derive(Debug)]
+struct Statements {
+    poll: PreparedStatement,
+    ballots: PreparedStatement,
+    poll_static: PreparedStatement,
+    ballot_upsert: PreparedStatement,
+    ballot_delete: PreparedStatement,
+    owner_upsert: PreparedStatement,
+    owner_page: PreparedStatement,
+    owner_page_before: PreparedStatement,
+    checkpoint: PreparedStatement,
+    checkpoint_save: PreparedStatement,
+    checkpoints: PreparedStatement,
+}
+
+/// The CQL store.
+#[derive(Debug)]
+pub struct CqlStore {
+    session: Session,
+    keyspace: String,
+    replication_factor: u32,
+    st: tokio::sync::OnceCell<Statements>,
+    counters: Counters,
+}
+
+impl CqlStore {
+    /// Connects to the cluster (the schema is created by `migrate`).
+    pub async fn connect(cfg: &ViewsConfig) -> Result<Self, ViewError> {
+        let mut b = SessionBuilder::new().known_nodes(&cfg.contact_points);
+        if !cfg.username.is_empty() {
+            b = b.user(&cfg.username, cfg.password.expose());
+        }
+        let session = b.build().await.map_err(unavailable)?;
+        if !cfg
+            .keyspace
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            return Err(ViewError::Rejected(format!(
+                "keyspace {:?}: use letters, digits and _",
+                cfg.keyspace
+            )));
+        }
+        Ok(Self {
+            session,
+            keyspace: cfg.keyspace.clone(),
+            replication_factor: cfg.replication_factor.max(1),
+            st: tokio::sync::OnceCell::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn st(&self) -> Result<&Statements, ViewError> {
+        self.st
+            .get()
+            .ok_or_else(|| ViewError::Rejected("migrate() was not called".into()))
+    }
+
+    async fn prepare(&self, cql: &str) -> Result<PreparedStatement, ViewError> {
+        let cql = cql.replace("{ks}", &self.keyspace);
+        self.session
+            .prepare(cql)
+            .await
+            .map_err(|e| ViewError::Rejected(e.to_string()))
+    }
+
+    async fn run(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<scylla::response::query_result::QueryResult, ViewError> {
+        self.session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(exec_err)
+    }
+
+    async fn prepare_all(&self) -> Result<Statements, ViewError> {
+        Ok(Statements {
+            poll: self
+                .prepare(&format!(
+                    "SELECT {POLL_COLUMNS} FROM {{ks}}.polls WHERE poll_id = ? LIMIT 1"
+                ))
+                .await?,
+            ballots: self
+                .prepare(
+                    "SELECT voter, choices, voted_ms, name FROM {ks}.polls \
+                     WHERE poll_id = ? AND voter IN ?",
+                )
+                .await?,
+            poll_static: self
+                .prepare(
+                    "UPDATE {ks}.polls SET owner = ?, head = ?, message = ?, created_ms = ?, \
+                     ends_ms = ?, anonymous = ?, multiple = ?, closed_ms = ?, questions = ?, \
+                     tallies = ?, voters = ?, recent = ?, rejected = ?, src_partition = ?, \
+                     src_offset = ? WHERE poll_id = ?",
+                )
+                .await?,
+            ballot_upsert: self
+                .prepare(
+                    "INSERT INTO {ks}.polls (poll_id, voter, choices, voted_ms, name) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .await?,
+            ballot_delete: self
+                .prepare("DELETE FROM {ks}.polls WHERE poll_id = ? AND voter = ?")
+                .await?,
+            owner_upsert: self
+                .prepare(
+                    "INSERT INTO {ks}.polls_by_owner (owner_id, created_ms, poll_id, head, \
+                     closed, ends_ms, voters, src_partition, src_offset) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+            owner_page: self
+                .prepare(
+                    "SELECT created_ms, poll_id, head, closed, ends_ms, voters, src_partition, \
+                     src_offset FROM {ks}.polls_by_owner WHERE owner_id = ? LIMIT ?",
+                )
+                .await?,
+            owner_page_before: self
+                .prepare(
+                    "SELECT created_ms, poll_id, head, closed, ends_ms, voters, src_partition, \
+                     src_offset FROM {ks}.polls_by_owner WHERE owner_id = ? \
+                     AND (created_ms, poll_id) < (?, ?) LIMIT ?",
+                )
+                .await?,
+            checkpoint: self
+                .prepare(
+                    "SELECT topic, partition, offset, rejected FROM {ks}.checkpoints \
+                     WHERE view = ? AND topic = ? AND partition = ?",
+                )
+                .await?,
+            checkpoint_save: self
+                .prepare(
+                    "INSERT INTO {ks}.checkpoints (view, topic, partition, offset, rejected) \
+                     VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+            checkpoints: self
+                .prepare(
+                    "SELECT topic, partition, offset, rejected FROM {ks}.checkpoints \
+                     WHERE view = ?",
+                )
+                .await?,
+        })
+    }
+
+    async fn load_poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
+        self.counters.read();
+        let res = self.run(&self.st()?.poll, (id.0,)).await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        match rows.maybe_first_row::<PollRow>().map_err(rows_err)? {
+            Some(row) => row.into_state(),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl ViewStore for CqlStore {
+    fn backend(&self) -> &'static str {
+        "cql"
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        self.counters.get()
+    }
+
+    async fn migrate(&self) -> Result<(), ViewError> {
+        let ks = format!(
+            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = \
+             {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+            self.keyspace, self.replication_factor
+        );
+        self.session.query_unpaged(ks, ()).await.map_err(exec_err)?;
+        for ddl in SCHEMA {
+            let ddl = ddl.replace(
+                "CREATE TABLE IF NOT EXISTS ",
+                &format!("CREATE TABLE IF NOT EXISTS {}.", self.keyspace),
+            );
+            self.session
+                .query_unpaged(ddl, ())
+                .await
+                .map_err(exec_err)?;
+        }
+        self.session
+            .await_schema_agreement()
+            .await
+            .map_err(unavailable)?;
+        let st = self.prepare_all().await?;
+        let _ = self.st.set(st);
+        Ok(())
+    }
+
+    async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
+        let reads: Vec<_> = ids.iter().map(|&id| self.load_poll(id)).collect();
+        let found: Vec<Option<PollState>> = futures::stream::iter(reads)
+            .buffer_unordered(FANOUT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn load_ballots(
+        &self,
+        poll: PollId,
+        voters: &[VoterKey],
+    ) -> Result<Vec<(VoterKey, Ballot)>, ViewError> {
+        let st = self.st()?;
+        let reads: Vec<_> = voters
+            .chunks(IN_CHUNK)
+            .map(<[VoterKey]>::to_vec)
+            .map(|chunk| async move {
+                self.counters.read();
+                let res = self.run(&st.ballots, (poll.0, chunk)).await?;
+                let rows = res.into_rows_result().map_err(rows_err)?;
+                let mut out = Vec::new();
+                for r in rows.rows::<BallotRow>().map_err(rows_err)? {
+                    let r = r.map_err(rows_err)?;
+                    if let (Some(c), Some(t)) = (r.choices, r.voted_ms) {
+                        out.push((
+                            r.voter,
+                            Ballot {
+                                choices: c as u32,
+                                at: time(t),
+                                name: r.name,
+                            },
+                        ));
+                    }
+                }
+                Ok::<_, ViewError>(out)
+            })
+            .collect();
+        let chunks: Vec<Vec<(VoterKey, Ballot)>> = futures::stream::iter(reads)
+            .buffer_unordered(FANOUT)
+            .try_collect()
+            .await?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
+        let st = self.st()?;
+        let s = &c.state;
+        let ts = write_timestamp(s.position.offset);
+        // Derived row first (rule 3): re-applying after a crash rewrites it.
+        let owner = OwnerPollRow::of(s);
+        self.counters.write(1);
+        self.run(
+            &st.owner_upsert,
+            (
+                s.owner.id.as_str(),
+                ms(owner.created_at),
+                s.poll_id.0,
+                &owner.head,
+                owner.closed,
+                owner.ends_at.map(ms),
+                owner.voters as i64,
+                s.position.partition,
+                s.position.offset,
+                ts,
+            ),
+        )
+        .await?;
+        // Then the aggregate and its ballots: one single-partition batch, so
+        // the version and the values it covers change together.
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_timestamp(Some(ts));
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> =
+            Vec::with_capacity(c.ballots.len() + 1);
+        batch.append_statement(st.poll_static.clone());
+        values.push(Box::new(PollRow::of(s)));
+        for (voter, b) in &c.ballots {
+            match b {
+                Some(b) => {
+                    batch.append_statement(st.ballot_upsert.clone());
+                    values.push(Box::new((
+                        s.poll_id.0,
+                        voter.clone(),
+                        b.choices as i32,
+                        ms(b.at),
+                        b.name.clone(),
+                    )));
+                }
+                None => {
+                    batch.append_statement(st.ballot_delete.clone());
+                    values.push(Box::new((s.poll_id.0, voter.clone())));
+                }
+            }
+        }
+        self.counters.write(values.len() as u64);
+        self.session.batch(&batch, values).await.map_err(exec_err)?;
+        Ok(())
+    }
+
+    async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
+        self.load_poll(id).await
+    }
+
+    async fn polls_by_owner(
+        &self,
+        owner: &UserId,
+        before: Option<OwnerCursor>,
+        limit: usize,
+    ) -> Result<Vec<OwnerPollRow>, ViewError> {
+        let st = self.st()?;
+        self.counters.read();
+        let limit = limit.clamp(1, 1000) as i32;
+        let res = match before {
+            Some((t, id)) => {
+                self.run(&st.owner_page_before, (owner.as_str(), ms(t), id.0, limit))
+                    .await?
+            }
+            None => self.run(&st.owner_page, (owner.as_str(), limit)).await?,
+        };
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        rows.rows::<OwnerRow>()
+            .map_err(rows_err)?
+            .map(|r| {
+                let r = r.map_err(rows_err)?;
+                Ok(OwnerPollRow {
+                    poll_id: PollId(r.poll_id),
+                    created_at: time(r.created_ms),
+                    head: r.head.unwrap_or_default(),
+                    closed: r.closed.unwrap_or_default(),
+                    ends_at: r.ends_ms.map(time),
+                    voters: r.voters.unwrap_or_default().max(0) as u64,
+                    position: Position {
+                        partition: r.src_partition.unwrap_or_default(),
+                        offset: r.src_offset.unwrap_or_default(),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn checkpoint(
+        &self,
+        view: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, ViewError> {
+        self.counters.read();
+        let res = self
+            .run(&self.st()?.checkpoint, (view, topic, partition))
+            .await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        rows.maybe_first_row::<CheckpointRow>()
+            .map_err(rows_err)?
+            .map(|r| checkpoint_of(view, r))
+            .transpose()
+    }
+
+    async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
+        self.counters.write(1);
+        self.run(
+            &self.st()?.checkpoint_save,
+            (
+                &cp.view,
+                &cp.topic,
+                cp.partition,
+                cp.offset,
+                json(&cp.rejected),
+                write_timestamp(cp.offset),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
+        self.counters.read();
+        let res = self.run(&self.st()?.checkpoints, (view,)).await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        rows.rows::<CheckpointRow>()
+            .map_err(rows_err)?
+            .map(|r| checkpoint_of(view, r.map_err(rows_err)?))
+            .collect()
+    }
+}
+
+fn checkpoint_of(view: &str, r: CheckpointRow) -> Result<Checkpoint, ViewError> {
+    Ok(Checkpoint {
+        view: view.to_owned(),
+        topic: r.topic,
+        partition: r.partition,
+        offset: r.offset.unwrap_or(-1),
+        rejected: unjson::<Option<BTreeMap<String, u64>>>("rejected", r.rejected)?
+            .unwrap_or_default(),
+    })
+}

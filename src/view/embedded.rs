@@ -1,0 +1,334 @@
+//! The embedded view store: an in-process wide-column store with the CQL
+//! data model, so that the embedded default and ScyllaDB behave alike.
+//!
+//! Tables are maps of partitions; a partition has static cells and
+//! clustering rows kept in clustering order; every cell carries its write
+//! timestamp and the newer timestamp wins (a delete at the same timestamp
+//! wins over a write, as in CQL). A batch to one partition is atomic and
+//! isolated: it is applied under the table's lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::{
+    Checkpoint, Counters, OwnerCursor, OwnerPollRow, ViewError, ViewStore, write_timestamp,
+};
+use crate::event::{PollId, UserId};
+use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
+
+#[derive(Clone, Debug)]
+struct Cell {
+    ts: i64,
+    value: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Row {
+    /// Row deletion timestamp: cells at or below it are dead.
+    deleted_at: Option<i64>,
+    cells: BTreeMap<String, Cell>,
+}
+
+impl Row {
+    fn write(&mut self, ts: i64, values: Map<String, Value>) {
+        for (col, v) in values {
+            let newer = match self.cells.get(&col) {
+                Some(c) => ts > c.ts || (ts == c.ts && c.value.is_some()),
+                None => true,
+            };
+            if newer {
+                self.cells.insert(
+                    col,
+                    Cell {
+                        ts,
+                        value: (!v.is_null()).then_some(v),
+                    },
+                );
+            }
+        }
+    }
+
+    fn delete(&mut self, ts: i64) {
+        self.deleted_at = Some(self.deleted_at.map_or(ts, |d| d.max(ts)));
+    }
+
+    /// The live cells as a JSON object; `None` when the row is dead.
+    fn live(&self) -> Option<Map<String, Value>> {
+        let mut out = Map::new();
+        for (col, c) in &self.cells {
+            if self.deleted_at.is_some_and(|d| c.ts <= d) {
+                continue;
+            }
+            if let Some(v) = &c.value {
+                out.insert(col.clone(), v.clone());
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Partition<C: Ord> {
+    statics: Row,
+    rows: BTreeMap<C, Row>,
+}
+
+impl<C: Ord> Default for Partition<C> {
+    fn default() -> Self {
+        Self {
+            statics: Row::default(),
+            rows: BTreeMap::new(),
+        }
+    }
+}
+
+/// One table: partitions by key, rows in clustering order.
+#[derive(Debug)]
+struct Table<P, C: Ord> {
+    parts: RwLock<HashMap<P, Partition<C>>>,
+}
+
+impl<P, C: Ord> Default for Table<P, C> {
+    fn default() -> Self {
+        Self {
+            parts: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+/// A mutation of one partition, applied atomically.
+enum Mutation<C> {
+    Static(Map<String, Value>),
+    Upsert(C, Map<String, Value>),
+    Delete(C),
+}
+
+impl<P: Hash + Eq + Clone, C: Ord + Clone> Table<P, C> {
+    fn batch(&self, pk: &P, ts: i64, muts: Vec<Mutation<C>>) {
+        let mut parts = self.parts.write();
+        let part = parts.entry(pk.clone()).or_default();
+        for m in muts {
+            match m {
+                Mutation::Static(v) => part.statics.write(ts, v),
+                Mutation::Upsert(ck, v) => part.rows.entry(ck).or_default().write(ts, v),
+                Mutation::Delete(ck) => part.rows.entry(ck).or_default().delete(ts),
+            }
+        }
+    }
+
+    fn statics(&self, pk: &P) -> Option<Map<String, Value>> {
+        self.parts.read().get(pk).and_then(|p| p.statics.live())
+    }
+
+    fn rows<F, R>(&self, pk: &P, f: F) -> R
+    where
+        F: FnOnce(Option<&BTreeMap<C, Row>>) -> R,
+    {
+        let parts = self.parts.read();
+        f(parts.get(pk).map(|p| &p.rows))
+    }
+}
+
+fn to_cells<T: Serialize>(v: &T) -> Map<String, Value> {
+    match serde_json::to_value(v) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn from_cells<T: DeserializeOwned>(m: Map<String, Value>) -> Result<T, ViewError> {
+    serde_json::from_value(Value::Object(m)).map_err(|e| ViewError::Corrupt(e.to_string()))
+}
+
+/// Newest first: clustering order `created_at DESC, poll_id DESC`.
+type OwnerKey = std::cmp::Reverse<(i64, PollId)>;
+
+/// The embedded store (the default of `atelier up`).
+#[derive(Debug, Default)]
+pub struct EmbeddedStore {
+    polls: Table<PollId, VoterKey>,
+    polls_by_owner: Table<UserId, OwnerKey>,
+    checkpoints: Table<String, (String, i32)>,
+    counters: Counters,
+}
+
+#[async_trait]
+impl ViewStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        self.counters.get()
+    }
+
+    async fn migrate(&self) -> Result<(), ViewError> {
+        Ok(())
+    }
+
+    async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.counters.read();
+            if let Some(m) = self.polls.statics(id) {
+                out.push(from_cells(m)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_ballots(
+        &self,
+        poll: PollId,
+        voters: &[VoterKey],
+    ) -> Result<Vec<(VoterKey, Ballot)>, ViewError> {
+        self.counters.read();
+        self.polls.rows(&poll, |rows| {
+            let Some(rows) = rows else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for v in voters {
+                if let Some(m) = rows.get(v).and_then(Row::live) {
+                    out.push((v.clone(), from_cells(m)?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
+        let s = &c.state;
+        let ts = write_timestamp(s.position.offset);
+        // Derived row first: a crash before the aggregate is repaired by
+        // re-applying, which rewrites it.
+        let row = OwnerPollRow::of(s);
+        self.polls_by_owner.batch(
+            &s.owner.id,
+            ts,
+            vec![Mutation::Upsert(
+                std::cmp::Reverse((s.created_at.timestamp_millis(), s.poll_id)),
+                to_cells(&row),
+            )],
+        );
+        let mut muts = Vec::with_capacity(c.ballots.len() + 1);
+        muts.push(Mutation::Static(to_cells(s)));
+        for (k, b) in &c.ballots {
+            muts.push(match b {
+                Some(b) => Mutation::Upsert(k.clone(), to_cells(b)),
+                None => Mutation::Delete(k.clone()),
+            });
+        }
+        self.counters.write(1 + muts.len() as u64);
+        self.polls.batch(&s.poll_id, ts, muts);
+        Ok(())
+    }
+
+    async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
+        self.counters.read();
+        self.polls.statics(&id).map(from_cells).transpose()
+    }
+
+    async fn polls_by_owner(
+        &self,
+        owner: &UserId,
+        before: Option<OwnerCursor>,
+        limit: usize,
+    ) -> Result<Vec<OwnerPollRow>, ViewError> {
+        self.counters.read();
+        self.polls_by_owner.rows(owner, |rows| {
+            let Some(rows) = rows else {
+                return Ok(Vec::new());
+            };
+            let iter: Box<dyn Iterator<Item = (&OwnerKey, &Row)>> = match before {
+                Some((t, id)) => {
+                    let start = std::cmp::Reverse((t.timestamp_millis(), id));
+                    Box::new(
+                        rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
+                    )
+                }
+                None => Box::new(rows.iter()),
+            };
+            iter.filter_map(|(_, r)| r.live())
+                .take(limit)
+                .map(from_cells)
+                .collect()
+        })
+    }
+
+    async fn checkpoint(
+        &self,
+        view: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, ViewError> {
+        self.counters.read();
+        self.checkpoints.rows(&view.to_owned(), |rows| {
+            rows.and_then(|r| r.get(&(topic.to_owned(), partition)))
+                .and_then(Row::live)
+                .map(from_cells)
+                .transpose()
+        })
+    }
+
+    async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
+        self.counters.write(1);
+        self.checkpoints.batch(
+            &cp.view,
+            write_timestamp(cp.offset),
+            vec![Mutation::Upsert(
+                (cp.topic.clone(), cp.partition),
+                to_cells(cp),
+            )],
+        );
+        Ok(())
+    }
+
+    async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
+        self.counters.read();
+        self.checkpoints.rows(&view.to_owned(), |rows| {
+            rows.into_iter()
+                .flat_map(|r| r.values())
+                .filter_map(Row::live)
+                .map(from_cells)
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn newer_timestamps_win_per_cell() {
+        let mut r = Row::default();
+        r.write(5, obj(json!({"a": 1, "b": 1})));
+        r.write(3, obj(json!({"a": 2, "c": 2})));
+        r.write(7, obj(json!({"b": 3})));
+        assert_eq!(r.live().unwrap(), obj(json!({"a": 1, "b": 3, "c": 2})));
+    }
+
+    #[test]
+    fn deletes_shadow_older_cells_only() {
+        let mut r = Row::default();
+        r.write(5, obj(json!({"a": 1})));
+        r.delete(5);
+        assert!(r.live().is_none());
+        r.write(4, obj(json!({"a": 2})));
+        assert!(r.live().is_none(), "an older write stays dead");
+        r.write(6, obj(json!({"a": 3})));
+        assert_eq!(r.live().unwrap(), obj(json!({"a": 3})));
+    }
+}
