@@ -85,7 +85,7 @@ async fn append(
 ) -> Result<(EventId, Token), ApiError> {
     let event = Event {
         id: EventId::new_v7(),
-        time: Utc::now(),
+        time: crate::event::now(),
         principal,
         data,
     };
@@ -389,7 +389,7 @@ fn encode_cursor(r: &OwnerPollRow) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
         "{}:{}",
-        r.created_at.timestamp_millis(),
+        r.created_at.timestamp_micros(),
         r.poll_id
     ))
 }
@@ -401,9 +401,9 @@ fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, PollId), ApiError> {
         .decode(s)
         .map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (ms, id) = text.split_once(':').ok_or_else(bad)?;
-    let ms: i64 = ms.parse().map_err(|_| bad())?;
-    let t = DateTime::from_timestamp_millis(ms).ok_or_else(bad)?;
+    let (us, id) = text.split_once(':').ok_or_else(bad)?;
+    let us: i64 = us.parse().map_err(|_| bad())?;
+    let t = DateTime::from_timestamp_micros(us).ok_or_else(bad)?;
     Ok((t, PollId::parse(id).map_err(|_| bad())?))
 }
 

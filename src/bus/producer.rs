@@ -13,6 +13,25 @@ use crate::config::KafkaConfig;
 use crate::event::wire::{self, WireRecord};
 use crate::event::{Event, Topic};
 
+/// Properties that only mean something to a consumer.
+fn is_consumer_only(k: &str) -> bool {
+    [
+        "group.",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "auto.offset.reset",
+        "enable.auto.",
+        "auto.commit.",
+        "isolation.level",
+        "fetch.",
+        "max.poll.interval.ms",
+        "partition.assignment.strategy",
+        "queued.",
+    ]
+    .iter()
+    .any(|p| k.starts_with(p))
+}
+
 /// Where a record landed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -43,14 +62,24 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// Creates a producer. `source` becomes `ce_source` on events it encodes.
     pub fn new(cfg: &KafkaConfig, brokers: &str, source: &str) -> Result<Self, BusError> {
-        let mut c = client_config(cfg, brokers);
+        let mut c = client_config(
+            &KafkaConfig {
+                properties: Default::default(),
+                ..cfg.clone()
+            },
+            brokers,
+        );
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000");
+        // Passthrough properties win over the defaults above; consumer-only
+        // ones are left out (librdkafka warns about them on a producer).
         for (k, v) in &cfg.properties {
-            c.set(k, v);
+            if !is_consumer_only(k) {
+                c.set(k, v);
+            }
         }
         Ok(Self {
             inner: c.create()?,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use rand::rngs::SmallRng;
@@ -52,7 +51,7 @@ pub(super) struct ProjectArgs {
 /// Builds the workload: poll creations then Zipf-distributed votes.
 pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = Utc::now();
+    let t0 = crate::event::now();
     let owner = Principal {
         id: UserId::parse("bench-owner").expect("valid"),
         name: "Bench".into(),

@@ -122,6 +122,27 @@ impl PollProjector {
         Ok(cp)
     }
 
+    async fn write(
+        &self,
+        commits: &[(PollId, Vec<PollCommit>)],
+        cp: &Checkpoint,
+    ) -> Result<(), ViewError> {
+        let writes: Vec<_> = commits
+            .iter()
+            .map(|(_, cs)| async move {
+                for c in cs {
+                    self.views.commit_poll(c).await?;
+                }
+                Ok::<_, ViewError>(())
+            })
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(self.cfg.write_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.views.save_checkpoint(cp).await
+    }
+
     /// Processes one batch; see the module docs for the steps.
     pub async fn process(&self, batch: &Batch) -> Result<BatchStats, HandlerError> {
         let mut stats = BatchStats::default();
@@ -284,25 +305,15 @@ impl PollProjector {
         }
         metrics::histogram!(names::FOLD_SECONDS).record(started.elapsed().as_secs_f64());
 
-        // 4. Write: polls in parallel (bounded), each poll's commits in order.
+        // 4. Write: polls in parallel (bounded), each poll's commits in order;
+        // 5. then the checkpoint.
         let wrote = Instant::now();
         stats.commits = commits.iter().map(|(_, c)| c.len() as u64).sum();
-        let writes: Vec<_> = commits
-            .iter()
-            .map(|(_, cs)| async move {
-                for c in cs {
-                    self.views.commit_poll(c).await?;
-                }
-                Ok::<_, ViewError>(())
-            })
-            .collect();
-        let result = futures::stream::iter(writes)
-            .buffer_unordered(self.cfg.write_concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await;
-        if let Err(e) = result {
-            // Some commits may have landed: forget cached states of this
-            // batch so the retry reloads states consistent with the ballots.
+        cp.offset = last;
+        if let Err(e) = self.write(&commits, &cp).await {
+            // Some writes may have landed: forget the cached states of this
+            // batch so that the retry reloads states consistent with the
+            // stored ballots.
             let mut cache = self.cache.lock();
             for (id, _) in &by_poll {
                 cache.pop(&(batch.partition, *id));
@@ -310,10 +321,6 @@ impl PollProjector {
             return Err(view_err(e));
         }
         metrics::histogram!(names::WRITE_SECONDS).record(wrote.elapsed().as_secs_f64());
-
-        // 5. Checkpoint, then publish.
-        cp.offset = last;
-        self.views.save_checkpoint(&cp).await.map_err(view_err)?;
         {
             let mut cache = self.cache.lock();
             for (id, s) in finals {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -38,11 +38,11 @@ const SCHEMA: &[&str] = &[
         owner text static,
         head text static,
         message text static,
-        created_ms bigint static,
-        ends_ms bigint static,
+        created_us bigint static,
+        ends_us bigint static,
         anonymous boolean static,
         multiple boolean static,
-        closed_ms bigint static,
+        closed_us bigint static,
         questions text static,
         tallies frozen<list<bigint>> static,
         voters bigint static,
@@ -51,32 +51,32 @@ const SCHEMA: &[&str] = &[
         src_partition int static,
         src_offset bigint static,
         choices int,
-        voted_ms bigint,
+        voted_us bigint,
         name text,
         PRIMARY KEY (poll_id, voter))",
     "CREATE TABLE IF NOT EXISTS polls_by_owner (
         owner_id text,
-        created_ms bigint,
+        created_us bigint,
         poll_id uuid,
         head text,
         closed boolean,
-        ends_ms bigint,
+        ends_us bigint,
         voters bigint,
         src_partition int,
         src_offset bigint,
-        PRIMARY KEY (owner_id, created_ms, poll_id))
-        WITH CLUSTERING ORDER BY (created_ms DESC, poll_id DESC)",
+        PRIMARY KEY (owner_id, created_us, poll_id))
+        WITH CLUSTERING ORDER BY (created_us DESC, poll_id DESC)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
-        view text,
+        view_name text,
         topic text,
         partition int,
         offset bigint,
         rejected text,
-        PRIMARY KEY (view, topic, partition))",
+        PRIMARY KEY (view_name, topic, partition))",
 ];
 
-const POLL_COLUMNS: &str = "poll_id, owner, head, message, created_ms, ends_ms, anonymous, multiple, \
-     closed_ms, questions, tallies, voters, recent, rejected, src_partition, src_offset";
+const POLL_COLUMNS: &str = "poll_id, owner, head, message, created_us, ends_us, anonymous, multiple, \
+     closed_us, questions, tallies, voters, recent, rejected, src_partition, src_offset";
 
 #[derive(DeserializeRow, SerializeRow)]
 struct PollRow {
@@ -84,11 +84,11 @@ struct PollRow {
     owner: Option<String>,
     head: Option<String>,
     message: Option<String>,
-    created_ms: Option<i64>,
-    ends_ms: Option<i64>,
+    created_us: Option<i64>,
+    ends_us: Option<i64>,
     anonymous: Option<bool>,
     multiple: Option<bool>,
-    closed_ms: Option<i64>,
+    closed_us: Option<i64>,
     questions: Option<String>,
     tallies: Option<Vec<i64>>,
     voters: Option<i64>,
@@ -102,17 +102,17 @@ struct PollRow {
 struct BallotRow {
     voter: String,
     choices: Option<i32>,
-    voted_ms: Option<i64>,
+    voted_us: Option<i64>,
     name: Option<String>,
 }
 
 #[derive(DeserializeRow)]
 struct OwnerRow {
-    created_ms: i64,
+    created_us: i64,
     poll_id: uuid::Uuid,
     head: Option<String>,
     closed: Option<bool>,
-    ends_ms: Option<i64>,
+    ends_us: Option<i64>,
     voters: Option<i64>,
     src_partition: Option<i32>,
     src_offset: Option<i64>,
@@ -126,12 +126,12 @@ struct CheckpointRow {
     rejected: Option<String>,
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
+fn us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
 }
 
-fn time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -150,11 +150,11 @@ impl PollRow {
             owner: Some(json(&s.owner)),
             head: Some(s.head.clone()),
             message: Some(s.message.clone()),
-            created_ms: Some(ms(s.created_at)),
-            ends_ms: s.ends_at.map(ms),
+            created_us: Some(us(s.created_at)),
+            ends_us: s.ends_at.map(us),
             anonymous: Some(s.anonymous),
             multiple: Some(s.multiple_choice),
-            closed_ms: s.closed_at.map(ms),
+            closed_us: s.closed_at.map(us),
             questions: Some(json(&s.questions)),
             tallies: Some(s.tallies.iter().map(|&t| t as i64).collect()),
             voters: Some(s.voters as i64),
@@ -176,14 +176,14 @@ impl PollRow {
         Ok(Some(PollState {
             poll_id,
             owner,
-            created_at: time(self.created_ms.unwrap_or_default()),
+            created_at: time(self.created_us.unwrap_or_default()),
             head,
             message: self.message.unwrap_or_default(),
-            ends_at: self.ends_ms.map(time),
+            ends_at: self.ends_us.map(time),
             anonymous: self.anonymous.unwrap_or_default(),
             multiple_choice: self.multiple.unwrap_or_default(),
             questions: unjson("questions", self.questions)?,
-            closed_at: self.closed_ms.map(time),
+            closed_at: self.closed_us.map(time),
             tallies: self
                 .tallies
                 .unwrap_or_default()
@@ -208,10 +208,19 @@ fn unavailable(e: impl std::fmt::Display) -> ViewError {
 /// Classifies a driver error: request failures (timeouts, connection loss,
 /// overload) are retriable; the rest are statements the store refused.
 fn exec_err(e: scylla::errors::ExecutionError) -> ViewError {
-    use scylla::errors::ExecutionError as E;
-    match e {
+    use scylla::errors::{DbError as D, ExecutionError as E, RequestAttemptError as R};
+    match &e {
         E::BadQuery(_) | E::PrepareError(_) => ViewError::Rejected(e.to_string()),
-        other => unavailable(other),
+        E::LastAttemptError(R::DbError(
+            D::SyntaxError
+            | D::Invalid
+            | D::Unauthorized
+            | D::ConfigError
+            | D::AlreadyExists { .. }
+            | D::ProtocolError,
+            _,
+        )) => ViewError::Rejected(e.to_string()),
+        _ => unavailable(e),
     }
 }
 
@@ -305,21 +314,21 @@ impl CqlStore {
                 .await?,
             ballots: self
                 .prepare(
-                    "SELECT voter, choices, voted_ms, name FROM {ks}.polls \
+                    "SELECT voter, choices, voted_us, name FROM {ks}.polls \
                      WHERE poll_id = ? AND voter IN ?",
                 )
                 .await?,
             poll_static: self
                 .prepare(
-                    "UPDATE {ks}.polls SET owner = ?, head = ?, message = ?, created_ms = ?, \
-                     ends_ms = ?, anonymous = ?, multiple = ?, closed_ms = ?, questions = ?, \
+                    "UPDATE {ks}.polls SET owner = ?, head = ?, message = ?, created_us = ?, \
+                     ends_us = ?, anonymous = ?, multiple = ?, closed_us = ?, questions = ?, \
                      tallies = ?, voters = ?, recent = ?, rejected = ?, src_partition = ?, \
                      src_offset = ? WHERE poll_id = ?",
                 )
                 .await?,
             ballot_upsert: self
                 .prepare(
-                    "INSERT INTO {ks}.polls (poll_id, voter, choices, voted_ms, name) \
+                    "INSERT INTO {ks}.polls (poll_id, voter, choices, voted_us, name) \
                      VALUES (?, ?, ?, ?, ?)",
                 )
                 .await?,
@@ -328,40 +337,40 @@ impl CqlStore {
                 .await?,
             owner_upsert: self
                 .prepare(
-                    "INSERT INTO {ks}.polls_by_owner (owner_id, created_ms, poll_id, head, \
-                     closed, ends_ms, voters, src_partition, src_offset) \
+                    "INSERT INTO {ks}.polls_by_owner (owner_id, created_us, poll_id, head, \
+                     closed, ends_us, voters, src_partition, src_offset) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 )
                 .await?,
             owner_page: self
                 .prepare(
-                    "SELECT created_ms, poll_id, head, closed, ends_ms, voters, src_partition, \
+                    "SELECT created_us, poll_id, head, closed, ends_us, voters, src_partition, \
                      src_offset FROM {ks}.polls_by_owner WHERE owner_id = ? LIMIT ?",
                 )
                 .await?,
             owner_page_before: self
                 .prepare(
-                    "SELECT created_ms, poll_id, head, closed, ends_ms, voters, src_partition, \
+                    "SELECT created_us, poll_id, head, closed, ends_us, voters, src_partition, \
                      src_offset FROM {ks}.polls_by_owner WHERE owner_id = ? \
-                     AND (created_ms, poll_id) < (?, ?) LIMIT ?",
+                     AND (created_us, poll_id) < (?, ?) LIMIT ?",
                 )
                 .await?,
             checkpoint: self
                 .prepare(
                     "SELECT topic, partition, offset, rejected FROM {ks}.checkpoints \
-                     WHERE view = ? AND topic = ? AND partition = ?",
+                     WHERE view_name = ? AND topic = ? AND partition = ?",
                 )
                 .await?,
             checkpoint_save: self
                 .prepare(
-                    "INSERT INTO {ks}.checkpoints (view, topic, partition, offset, rejected) \
+                    "INSERT INTO {ks}.checkpoints (view_name, topic, partition, offset, rejected) \
                      VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
                 )
                 .await?,
             checkpoints: self
                 .prepare(
                     "SELECT topic, partition, offset, rejected FROM {ks}.checkpoints \
-                     WHERE view = ?",
+                     WHERE view_name = ?",
                 )
                 .await?,
         })
@@ -439,7 +448,7 @@ impl ViewStore for CqlStore {
                 let mut out = Vec::new();
                 for r in rows.rows::<BallotRow>().map_err(rows_err)? {
                     let r = r.map_err(rows_err)?;
-                    if let (Some(c), Some(t)) = (r.choices, r.voted_ms) {
+                    if let (Some(c), Some(t)) = (r.choices, r.voted_us) {
                         out.push((
                             r.voter,
                             Ballot {
@@ -471,11 +480,11 @@ impl ViewStore for CqlStore {
             &st.owner_upsert,
             (
                 s.owner.id.as_str(),
-                ms(owner.created_at),
+                us(owner.created_at),
                 s.poll_id.0,
                 &owner.head,
                 owner.closed,
-                owner.ends_at.map(ms),
+                owner.ends_at.map(us),
                 owner.voters as i64,
                 s.position.partition,
                 s.position.offset,
@@ -499,7 +508,7 @@ impl ViewStore for CqlStore {
                         s.poll_id.0,
                         voter.clone(),
                         b.choices as i32,
-                        ms(b.at),
+                        us(b.at),
                         b.name.clone(),
                     )));
                 }
@@ -529,7 +538,7 @@ impl ViewStore for CqlStore {
         let limit = limit.clamp(1, 1000) as i32;
         let res = match before {
             Some((t, id)) => {
-                self.run(&st.owner_page_before, (owner.as_str(), ms(t), id.0, limit))
+                self.run(&st.owner_page_before, (owner.as_str(), us(t), id.0, limit))
                     .await?
             }
             None => self.run(&st.owner_page, (owner.as_str(), limit)).await?,
@@ -541,10 +550,10 @@ impl ViewStore for CqlStore {
                 let r = r.map_err(rows_err)?;
                 Ok(OwnerPollRow {
                     poll_id: PollId(r.poll_id),
-                    created_at: time(r.created_ms),
+                    created_at: time(r.created_us),
                     head: r.head.unwrap_or_default(),
                     closed: r.closed.unwrap_or_default(),
-                    ends_at: r.ends_ms.map(time),
+                    ends_at: r.ends_us.map(time),
                     voters: r.voters.unwrap_or_default().max(0) as u64,
                     position: Position {
                         partition: r.src_partition.unwrap_or_default(),

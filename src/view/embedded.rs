@@ -213,7 +213,7 @@ impl ViewStore for EmbeddedStore {
             &s.owner.id,
             ts,
             vec![Mutation::Upsert(
-                std::cmp::Reverse((s.created_at.timestamp_millis(), s.poll_id)),
+                std::cmp::Reverse((s.created_at.timestamp_micros(), s.poll_id)),
                 to_cells(&row),
             )],
         );
@@ -248,7 +248,7 @@ impl ViewStore for EmbeddedStore {
             };
             let iter: Box<dyn Iterator<Item = (&OwnerKey, &Row)>> = match before {
                 Some((t, id)) => {
-                    let start = std::cmp::Reverse((t.timestamp_millis(), id));
+                    let start = std::cmp::Reverse((t.timestamp_micros(), id));
                     Box::new(
                         rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
                     )

@@ -1,0 +1,189 @@
+//! The consumer loop: in-order per partition, retried on retriable
+//! failures, offsets stored only after a batch is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use atelier::bus::consumer::{self, ConsumerSpec};
+use atelier::bus::{Batch, HandlerError, PartitionHandler, client_config};
+use atelier::cli::app::{App, Roles};
+use atelier::event::Topic;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{self, Backends};
+
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<HashMap<i32, Vec<i64>>>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    fail_every: u64,
+    /// Offsets at or above this never become durable.
+    stuck_at: Option<i64>,
+}
+
+#[async_trait]
+impl PartitionHandler for Recorder {
+    async fn assigned(&self, _: &str, _: i32) {}
+    async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let fail = (self.fail_every > 0 && n % self.fail_every == 1)
+            || self
+                .stuck_at
+                .is_some_and(|s| b.records.iter().any(|r| r.offset >= s));
+        if fail {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(HandlerError {
+                message: "injected".into(),
+                retriable: true,
+            });
+        }
+        self.seen
+            .lock()
+            .entry(b.partition)
+            .or_default()
+            .extend(b.records.iter().map(|r| r.offset));
+        Ok(())
+    }
+}
+
+fn spec(group: String, topic: String) -> ConsumerSpec {
+    ConsumerSpec {
+        group,
+        topics: vec![topic],
+        max_batch: 10,
+        linger: Duration::from_millis(2),
+        queue_depth: 1,
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn setup(b: Backends) -> Option<(App, String, HashMap<i32, i64>)> {
+    let cfg = helpers::config(b).await?;
+    let app = App::start(
+        cfg,
+        Roles {
+            api: false,
+            projector: false,
+        },
+    )
+    .await
+    .unwrap();
+    let topic = app.producer.topic(Topic::Polls);
+    let mut last = HashMap::new();
+    for i in 0..300 {
+        let key = format!("k{}", i % 7);
+        let at = app
+            .producer
+            .send_raw(&topic, Some(key.as_bytes()), &[], Some(b"x"))
+            .await
+            .unwrap();
+        last.insert(at.partition, at.offset);
+    }
+    Some((app, topic, last))
+}
+
+async fn retries_keep_order(b: Backends) {
+    let Some((app, topic, last)) = setup(b).await else {
+        return;
+    };
+    let h = Arc::new(Recorder {
+        fail_every: 3,
+        ..Default::default()
+    });
+    let stop = CancellationToken::new();
+    let mut base = client_config(&app.config.kafka, &app.brokers);
+    base.set("session.timeout.ms", "6000");
+    let group = format!("{}c1", app.config.kafka.namespace);
+    let task = tokio::spawn(consumer::run(
+        base,
+        spec(group, topic),
+        h.clone(),
+        stop.clone(),
+    ));
+    helpers::eventually(60, "all records handled", || {
+        let done = last
+            .iter()
+            .all(|(p, o)| h.seen.lock().get(p).and_then(|v| v.last().copied()) == Some(*o));
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    for (p, o) in &last {
+        let seen = h.seen.lock()[p].clone();
+        assert_eq!(
+            seen,
+            (0..=*o).collect::<Vec<_>>(),
+            "partition {p}: in order, no gap, no repeat"
+        );
+    }
+    app.stop().await.unwrap();
+}
+both!(retries_keep_order);
+
+async fn offsets_follow_durability(b: Backends) {
+    let Some((app, topic, last)) = setup(b).await else {
+        return;
+    };
+    let group = format!("{}c2", app.config.kafka.namespace);
+    let mut base = client_config(&app.config.kafka, &app.brokers);
+    base.set("session.timeout.ms", "6000");
+    // First member: everything from offset 20 on fails, forever.
+    let h1 = Arc::new(Recorder {
+        stuck_at: Some(20),
+        ..Default::default()
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        base.clone(),
+        spec(group.clone(), topic.clone()),
+        h1.clone(),
+        stop.clone(),
+    ));
+    helpers::eventually(60, "the first member to be stuck", || {
+        let done = last.keys().all(|p| h1.seen.lock().contains_key(p))
+            && h1.failures.load(Ordering::Relaxed) >= 4;
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    // Second member of the same group resumes exactly after what was durable.
+    let h2 = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        base,
+        spec(group, topic),
+        h2.clone(),
+        stop.clone(),
+    ));
+    helpers::eventually(60, "the rest handled", || {
+        let done = last
+            .iter()
+            .filter(|(_, o)| **o >= 20)
+            .all(|(p, o)| h2.seen.lock().get(p).and_then(|v| v.last().copied()) == Some(*o));
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    for (p, o) in &last {
+        let durable = h1.seen.lock().get(p).cloned().unwrap_or_default();
+        let rest = h2.seen.lock().get(p).cloned().unwrap_or_default();
+        assert!(durable.iter().all(|&x| x < 20), "partition {p}");
+        let mut all = durable.clone();
+        all.extend(&rest);
+        assert_eq!(
+            all,
+            (0..=*o).collect::<Vec<_>>(),
+            "partition {p}: nothing lost, nothing repeated"
+        );
+    }
+    app.stop().await.unwrap();
+}
+both!(offsets_follow_durability);

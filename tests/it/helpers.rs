@@ -1,0 +1,168 @@
+//! Shared test helpers: spawn the app on embedded or real backends, with a
+//! unique namespace (topics, groups) and keyspace per test.
+
+use std::time::Duration;
+
+use atelier::cli::app::{App, Roles};
+use atelier::config::{Config, Secret, ViewBackend, ViewsConfig};
+use serde_json::Value;
+
+pub const SECRET: &str = "test-secret";
+
+/// Which backends a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backends {
+    /// Mock Kafka cluster, embedded view store.
+    Embedded,
+    /// Real Kafka and Cassandra started by `scripts/services`.
+    Real,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The address of a real service, or `None` to skip locally. Under CI a
+/// missing service is a failure: CI must test against real services.
+pub fn real(var: &str) -> Option<String> {
+    match env(var) {
+        Some(v) => Some(v),
+        None if env("CI").is_some() => {
+            panic!("{var} is not set: CI must run against real services (scripts/services start)")
+        }
+        None => {
+            eprintln!(
+                "skipped: {var} not set (run scripts/services start; eval $(scripts/services env))"
+            );
+            None
+        }
+    }
+}
+
+/// A short unique id.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+/// Views config for a fresh keyspace on the real CQL server.
+pub fn cql_views(contact: &str) -> ViewsConfig {
+    ViewsConfig {
+        backend: ViewBackend::Cql,
+        contact_points: vec![contact.to_owned()],
+        keyspace: format!("t_{}", unique()),
+        ..ViewsConfig::default()
+    }
+}
+
+/// A configuration for `b`, or `None` when the real services are absent.
+pub async fn config(b: Backends) -> Option<Config> {
+    let mut cfg = Config::default();
+    cfg.data_dir = std::env::temp_dir().join(format!("atelier-test-{}", unique()));
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.max_after_wait_ms = 10_000;
+    cfg.kafka.namespace = format!("t-{}.", unique());
+    cfg.auth.jwt_secret = Secret(SECRET.into());
+    cfg.auth.voter_key = Secret("test-voter-key".into());
+    cfg.projector.linger_ms = 2;
+    if b == Backends::Real {
+        let kafka = real("ATELIER_IT_KAFKA")?;
+        let cql = real("ATELIER_IT_CQL")?;
+        cfg.kafka.brokers = kafka.clone();
+        cfg.views = cql_views(&cql);
+        atelier::bus::topics::apply(&cfg.kafka, &kafka, false)
+            .await
+            .expect("topics apply");
+    }
+    Some(cfg)
+}
+
+/// A running app with an HTTP client.
+pub struct TestApp {
+    pub app: App,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn(b: Backends) -> Option<TestApp> {
+        let cfg = config(b).await?;
+        Some(Self::start(cfg, Roles::ALL).await)
+    }
+
+    pub async fn start(cfg: Config, roles: Roles) -> TestApp {
+        let app = App::start(cfg, roles).await.expect("app starts");
+        let url = app.url();
+        TestApp {
+            app,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        atelier::api::mint(SECRET, user, &user.to_uppercase(), 3600)
+    }
+
+    /// Sends a request; returns status and JSON body (Null when not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(u) = user {
+            req = req.bearer_auth(self.token(u));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, user: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(user), Some(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// Creates a poll and returns (id, token).
+    pub async fn create_poll(&self, owner: &str, body: Value) -> (String, String) {
+        let (s, v) = self.post("/v1/polls", owner, body).await;
+        assert_eq!(s, 202, "{v}");
+        (
+            v["poll_id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.app.stop().await.expect("clean stop");
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

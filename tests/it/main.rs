@@ -1,0 +1,30 @@
+//! Integration tests: one binary. Every behaviour runs against the embedded
+//! backends and against real Kafka, Cassandra and S3 (started by
+//! `scripts/services`; under CI their absence is a failure, locally a skip).
+
+/// Runs an `async fn(Backends)` once per backend set.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            use crate::helpers::Backends;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(Backends::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() {
+                super::$name(Backends::Real).await
+            }
+        }
+    };
+}
+
+mod api_polls;
+mod blobs;
+mod consumer;
+mod exactly_once;
+mod helpers;
+mod kill;
+mod schemas;
+mod topics;
+mod views;
