@@ -319,6 +319,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's own test API
     fn files_and_environment_layer() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.toml");

@@ -90,9 +90,11 @@ CONF
 CONF
 }
 
+# Sets CMD (declared local by the caller in scripts/services).
+# shellcheck disable=SC2034
 cassandra_cmd() {
-    local dir="$1" lib="$CASSANDRA_HOME/lib" jamm
-    jamm="$(ls "$lib"/jamm-*.jar | head -n1)"
+    local dir="$1" lib="$CASSANDRA_HOME/lib"
+    local -a jamm=("$lib"/jamm-*.jar)
     CMD=("$(java_bin)"
         # Heap: 1 GiB is plenty for tests; G1 settings from Cassandra's jvm17-server.options.
         -Xms1g -Xmx1g -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled
@@ -101,7 +103,7 @@ cassandra_cmd() {
         -XX:HeapDumpPath="$dir" -XX:+ExitOnOutOfMemoryError -ea -da:net.openhft...
         -Djava.net.preferIPv4Stack=true
         # jamm measures object sizes for memtable accounting; Cassandra expects it as an agent.
-        -javaagent:"$jamm"
+        -javaagent:"${jamm[0]}"
         # JPMS: Cassandra reaches into JDK internals (jvm17-server.options).
         -Djdk.attach.allowAttachSelf=true
         --add-exports java.base/jdk.internal.misc=ALL-UNNAMED

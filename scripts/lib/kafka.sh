@@ -115,6 +115,8 @@ CONF
     fi
 }
 
+# Sets CMD (declared local by the caller in scripts/services).
+# shellcheck disable=SC2034
 kafka_cmd() {
     local dir="$1"
     CMD=("$(java_bin)" -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20

@@ -25,7 +25,7 @@ _s3_build() {
     # project .cargo/config (target-dir, rustflags) leaks into this build.
     target="$(mktemp -d "${TMPDIR:-/tmp}/s3s-fs-build.XXXXXX")"
     (
-        cd "$ATELIER_CACHE"
+        cd "$ATELIER_CACHE" || exit 1
         unset RUSTFLAGS CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR CARGO_ENCODED_RUSTFLAGS
         CARGO_TARGET_DIR="$target" cargo install s3s-fs --version "$S3S_VERSION" \
             --locked --features binary --root "$root" >&2
@@ -47,6 +47,8 @@ s3_prepare() {
     mkdir -p "$1/data/$S3_BUCKET"
 }
 
+# Sets CMD (declared local by the caller in scripts/services).
+# shellcheck disable=SC2034
 s3_cmd() {
     CMD=(env RUST_LOG="${RUST_LOG:-info}" "$S3_HOME/bin/s3s-fs"
         --host 127.0.0.1 --port "$S3_PORT"

@@ -6,10 +6,12 @@
 //! second `VoteCast` replaces the voter's ballot; unknown questions are
 //! rejected; only the owner closes a poll. Rejections are counted in the poll.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -190,14 +192,27 @@ pub struct FoldConfig {
 impl FoldConfig {
     /// The key a voter's ballot is stored under.
     pub fn voter_key(&self, anonymous: bool, poll: PollId, user: &UserId) -> VoterKey {
+        self.voter_key_ref(anonymous, poll, user).into_owned()
+    }
+
+    /// [`FoldConfig::voter_key`] without allocating for named polls.
+    pub fn voter_key_ref<'u>(
+        &self,
+        anonymous: bool,
+        poll: PollId,
+        user: &'u UserId,
+    ) -> Cow<'u, str> {
         if !anonymous {
-            return user.as_str().to_owned();
+            return Cow::Borrowed(user.as_str());
         }
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.voter_key)
             .expect("HMAC takes keys of any length");
         mac.update(poll.0.as_bytes());
         mac.update(user.as_str().as_bytes());
-        format!("h:{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+        Cow::Owned(format!(
+            "h:{}",
+            hex::encode(&mac.finalize().into_bytes()[..16])
+        ))
     }
 }
 
@@ -209,12 +224,30 @@ impl FoldConfig {
 pub struct PollAggregate {
     /// `None` until the poll is created.
     pub state: Option<PollState>,
-    /// Known ballots; `None` records a retracted or absent ballot.
-    pub ballots: HashMap<VoterKey, Option<Ballot>>,
+    /// Known ballots. Keys are authenticated user ids (or their keyed
+    /// hashes), so a fast non-DoS-resistant hasher is acceptable here.
+    ballots: FxHashMap<VoterKey, Slot>,
     /// Ballots changed since the last commit.
-    dirty: BTreeSet<VoterKey>,
+    dirty: usize,
     /// Whether `state` changed since the last commit.
     state_dirty: bool,
+}
+
+/// A voter's ballot as the fold knows it.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    /// `None`: no ballot (never cast, or retracted).
+    ballot: Option<Ballot>,
+    /// Changed since the last commit.
+    dirty: bool,
+}
+
+/// The slot of `key`, created empty when absent (hashing twice only then).
+fn slot<'a>(ballots: &'a mut FxHashMap<VoterKey, Slot>, key: Cow<'_, str>) -> &'a mut Slot {
+    if !ballots.contains_key(key.as_ref()) {
+        ballots.insert(key.clone().into_owned(), Slot::default());
+    }
+    ballots.get_mut(key.as_ref()).expect("just inserted")
 }
 
 /// What one atomic write of an aggregate contains: its state (with the
@@ -236,24 +269,49 @@ impl PollAggregate {
         }
     }
 
+    /// Records what the store holds for a voter (`None`: no ballot).
+    pub fn load_ballot(&mut self, key: VoterKey, ballot: Option<Ballot>) {
+        self.ballots.insert(
+            key,
+            Slot {
+                ballot,
+                dirty: false,
+            },
+        );
+    }
+
+    /// The current ballot of a voter, when known.
+    pub fn ballot(&self, key: &str) -> Option<&Ballot> {
+        self.ballots.get(key).and_then(|s| s.ballot.as_ref())
+    }
+
+    /// Every known ballot.
+    pub fn ballots(&self) -> impl Iterator<Item = (&VoterKey, &Ballot)> {
+        self.ballots
+            .iter()
+            .filter_map(|(k, s)| s.ballot.as_ref().map(|b| (k, b)))
+    }
+
     /// Ballot rows changed since the last commit.
     pub fn dirty_ballots(&self) -> usize {
-        self.dirty.len()
+        self.dirty
     }
 
     /// Takes what must be written, if anything changed.
     pub fn take_commit(&mut self) -> Option<PollCommit> {
-        if !self.state_dirty && self.dirty.is_empty() {
+        if !self.state_dirty && self.dirty == 0 {
             return None;
         }
         let state = self.state.clone()?;
-        let ballots = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .map(|k| {
-                let b = self.ballots.get(&k).cloned().flatten();
-                (k, b)
-            })
-            .collect();
+        let mut ballots = Vec::with_capacity(self.dirty);
+        if self.dirty > 0 {
+            for (k, slot) in self.ballots.iter_mut().filter(|(_, s)| s.dirty) {
+                slot.dirty = false;
+                ballots.push((k.clone(), slot.ballot.clone()));
+            }
+        }
+        ballots.sort_by(|a, b| a.0.cmp(&b.0));
+        self.dirty = 0;
         self.state_dirty = false;
         Some(PollCommit { state, ballots })
     }
@@ -309,53 +367,85 @@ impl PollAggregate {
         event: &Event,
         ids: &[QuestionId],
     ) -> Result<(), Rejection> {
-        let s = self.state.as_mut().ok_or(Rejection::UnknownPoll)?;
+        let Self {
+            state,
+            ballots,
+            dirty,
+            ..
+        } = self;
+        let s = state.as_mut().ok_or(Rejection::UnknownPoll)?;
         s.is_open_at(event.time)?;
         let bits = s.check_choices(ids)?;
-        let key = cfg.voter_key(s.anonymous, s.poll_id, &event.principal.id);
-        let slot = self.ballots.entry(key.clone()).or_insert(None);
-        match slot {
-            Some(prev) => untally(&mut s.tallies, prev.choices),
-            None => s.voters += 1,
-        }
+        let p = &event.principal;
+        let slot = slot(ballots, cfg.voter_key_ref(s.anonymous, s.poll_id, &p.id));
+        let name = match slot.ballot.take() {
+            Some(prev) => {
+                untally(&mut s.tallies, prev.choices);
+                // Reuse the stored name when it did not change.
+                prev.name.filter(|n| *n == p.name)
+            }
+            None => {
+                s.voters += 1;
+                None
+            }
+        };
         tally(&mut s.tallies, bits);
-        *slot = Some(Ballot {
+        slot.ballot = Some(Ballot {
             choices: bits,
             at: event.time,
-            name: (!s.anonymous).then(|| event.principal.name.clone()),
+            name: if s.anonymous {
+                None
+            } else {
+                name.or_else(|| Some(p.name.clone()))
+            },
         });
-        if !s.anonymous {
-            let p = &event.principal;
-            s.recent.retain(|r| r.id != p.id);
-            s.recent.insert(
-                0,
-                RecentVoter {
-                    id: p.id.clone(),
-                    name: p.name.clone(),
-                    avatar_url: p.avatar_url.clone(),
-                    at: event.time,
-                },
-            );
-            s.recent.truncate(RECENT_VOTERS);
+        if !slot.dirty {
+            slot.dirty = true;
+            *dirty += 1;
         }
-        self.dirty.insert(key);
+        if !s.anonymous {
+            match s.recent.first_mut() {
+                // The same voter again: only the time moves.
+                Some(r) if r.id == p.id && r.name == p.name && r.avatar_url == p.avatar_url => {
+                    r.at = event.time
+                }
+                _ => {
+                    s.recent.retain(|r| r.id != p.id);
+                    s.recent.truncate(RECENT_VOTERS - 1);
+                    s.recent.insert(
+                        0,
+                        RecentVoter {
+                            id: p.id.clone(),
+                            name: p.name.clone(),
+                            avatar_url: p.avatar_url.clone(),
+                            at: event.time,
+                        },
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
     fn retract(&mut self, cfg: &FoldConfig, event: &Event) -> Result<(), Rejection> {
-        let s = self.state.as_mut().ok_or(Rejection::UnknownPoll)?;
+        let Self {
+            state,
+            ballots,
+            dirty,
+            ..
+        } = self;
+        let s = state.as_mut().ok_or(Rejection::UnknownPoll)?;
         s.is_open_at(event.time)?;
-        let key = cfg.voter_key(s.anonymous, s.poll_id, &event.principal.id);
-        let prev = self
-            .ballots
-            .get_mut(&key)
-            .and_then(Option::take)
-            .ok_or(Rejection::NoBallot)?;
+        let key = cfg.voter_key_ref(s.anonymous, s.poll_id, &event.principal.id);
+        let slot = ballots.get_mut(key.as_ref()).ok_or(Rejection::NoBallot)?;
+        let prev = slot.ballot.take().ok_or(Rejection::NoBallot)?;
         untally(&mut s.tallies, prev.choices);
         s.voters -= 1;
         s.recent.retain(|r| r.id != event.principal.id);
-        self.ballots.insert(key.clone(), None);
-        self.dirty.insert(key);
+        if !slot.dirty {
+            slot.dirty = true;
+            *dirty += 1;
+        }
         Ok(())
     }
 }
@@ -620,8 +710,8 @@ mod tests {
                     next += 1;
                 }
                 let from = at.saturating_sub(len);
-                for i in from..at {
-                    prop_assert_eq!(twice.apply(&cfg, pos(i), &log[i]), Outcome::Duplicate);
+                for (i, e) in log.iter().enumerate().take(at).skip(from) {
+                    prop_assert_eq!(twice.apply(&cfg, pos(i), e), Outcome::Duplicate);
                 }
             }
             while next < log.len() {
@@ -631,15 +721,15 @@ mod tests {
             for (i, e) in log.iter().enumerate() {
                 twice.apply(&cfg, pos(i), e);
             }
-            let (a, b) = (once.state.unwrap(), twice.state.unwrap());
+            let (a, b) = (once.state.clone().unwrap(), twice.state.unwrap());
             prop_assert_eq!(&a, &b);
             // Tallies agree with the final ballots.
             let mut expect = vec![0u64; 3];
-            for bl in once.ballots.values().flatten() {
+            for (_, bl) in once.ballots() {
                 for q in bl.question_ids() { expect[q as usize] += 1; }
             }
             prop_assert_eq!(&a.tallies, &expect);
-            prop_assert_eq!(a.voters, once.ballots.values().flatten().count() as u64);
+            prop_assert_eq!(a.voters, once.ballots().count() as u64);
         }
     }
 }

@@ -35,6 +35,9 @@ pub const VIEW: &str = "polls";
 /// The DLQ stage name.
 pub const STAGE: &str = "project.polls";
 
+/// An event with its log position.
+type Positioned = (Position, Event);
+
 /// Counts of one batch, for metrics and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -222,7 +225,7 @@ impl PollProjector {
                 states.insert(s.poll_id, s);
             }
         }
-        let mut aggs: Vec<(PollId, PollAggregate, &[(Position, Event)])> = Vec::new();
+        let mut aggs: Vec<(PollId, PollAggregate, &[Positioned])> = Vec::new();
         let loads: Vec<_> = by_poll
             .iter()
             .map(|(id, events)| {
@@ -254,9 +257,11 @@ impl PollProjector {
                         self.views.load_ballots(*id, &keys).await?
                     };
                     let mut agg = PollAggregate::from_state(state);
-                    agg.ballots = keys.into_iter().map(|k| (k, None)).collect();
+                    for k in keys {
+                        agg.load_ballot(k, None);
+                    }
                     for (k, b) in found {
-                        agg.ballots.insert(k, Some(b));
+                        agg.load_ballot(k, Some(b));
                     }
                     Ok::<_, ViewError>((*id, agg, events.as_slice()))
                 }

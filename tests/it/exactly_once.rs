@@ -314,7 +314,7 @@ impl FlakyStore {
     fn roll(&self) -> Option<bool> {
         let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7;
-        (h % self.one_in == 0).then_some(h % 2 == 0)
+        h.is_multiple_of(self.one_in).then_some(h.is_multiple_of(2))
     }
 }
 

@@ -56,8 +56,10 @@ pub fn cql_views(contact: &str) -> ViewsConfig {
 
 /// A configuration for `b`, or `None` when the real services are absent.
 pub async fn config(b: Backends) -> Option<Config> {
-    let mut cfg = Config::default();
-    cfg.data_dir = std::env::temp_dir().join(format!("atelier-test-{}", unique()));
+    let mut cfg = Config {
+        data_dir: std::env::temp_dir().join(format!("atelier-test-{}", unique())),
+        ..Config::default()
+    };
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.max_after_wait_ms = 10_000;
     cfg.kafka.namespace = format!("t-{}.", unique());

@@ -25,6 +25,7 @@ mod consumer;
 mod exactly_once;
 mod helpers;
 mod kill;
+mod one_query;
 mod schemas;
 mod topics;
 mod views;
