@@ -17,7 +17,7 @@ use super::json::JsonBody;
 use super::{ApiError, AppState, Authed, Token};
 use crate::event::{
     Event, EventData, EventId, PollClosed, PollCreated, PollId, Principal, Question, QuestionId,
-    UserId, Validate, VoteCast, VoteRetracted,
+    Topic, UserId, Validate, VoteCast, VoteRetracted,
 };
 use crate::fold::Position;
 use crate::fold::poll::{PollState, RecentVoter, Rejection};
@@ -171,6 +171,14 @@ async fn fresh_poll(
     after: Option<&str>,
 ) -> Result<Option<PollState>, ApiError> {
     let after = after.map(Token::decode).transpose()?;
+    if let Some(t) = &after
+        && t.topic != st.producer.topic(Topic::Polls)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_token",
+            "the consistency token is for another topic than polls",
+        ));
+    }
     let deadline = Instant::now() + st.max_after_wait;
     loop {
         let poll = st.views.poll(id).await?;

@@ -324,6 +324,7 @@ fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusErro
                 consumer.pause(&tpl(tp))?;
                 w.paused = true;
                 metrics::gauge!(names::PAUSED).increment(1.0);
+                metrics::counter!(names::PAUSES, "topic" => tp.0.clone()).increment(1);
             }
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {

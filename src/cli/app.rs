@@ -151,6 +151,11 @@ impl App {
                     Ok(())
                 }),
             ));
+            // Serve only once the projector has joined its group, so that the
+            // first read-your-write does not wait out the group join.
+            if !p.wait_assigned(Duration::from_secs(30)).await {
+                tracing::warn!("the projector has no partitions yet; reads may lag");
+            }
             Some(p)
         } else {
             None

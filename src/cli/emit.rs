@@ -129,15 +129,20 @@ impl Client {
         Ok(v)
     }
 
-    /// Reads the poll back once the view has applied `token`.
+    /// Reads the poll back once the view has applied `token` (the server
+    /// waits a bounded time; past it we honour its `503`, a few times).
     async fn show(&self, poll: &str, token: &str) -> anyhow::Result<()> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/polls/{poll}?after={token}"),
-                None,
-            )
-            .await?;
+        let path = format!("/v1/polls/{poll}?after={token}");
+        let mut tries = 0;
+        let v = loop {
+            match self.call(reqwest::Method::GET, &path, None).await {
+                Err(e) if tries < 5 && e.to_string().contains("not_yet_applied") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                other => break other?,
+            }
+        };
         println!("{}", serde_json::to_string_pretty(&v)?);
         Ok(())
     }

@@ -63,6 +63,7 @@ pub struct PollProjector {
     cache: Mutex<LruCache<(i32, PollId), PollState>>,
     checkpoints: Mutex<HashMap<(String, i32), Checkpoint>>,
     totals: Mutex<BatchStats>,
+    assigned: tokio::sync::watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for PollProjector {
@@ -99,7 +100,17 @@ impl PollProjector {
             cache: Mutex::new(LruCache::new(cap)),
             checkpoints: Mutex::new(HashMap::new()),
             totals: Mutex::new(BatchStats::default()),
+            assigned: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Waits until this projector has been assigned at least one partition
+    /// (it has joined its consumer group), or `timeout` passed.
+    pub async fn wait_assigned(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.assigned.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Totals since start.
@@ -354,6 +365,7 @@ impl PollProjector {
 #[async_trait]
 impl PartitionHandler for PollProjector {
     async fn assigned(&self, topic: &str, partition: i32) {
+        self.assigned.send_modify(|n| *n += 1);
         // Another process may have written this partition meanwhile: forget
         // everything cached about it.
         self.checkpoints

@@ -29,8 +29,10 @@ pub mod names {
     pub const VIEW_WRITES: &str = "atelier_view_writes_total";
     /// Events per mini-batch.
     pub const BATCH_EVENTS: &str = "atelier_batch_events";
-    /// Partitions paused for backpressure.
+    /// Partitions paused for backpressure right now.
     pub const PAUSED: &str = "atelier_partitions_paused";
+    /// Times a partition was paused for backpressure, by `topic`.
+    pub const PAUSES: &str = "atelier_partition_pauses_total";
     /// Consumer lag, by `topic`, `partition`.
     pub const LAG: &str = "atelier_consumer_lag";
     /// HTTP requests, by `route`, `status`.

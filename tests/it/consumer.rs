@@ -187,3 +187,55 @@ async fn offsets_follow_durability(b: Backends) {
     app.stop().await.unwrap();
 }
 both!(offsets_follow_durability);
+
+/// A slow handler fills its partition's queue: the partition is paused
+/// (rather than buffered without bound), resumed, and nothing is lost.
+async fn backpressure_pauses(b: Backends) {
+    let Some((app, topic, last)) = setup(b).await else {
+        return;
+    };
+    let metrics = atelier::telemetry::prometheus().expect("recorder");
+    struct Slow(Recorder);
+    #[async_trait]
+    impl PartitionHandler for Slow {
+        async fn assigned(&self, t: &str, p: i32) {
+            self.0.assigned(t, p).await
+        }
+        async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.0.handle(b).await
+        }
+    }
+    let h = Arc::new(Slow(Recorder::default()));
+    let stop = CancellationToken::new();
+    let mut base = client_config(&app.config.kafka, &app.brokers);
+    base.set("session.timeout.ms", "6000");
+    let mut sp = spec(format!("{}c3", app.config.kafka.namespace), topic.clone());
+    sp.max_batch = 3;
+    let task = tokio::spawn(consumer::run(base, sp, h.clone(), stop.clone()));
+    helpers::eventually(120, "all records handled", || {
+        let done = last
+            .iter()
+            .all(|(p, o)| h.0.seen.lock().get(p).and_then(|v| v.last().copied()) == Some(*o));
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    for (p, o) in &last {
+        assert_eq!(
+            h.0.seen.lock()[p],
+            (0..=*o).collect::<Vec<_>>(),
+            "partition {p}"
+        );
+    }
+    let text = metrics.render();
+    let pauses: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("atelier_partition_pauses_total") && l.contains(&topic))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(pauses >= 1.0, "the slow partition was paused: {pauses}");
+    app.stop().await.unwrap();
+}
+both!(backpressure_pauses);

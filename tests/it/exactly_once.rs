@@ -247,16 +247,40 @@ pub async fn assert_matches_reference(
     assert!(checked > 0, "the workload created polls");
 }
 
-/// Reads every record of the polls topic, per partition.
-fn read_all(cfg: &Config, brokers: &str, last: &HashMap<i32, i64>) -> HashMap<i32, Vec<Record>> {
+/// The last offset of each non-empty partition of `topic`.
+pub fn end_offsets(cfg: &Config, brokers: &str, topic: &str) -> HashMap<i32, i64> {
+    let mut c = client_config(&cfg.kafka, brokers);
+    c.set("group.id", format!("{}ends", cfg.kafka.namespace));
+    let consumer: BaseConsumer = c.create().unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut out = HashMap::new();
+    for p in md.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            out.insert(p.id(), high - 1);
+        }
+    }
+    out
+}
+
+/// Reads every record of `topic` up to `last`, per partition.
+pub fn read_all(
+    cfg: &Config,
+    brokers: &str,
+    topic: &str,
+    last: &HashMap<i32, i64>,
+) -> HashMap<i32, Vec<Record>> {
     let mut c = client_config(&cfg.kafka, brokers);
     c.set("group.id", format!("{}reader", cfg.kafka.namespace));
     c.set("enable.auto.commit", "false");
     let consumer: BaseConsumer = c.create().unwrap();
-    let topic = cfg.kafka.topic(Topic::Polls);
     let mut tpl = TopicPartitionList::new();
     for p in last.keys() {
-        tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
@@ -415,12 +439,37 @@ async fn exactly_once(b: Backends) {
     let flaky: Arc<dyn ViewStore> = Arc::new(FlakyStore::new(views.clone(), 8));
     let g1 = format!("{}g1", cfg.kafka.namespace);
     let p1 = project_until(&cfg, &brokers, flaky, &g1, &produced.last).await;
-    assert_eq!(
-        p1.totals().poison,
-        produced.poison as u64,
-        "poison went to the DLQ"
-    );
     assert!(p1.totals().rejected > 0, "the workload breaks rules");
+    // Each poison record is in the DLQ with its reason and source position
+    // (a retried batch may dead-letter it again: same source position).
+    let dlq_topic = cfg.kafka.topic(Topic::Dlq);
+    let dlq_end = end_offsets(&cfg, &brokers, &dlq_topic);
+    let dead: Vec<Record> = read_all(&cfg, &brokers, &dlq_topic, &dlq_end)
+        .into_values()
+        .flatten()
+        .collect();
+    let text =
+        |r: &Record, h: &str| String::from_utf8(r.header(h).unwrap_or_default().to_vec()).unwrap();
+    let mut sources = std::collections::BTreeSet::new();
+    for r in &dead {
+        assert_eq!(text(r, "dlq_stage"), "project.polls");
+        assert_eq!(text(r, "dlq_source_topic"), cfg.kafka.topic(Topic::Polls));
+        assert!(!text(r, "dlq_error").is_empty());
+        assert_eq!(
+            r.payload.as_deref(),
+            Some(&b"{garbage"[..]),
+            "original bytes kept"
+        );
+        sources.insert((
+            text(r, "dlq_source_partition"),
+            text(r, "dlq_source_offset"),
+        ));
+    }
+    assert_eq!(
+        sources.len(),
+        produced.poison,
+        "every poison record, once per source position"
+    );
     assert_matches_reference(&cfg, views.as_ref(), &produced.events).await;
 
     // Two full replays by fresh groups: every event is a duplicate.
@@ -432,7 +481,8 @@ async fn exactly_once(b: Backends) {
     }
 
     // Random redeliveries straight into a projector with cold caches.
-    let records = read_all(&cfg, &brokers, &produced.last);
+    let polls_topic = cfg.kafka.topic(Topic::Polls);
+    let records = read_all(&cfg, &brokers, &polls_topic, &produced.last);
     let fresh = PollProjector::new(
         views.clone(),
         app.producer.clone(),

@@ -21,6 +21,7 @@ macro_rules! both {
 
 mod api_polls;
 mod blobs;
+mod cli;
 mod consumer;
 mod exactly_once;
 mod helpers;

@@ -1,0 +1,136 @@
+//! The README's first command, as a user runs it: `atelier up` on the
+//! embedded defaults, then `atelier emit` creates a poll and votes, and the
+//! printed poll shows the tallies; SIGTERM stops it cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn atelier(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(args)
+        .env("ATELIER_DATA_DIR", data)
+        .output()
+        .expect("atelier runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn up_then_emit_shows_tallies_and_sigterm_stops() {
+    let data = std::env::temp_dir().join(format!("atelier-cli-{}", crate::helpers::unique()));
+    let mut up = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("ATELIER_DATA_DIR", &data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("atelier up starts");
+    let stdout = BufReader::new(up.stdout.take().unwrap());
+    let mut url = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.trim().strip_prefix("API") {
+            url = Some(u.trim().to_owned());
+            break;
+        }
+    }
+    let url = url.expect("atelier up prints the API URL");
+
+    let (ok, out, err) = atelier(
+        &data,
+        &[
+            "emit",
+            "poll",
+            "--api",
+            &url,
+            "--head",
+            "Lunch?",
+            "--question",
+            "Pizza",
+            "--question",
+            "Sushi",
+            "--as",
+            "ann",
+        ],
+    );
+    assert!(ok, "{err}");
+    let poll: Value = serde_json::from_str(&out).unwrap();
+    let id = poll["poll_id"].as_str().unwrap().to_owned();
+    for (who, q) in [("bob", "1"), ("cid", "1"), ("dan", "0")] {
+        let (ok, out, err) = atelier(
+            &data,
+            &[
+                "emit",
+                "vote",
+                "--api",
+                &url,
+                "--poll",
+                &id,
+                "--question",
+                q,
+                "--as",
+                who,
+            ],
+        );
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["poll_id"], id.as_str());
+    }
+    let (ok, out, _) = atelier(
+        &data,
+        &[
+            "emit",
+            "vote",
+            "--api",
+            &url,
+            "--poll",
+            &id,
+            "--question",
+            "0",
+            "--as",
+            "eve",
+        ],
+    );
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let votes: Vec<u64> = v["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["votes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(votes, vec![2, 2]);
+    // A bad vote is refused with the API's reason, not a crash.
+    let (ok, _, err) = atelier(
+        &data,
+        &[
+            "emit",
+            "vote",
+            "--api",
+            &url,
+            "--poll",
+            &id,
+            "--question",
+            "9",
+            "--as",
+            "eve",
+        ],
+    );
+    assert!(!ok && err.contains("unknown_question"), "{err}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = up.wait().unwrap();
+    assert!(
+        exit.success(),
+        "atelier up exits cleanly on SIGTERM: {exit:?}"
+    );
+}
