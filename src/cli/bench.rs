@@ -140,15 +140,19 @@ pub(super) async fn run(mut cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
     let producer = Producer::new(&cfg.kafka, &brokers, "atelier/bench")?;
     let t = Instant::now();
     let mut last: HashMap<i32, i64> = HashMap::new();
-    let mut sends = futures::stream::iter(events.iter())
-        .map(|e| producer.send(e))
-        .buffer_unordered(10_000);
-    while let Some(r) = sends.next().await {
-        let at = r?;
-        let e = last.entry(at.partition).or_insert(-1);
-        *e = (*e).max(at.offset);
+    // Creations first (acknowledged), then the votes: a vote must not land
+    // before its poll exists.
+    let (creates, votes) = events.split_at(a.polls);
+    for part in [creates, votes] {
+        let mut sends = futures::stream::iter(part.iter())
+            .map(|e| producer.send(e))
+            .buffer_unordered(10_000);
+        while let Some(r) = sends.next().await {
+            let at = r?;
+            let e = last.entry(at.partition).or_insert(-1);
+            *e = (*e).max(at.offset);
+        }
     }
-    drop(sends);
     let produce_s = t.elapsed().as_secs_f64();
     eprintln!(
         "produced {} records in {produce_s:.1} s ({:.0}/s)",

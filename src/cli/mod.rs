@@ -164,24 +164,25 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
     let embedded = cfg.kafka.is_embedded();
     let app = app::App::start(cfg, roles).await?;
     app::cancel_on_signals(app.shutdown.clone());
-    if let Some(addr) = app.addr {
-        println!("atelier is up");
-        println!("  API        http://{addr}");
-        println!(
-            "  log        {}",
+    // A closed stdout (a supervisor that stopped reading) must not take the
+    // server down: the banner ignores write errors.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let banner = match app.addr {
+        Some(addr) => format!(
+            "atelier is up\n  API        http://{addr}\n  log        {}\n  views      {}\n  \
+             try        atelier emit poll --head 'Lunch?' --question Pizza --question Sushi\n  \
+             stop       Ctrl-C\n",
             if embedded {
                 "embedded Kafka (mock cluster, in memory)"
             } else {
                 "Kafka"
-            }
-        );
-        println!("  views      {}", app.views.backend());
-        println!(
-            "  try        atelier emit poll --head 'Lunch?' --question Pizza --question Sushi"
-        );
-        println!("  stop       Ctrl-C");
-    } else {
-        println!("atelier projector running (Ctrl-C to stop)");
-    }
+            },
+            app.views.backend()
+        ),
+        None => "atelier projector running (Ctrl-C to stop)\n".to_owned(),
+    };
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    drop(out);
     app.wait().await
 }

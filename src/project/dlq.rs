@@ -37,10 +37,8 @@ pub async fn send(
     let offset_s = rec.offset.to_string();
     let attempts_s = attempts.to_string();
     let mut headers: Vec<(&str, &[u8])> = rec
-        .headers
-        .iter()
+        .header_pairs()
         .filter(|(k, _)| !k.starts_with("dlq_"))
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
     headers.extend([
         (header::STAGE, stage.as_bytes()),

@@ -30,9 +30,9 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
         .stderr(Stdio::null())
         .spawn()
         .expect("atelier up starts");
-    let stdout = BufReader::new(up.stdout.take().unwrap());
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let mut url = None;
-    for line in stdout.lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(u) = line.trim().strip_prefix("API") {
             url = Some(u.trim().to_owned());
@@ -40,6 +40,8 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
         }
     }
     let url = url.expect("atelier up prints the API URL");
+    // Keep draining its stdout, as a terminal would.
+    std::thread::spawn(move || for _ in lines {});
 
     let (ok, out, err) = atelier(
         &data,

@@ -297,20 +297,20 @@ pub fn read_all(
         );
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            let headers = m
+            let headers: Vec<(&str, &[u8])> = m
                 .headers()
                 .map(|hs| {
                     hs.iter()
-                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .map(|h| (h.key, h.value.unwrap_or_default()))
                         .collect()
                 })
                 .unwrap_or_default();
-            out.entry(m.partition()).or_default().push(Record {
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
+            out.entry(m.partition()).or_default().push(Record::new(
+                m.offset(),
+                m.key(),
                 headers,
-                payload: m.payload().map(<[u8]>::to_vec),
-            });
+                m.payload(),
+            ));
         }
     }
     out
