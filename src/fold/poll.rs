@@ -242,6 +242,16 @@ struct Slot {
     dirty: bool,
 }
 
+impl Slot {
+    /// Marks the slot changed, counting it once per commit.
+    fn touch(&mut self, dirty: &mut usize) {
+        if !self.dirty {
+            self.dirty = true;
+            *dirty += 1;
+        }
+    }
+}
+
 /// The slot of `key`, created empty when absent (hashing twice only then).
 fn slot<'a>(ballots: &'a mut FxHashMap<VoterKey, Slot>, key: Cow<'_, str>) -> &'a mut Slot {
     if !ballots.contains_key(key.as_ref()) {
@@ -399,10 +409,7 @@ impl PollAggregate {
                 name.or_else(|| Some(p.name.clone()))
             },
         });
-        if !slot.dirty {
-            slot.dirty = true;
-            *dirty += 1;
-        }
+        slot.touch(dirty);
         if !s.anonymous {
             match s.recent.first_mut() {
                 // The same voter again: only the time moves.
@@ -442,10 +449,7 @@ impl PollAggregate {
         untally(&mut s.tallies, prev.choices);
         s.voters -= 1;
         s.recent.retain(|r| r.id != event.principal.id);
-        if !slot.dirty {
-            slot.dirty = true;
-            *dirty += 1;
-        }
+        slot.touch(dirty);
         Ok(())
     }
 }
