@@ -18,7 +18,7 @@ const VOTERS: usize = 10_000;
 
 fn events() -> (Event, Vec<Event>) {
     let poll = PollId(uuid::Uuid::from_u128(1));
-    let t = atelier::event::now();
+    let t = atelier::api::now();
     let who = |i: usize| Principal {
         id: UserId::parse(&format!("voter-{i}")).unwrap(),
         name: format!("Voter {i}"),

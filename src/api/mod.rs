@@ -28,6 +28,19 @@ use crate::project::Watermarks;
 use crate::telemetry::names;
 use crate::view::ViewStore;
 
+/// Now, at the precision events carry (microseconds, as on the wire and in
+/// the views), so that an event compares equal after a round trip. The edge
+/// stamps time; the pure core never reads a clock.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let t = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// A fresh, time-ordered id (UUID v7) for a new event or aggregate.
+pub fn new_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {

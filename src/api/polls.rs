@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::json::JsonBody;
-use super::{ApiError, AppState, Authed, Token};
+use super::{ApiError, AppState, Authed, Token, new_id};
 use crate::event::{
     Event, EventData, EventId, PollClosed, PollCreated, PollId, Principal, Question, QuestionId,
     Topic, UserId, Validate, VoteCast, VoteRetracted,
@@ -84,8 +84,8 @@ async fn append(
     data: EventData,
 ) -> Result<(EventId, Token), ApiError> {
     let event = Event {
-        id: EventId::new_v7(),
-        time: crate::event::now(),
+        id: EventId(new_id()),
+        time: super::now(),
         principal,
         data,
     };
@@ -123,7 +123,7 @@ async fn create(
     Authed(principal): Authed,
     JsonBody(req): JsonBody<CreatePoll>,
 ) -> Result<Response, ApiError> {
-    let id = PollId::new_v7();
+    let id = PollId(new_id());
     let data = PollCreated {
         poll_id: id,
         head: req.head,

@@ -51,7 +51,7 @@ pub(super) struct ProjectArgs {
 /// Builds the workload: poll creations then Zipf-distributed votes.
 pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = crate::event::now();
+    let t0 = crate::api::now();
     let owner = Principal {
         id: UserId::parse("bench-owner").expect("valid"),
         name: "Bench".into(),

@@ -1,5 +1,6 @@
 //! Typed identifiers: every id that crosses a boundary is parsed once into a
-//! newtype, never passed around as a bare string.
+//! newtype, never passed around as a bare string. New ids are minted at the
+//! edge (`api`), never here: this module has no clock and no randomness.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,11 +19,6 @@ macro_rules! uuid_id {
         pub struct $name(pub Uuid);
 
         impl $name {
-            /// A fresh random id (v7: time-ordered, so newer ids sort later).
-            pub fn new_v7() -> Self {
-                Self(Uuid::now_v7())
-            }
-
             /// Parses the canonical hyphenated form.
             pub fn parse(s: &str) -> Result<Self, ValidationError> {
                 Uuid::parse_str(s)
@@ -172,7 +168,7 @@ mod tests {
 
     #[test]
     fn uuid_ids_round_trip() {
-        let id = PollId::new_v7();
+        let id = PollId(uuid::Uuid::now_v7());
         assert_eq!(PollId::parse(&id.to_string()).unwrap(), id);
         assert!(PollId::parse("nope").is_err());
     }

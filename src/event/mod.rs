@@ -67,13 +67,6 @@ pub(crate) fn check_len(
     Ok(())
 }
 
-/// Now, at the precision events carry (microseconds, as on the wire and in
-/// the views), so that an event compares equal after a round trip.
-pub fn now() -> DateTime<Utc> {
-    let t = Utc::now();
-    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
-}
-
 /// The acting principal, stamped by the ingest edge from the authenticated
 /// caller, never taken from a request body. The display fields are a snapshot
 /// so that views never need a join to show who acted.

@@ -426,7 +426,7 @@ mod tests {
 
     fn poll(n: usize) -> PollCreated {
         PollCreated {
-            poll_id: PollId::new_v7(),
+            poll_id: PollId(uuid::Uuid::now_v7()),
             head: "Lunch?".into(),
             message: String::new(),
             ends_at: None,
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn ballots_need_distinct_choices() {
-        let pid = PollId::new_v7();
+        let pid = PollId(uuid::Uuid::now_v7());
         let v = |q: Vec<u16>| VoteCast {
             poll_id: pid,
             question_ids: q,

@@ -196,7 +196,7 @@ mod tests {
 
     fn vote() -> Event {
         Event {
-            id: EventId::new_v7(),
+            id: EventId(uuid::Uuid::now_v7()),
             time: DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
                 .unwrap()
                 .with_timezone(&Utc),
@@ -206,7 +206,7 @@ mod tests {
                 avatar_url: None,
             },
             data: EventData::VoteCast(VoteCast {
-                poll_id: PollId::new_v7(),
+                poll_id: PollId(uuid::Uuid::now_v7()),
                 question_ids: vec![1],
             }),
         }

@@ -519,7 +519,7 @@ mod tests {
 
     fn ev(by: &str, t: i64, data: EventData) -> Event {
         Event {
-            id: EventId::new_v7(),
+            id: EventId(uuid::Uuid::now_v7()),
             time: at(t),
             principal: who(by),
             data,
@@ -572,7 +572,7 @@ mod tests {
 
     #[test]
     fn ballots_replace_and_retract() {
-        let p = PollId::new_v7();
+        let p = PollId(uuid::Uuid::now_v7());
         let (agg, out) = run(&[
             ev("own", 0, create(p, false, false, None)),
             ev("a", 1, vote(p, &[0])),
@@ -602,7 +602,7 @@ mod tests {
 
     #[test]
     fn rules_reject_and_count() {
-        let p = PollId::new_v7();
+        let p = PollId(uuid::Uuid::now_v7());
         let (agg, out) = run(&[
             ev("a", 0, vote(p, &[0])),
             ev("own", 1, create(p, false, false, Some(100))),
@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn multiple_choice_counts_each_question_once_per_voter() {
-        let p = PollId::new_v7();
+        let p = PollId(uuid::Uuid::now_v7());
         let (agg, _) = run(&[
             ev("own", 0, create(p, true, false, None)),
             ev("a", 1, vote(p, &[0, 2])),
@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn anonymous_polls_never_store_who_voted() {
-        let p = PollId::new_v7();
+        let p = PollId(uuid::Uuid::now_v7());
         let (mut agg, _) = run(&[
             ev("own", 0, create(p, false, true, None)),
             ev("alice", 1, vote(p, &[1])),
@@ -666,7 +666,7 @@ mod tests {
 
     #[test]
     fn commits_carry_only_changes() {
-        let p = PollId::new_v7();
+        let p = PollId(uuid::Uuid::now_v7());
         let (mut agg, _) = run(&[
             ev("own", 0, create(p, false, false, None)),
             ev("a", 1, vote(p, &[1])),
@@ -685,7 +685,7 @@ mod tests {
             votes in prop::collection::vec((0u8..6, 0u16..3, any::<bool>()), 1..200),
             redeliver in prop::collection::vec((0usize..200, 1usize..50), 0..10),
         ) {
-            let p = PollId::new_v7();
+            let p = PollId(uuid::Uuid::now_v7());
             let mut log = vec![ev("own", 0, create(p, false, false, None))];
             for (i, (voter, q, retract)) in votes.iter().enumerate() {
                 let by = format!("v{voter}");

@@ -47,11 +47,11 @@ pub fn workload(seed: u64, polls: usize, events: usize) -> Vec<Event> {
 /// [`workload`] with `close_pct` percent of events closing a poll.
 pub fn workload_with(seed: u64, polls: usize, events: usize, close_pct: u32) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = atelier::event::now();
-    let ids: Vec<PollId> = (0..polls).map(|_| PollId::new_v7()).collect();
+    let t0 = atelier::api::now();
+    let ids: Vec<PollId> = (0..polls).map(|_| PollId(uuid::Uuid::now_v7())).collect();
     let mut out = Vec::new();
     let ev = |t: chrono::DateTime<Utc>, p: Principal, data| Event {
-        id: EventId::new_v7(),
+        id: EventId(uuid::Uuid::now_v7()),
         time: t,
         principal: p,
         data,
@@ -104,7 +104,7 @@ pub fn workload_with(seed: u64, polls: usize, events: usize, close_pct: u32) -> 
             80..=95 => EventData::VoteRetracted(VoteRetracted { poll_id: poll }),
             _ => EventData::VoteCast(VoteCast {
                 // A vote on a poll that does not exist.
-                poll_id: PollId::new_v7(),
+                poll_id: PollId(uuid::Uuid::now_v7()),
                 question_ids: vec![0],
             }),
         };

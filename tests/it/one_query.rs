@@ -11,8 +11,8 @@ async fn votes(t: &TestApp, poll: &str, n: usize) -> String {
     let poll_id = PollId::parse(poll).unwrap();
     let sends = (0..n).map(|i| {
         let e = Event {
-            id: EventId::new_v7(),
-            time: atelier::event::now(),
+            id: EventId(uuid::Uuid::now_v7()),
+            time: atelier::api::now(),
             principal: Principal {
                 id: UserId::parse(&format!("voter-{i}")).unwrap(),
                 name: format!("Voter {i}"),

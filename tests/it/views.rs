@@ -62,7 +62,7 @@ fn ballot(choices: u32) -> Ballot {
 
 async fn round_trip_and_one_query(b: Backends) {
     let Some(s) = store(b).await else { return };
-    let id = PollId::new_v7();
+    let id = PollId(uuid::Uuid::now_v7());
     assert_eq!(s.poll(id).await.unwrap(), None);
     let st = state(id, "ann", 0, 5, vec![1, 2]);
     s.commit_poll(&PollCommit {
@@ -75,7 +75,9 @@ async fn round_trip_and_one_query(b: Backends) {
     assert_eq!(s.poll(id).await.unwrap(), Some(st.clone()));
     assert_eq!(s.counts().0 - reads, 1, "a poll read is one query");
     assert_eq!(
-        s.load_polls(&[id, PollId::new_v7()]).await.unwrap(),
+        s.load_polls(&[id, PollId(uuid::Uuid::now_v7())])
+            .await
+            .unwrap(),
         vec![st]
     );
 }
@@ -85,7 +87,7 @@ both!(round_trip_and_one_query);
 /// fenced-out projector) never overwrites a newer one.
 async fn older_writes_lose(b: Backends) {
     let Some(s) = store(b).await else { return };
-    let id = PollId::new_v7();
+    let id = PollId(uuid::Uuid::now_v7());
     let newer = state(id, "ann", 0, 20, vec![5, 5]);
     let older = state(id, "ann", 0, 10, vec![1, 1]);
     s.commit_poll(&PollCommit {
@@ -116,7 +118,7 @@ both!(older_writes_lose);
 
 async fn ballots_upsert_and_delete(b: Backends) {
     let Some(s) = store(b).await else { return };
-    let id = PollId::new_v7();
+    let id = PollId(uuid::Uuid::now_v7());
     s.commit_poll(&PollCommit {
         state: state(id, "ann", 0, 1, vec![2, 0]),
         ballots: vec![("a".into(), Some(ballot(1))), ("b".into(), Some(ballot(1)))],
@@ -161,7 +163,7 @@ both!(ballots_upsert_and_delete);
 async fn owner_pages_newest_first(b: Backends) {
     let Some(s) = store(b).await else { return };
     let owner = format!("o{}", crate::helpers::unique());
-    let ids: Vec<PollId> = (0..5).map(|_| PollId::new_v7()).collect();
+    let ids: Vec<PollId> = (0..5).map(|_| PollId(uuid::Uuid::now_v7())).collect();
     for (i, id) in ids.iter().enumerate() {
         s.commit_poll(&PollCommit {
             state: state(*id, &owner, i as i64, 1, vec![0, 0]),
