@@ -217,6 +217,8 @@ pub async fn run<H: PartitionHandler>(
         // Bounds what librdkafka prefetches per partition (with pausing,
         // this is the most a slow partition can buffer).
         .set("queued.max.messages.kbytes", "16384");
+    // Unbounded, but fed only by rebalance callbacks: a handful per
+    // rebalance, drained by the loop below.
     let (rb_tx, mut rb_rx) = mpsc::unbounded_channel();
     let consumer: Arc<Consumer_> = Arc::new(cfg.create_with_context(Ctx { tx: rb_tx })?);
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();

@@ -454,20 +454,25 @@ impl PollAggregate {
     }
 }
 
+/// Adds a ballot's choices. Bits beyond the poll's questions (only a
+/// corrupt stored ballot could carry them) are ignored, never a panic.
 fn tally(tallies: &mut [u64], bits: u32) {
     let mut b = bits;
     while b != 0 {
-        let q = b.trailing_zeros() as usize;
-        tallies[q] += 1;
+        if let Some(t) = tallies.get_mut(b.trailing_zeros() as usize) {
+            *t += 1;
+        }
         b &= b - 1;
     }
 }
 
+/// Removes a ballot's choices (see [`tally`]).
 fn untally(tallies: &mut [u64], bits: u32) {
     let mut b = bits;
     while b != 0 {
-        let q = b.trailing_zeros() as usize;
-        tallies[q] = tallies[q].saturating_sub(1);
+        if let Some(t) = tallies.get_mut(b.trailing_zeros() as usize) {
+            *t = t.saturating_sub(1);
+        }
         b &= b - 1;
     }
 }
