@@ -1,10 +1,11 @@
-//! A JSON body extractor whose every rejection is an [`ApiError`] with a
-//! JSON body: malformed JSON 400, wrong shape or unknown field 422, wrong
-//! content type 415, oversized body 413.
+//! Extractors whose every rejection is an [`ApiError`] with a JSON body.
+//! Bodies: malformed JSON 400, wrong shape or unknown field 422, wrong
+//! content type 415, oversized body 413. Query strings: 400.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
@@ -37,4 +38,23 @@ fn rejection(r: JsonRejection) -> ApiError {
         _ => "malformed_json",
     };
     ApiError::new(status, code, r.body_text())
+}
+
+/// `Query<T>` with API errors.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(r) => Err(ApiError::bad_request("invalid_query", r.body_text())),
+        }
+    }
 }

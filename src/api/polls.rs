@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::json::JsonBody;
+use super::json::{JsonBody, QueryParams};
 use super::{ApiError, AppState, Authed, Token, new_id};
 use crate::event::{
     Event, EventData, EventId, PollClosed, PollCreated, PollId, Principal, Question, QuestionId,
@@ -225,7 +225,7 @@ async fn open_poll(st: &AppState, id: &str, after: Option<&str>) -> Result<PollS
 async fn vote(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AfterQuery>,
+    QueryParams(q): QueryParams<AfterQuery>,
     Authed(principal): Authed,
     JsonBody(req): JsonBody<CastVote>,
 ) -> Result<Response, ApiError> {
@@ -234,6 +234,8 @@ async fn vote(
         poll_id: poll.poll_id,
         question_ids: req.question_ids,
     };
+    // The ballot's own contract first (empty, a question twice): its reason
+    // is more precise than the poll's rules below.
     data.validate()?;
     poll.check_choices(&data.question_ids)
         .map_err(|r| match r {
@@ -249,7 +251,7 @@ async fn vote(
 async fn retract(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AfterQuery>,
+    QueryParams(q): QueryParams<AfterQuery>,
     Authed(principal): Authed,
 ) -> Result<Response, ApiError> {
     let poll = open_poll(&st, &id, q.after.as_deref()).await?;
@@ -267,7 +269,7 @@ async fn retract(
 async fn close(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AfterQuery>,
+    QueryParams(q): QueryParams<AfterQuery>,
     Authed(principal): Authed,
 ) -> Result<Response, ApiError> {
     let pid = poll_id(&id)?;
@@ -366,7 +368,7 @@ impl From<PollState> for PollView {
 async fn read(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AfterQuery>,
+    QueryParams(q): QueryParams<AfterQuery>,
 ) -> Result<Response, ApiError> {
     let pid = poll_id(&id)?;
     let poll = fresh_poll(&st, pid, q.after.as_deref())
@@ -414,7 +416,7 @@ fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, PollId), ApiError> {
 async fn by_owner(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Response, ApiError> {
     let owner = UserId::parse(&id).map_err(|e| ApiError::bad_request("invalid_user", e.reason))?;
     let limit = q.limit.unwrap_or(20);

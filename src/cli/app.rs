@@ -91,6 +91,13 @@ pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
         cfg.auth.jwt_secret = Secret(dev_secret(&cfg.data_dir)?);
     }
     if cfg.auth.voter_key.expose().is_empty() {
+        if !cfg.kafka.is_embedded() {
+            tracing::warn!(
+                "auth.voter_key is not set: deriving one from {}/dev-secret; set it explicitly \
+                 and keep it stable, or anonymous voters' pseudonyms change with the data dir",
+                cfg.data_dir.display()
+            );
+        }
         // Stable per data dir: pseudonyms of anonymous voters must not change
         // between runs over the same views.
         cfg.auth.voter_key = Secret(format!("voters:{}", dev_secret(&cfg.data_dir)?));

@@ -226,12 +226,15 @@ pub struct PollAggregate {
     pub state: Option<PollState>,
     /// Known ballots. Keys are authenticated user ids (or their keyed
     /// hashes), so a fast non-DoS-resistant hasher is acceptable here.
-    ballots: FxHashMap<VoterKey, Slot>,
+    ballots: Ballots,
     /// Ballots changed since the last commit.
     dirty: usize,
     /// Whether `state` changed since the last commit.
     state_dirty: bool,
 }
+
+/// The ballots an aggregate knows, by voter.
+type Ballots = FxHashMap<VoterKey, Slot>;
 
 /// A voter's ballot as the fold knows it.
 #[derive(Clone, Debug, Default)]
@@ -253,7 +256,7 @@ impl Slot {
 }
 
 /// The slot of `key`, created empty when absent (hashing twice only then).
-fn slot<'a>(ballots: &'a mut FxHashMap<VoterKey, Slot>, key: Cow<'_, str>) -> &'a mut Slot {
+fn slot<'a>(ballots: &'a mut Ballots, key: Cow<'_, str>) -> &'a mut Slot {
     if !ballots.contains_key(key.as_ref()) {
         ballots.insert(key.clone().into_owned(), Slot::default());
     }
@@ -288,11 +291,6 @@ impl PollAggregate {
                 dirty: false,
             },
         );
-    }
-
-    /// The current ballot of a voter, when known.
-    pub fn ballot(&self, key: &str) -> Option<&Ballot> {
-        self.ballots.get(key).and_then(|s| s.ballot.as_ref())
     }
 
     /// Every known ballot.
@@ -371,20 +369,24 @@ impl PollAggregate {
         }
     }
 
+    /// The state of a poll that takes votes at `t`, with the ballot
+    /// bookkeeping borrowed beside it.
+    fn open_at(
+        &mut self,
+        t: DateTime<Utc>,
+    ) -> Result<(&mut PollState, &mut Ballots, &mut usize), Rejection> {
+        let s = self.state.as_mut().ok_or(Rejection::UnknownPoll)?;
+        s.is_open_at(t)?;
+        Ok((s, &mut self.ballots, &mut self.dirty))
+    }
+
     fn cast(
         &mut self,
         cfg: &FoldConfig,
         event: &Event,
         ids: &[QuestionId],
     ) -> Result<(), Rejection> {
-        let Self {
-            state,
-            ballots,
-            dirty,
-            ..
-        } = self;
-        let s = state.as_mut().ok_or(Rejection::UnknownPoll)?;
-        s.is_open_at(event.time)?;
+        let (s, ballots, dirty) = self.open_at(event.time)?;
         let bits = s.check_choices(ids)?;
         let p = &event.principal;
         let slot = slot(ballots, cfg.voter_key_ref(s.anonymous, s.poll_id, &p.id));
@@ -435,14 +437,7 @@ impl PollAggregate {
     }
 
     fn retract(&mut self, cfg: &FoldConfig, event: &Event) -> Result<(), Rejection> {
-        let Self {
-            state,
-            ballots,
-            dirty,
-            ..
-        } = self;
-        let s = state.as_mut().ok_or(Rejection::UnknownPoll)?;
-        s.is_open_at(event.time)?;
+        let (s, ballots, dirty) = self.open_at(event.time)?;
         let key = cfg.voter_key_ref(s.anonymous, s.poll_id, &event.principal.id);
         let slot = ballots.get_mut(key.as_ref()).ok_or(Rejection::NoBallot)?;
         let prev = slot.ballot.take().ok_or(Rejection::NoBallot)?;

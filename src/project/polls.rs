@@ -245,8 +245,8 @@ impl PollProjector {
                     // A poll created in this batch has no stored ballots.
                     None => Vec::new(),
                     Some(s) => {
-                        let mut seen = HashSet::new();
-                        events
+                        // Distinct voters, without a copy per vote.
+                        let distinct: HashSet<String> = events
                             .iter()
                             .filter(|(_, e)| {
                                 matches!(
@@ -257,8 +257,8 @@ impl PollProjector {
                             .map(|(_, e)| {
                                 self.fold.voter_key(s.anonymous, s.poll_id, &e.principal.id)
                             })
-                            .filter(|k| seen.insert(k.clone()))
-                            .collect()
+                            .collect();
+                        distinct.into_iter().collect()
                     }
                 };
                 async move {

@@ -247,6 +247,10 @@ async fn bad_input(b: Backends) {
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_cursor")));
     let (s, v) = t.get("/v1/users/owner/polls?limit=0").await;
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_limit")));
+    let (s, v) = t.get("/v1/users/owner/polls?limit=abc").await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_query")));
+    let (s, v) = t.get(&format!("/v1/polls/{id}?nope=1")).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_query")));
     // Invalid polls.
     for body in [
         json!({"head": "", "questions": ["a", "b"]}),

@@ -63,8 +63,8 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
     assert!(ok, "{err}");
     let poll: Value = serde_json::from_str(&out).unwrap();
     let id = poll["poll_id"].as_str().unwrap().to_owned();
-    for (who, q) in [("bob", "1"), ("cid", "1"), ("dan", "0")] {
-        let (ok, out, err) = atelier(
+    let vote = |q: &str, who: &str| {
+        atelier(
             &data,
             &[
                 "emit",
@@ -78,26 +78,15 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
                 "--as",
                 who,
             ],
-        );
+        )
+    };
+    for (who, q) in [("bob", "1"), ("cid", "1"), ("dan", "0")] {
+        let (ok, out, err) = vote(q, who);
         assert!(ok, "{err}");
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["poll_id"], id.as_str());
     }
-    let (ok, out, _) = atelier(
-        &data,
-        &[
-            "emit",
-            "vote",
-            "--api",
-            &url,
-            "--poll",
-            &id,
-            "--question",
-            "0",
-            "--as",
-            "eve",
-        ],
-    );
+    let (ok, out, _) = vote("0", "eve");
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     let votes: Vec<u64> = v["questions"]
@@ -108,21 +97,7 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
         .collect();
     assert_eq!(votes, vec![2, 2]);
     // A bad vote is refused with the API's reason, not a crash.
-    let (ok, _, err) = atelier(
-        &data,
-        &[
-            "emit",
-            "vote",
-            "--api",
-            &url,
-            "--poll",
-            &id,
-            "--question",
-            "9",
-            "--as",
-            "eve",
-        ],
-    );
+    let (ok, _, err) = vote("9", "eve");
     assert!(!ok && err.contains("unknown_question"), "{err}");
 
     let status = Command::new("kill")
