@@ -3,9 +3,13 @@
 //! `?after=<token>` read-your-writes.
 
 mod auth;
+mod cards;
+mod common;
 mod error;
+mod feed;
 mod json;
 mod polls;
+mod stream;
 pub mod token;
 
 pub use auth::{Auth, Authed, Claims, mint};
@@ -79,6 +83,9 @@ impl AppState {
 pub fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .merge(polls::routes())
+        .merge(feed::routes())
+        .merge(cards::routes())
+        .merge(stream::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {

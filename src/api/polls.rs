@@ -3,27 +3,29 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::common::{
+    AfterQuery, accepted, append, decode_text_cursor, decode_time_cursor, encode_text_cursor,
+    encode_time_cursor, etagged, fresh, page_limit,
+};
 use super::json::{JsonBody, QueryParams};
 use super::{ApiError, AppState, Authed, Token, new_id};
 use crate::event::{
-    Event, EventData, EventId, PollClosed, PollCreated, PollId, Principal, Question, QuestionId,
-    Topic, UserId, Validate, VoteCast, VoteRetracted,
+    EventData, PollClosed, PollCreated, PollId, Principal, Question, QuestionId, Topic, UserId,
+    Validate, VoteCast, VoteRetracted,
 };
 use crate::fold::Position;
 use crate::fold::poll::{PollState, RecentVoter, Rejection};
 use crate::project::polls::VIEW;
-use crate::telemetry::names;
-use crate::view::OwnerPollRow;
+use crate::view::{OwnerPollRow, VoterRow};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -31,6 +33,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/polls/{id}", get(read))
         .route("/v1/polls/{id}/votes", post(vote).delete(retract))
         .route("/v1/polls/{id}/close", post(close))
+        .route("/v1/polls/{id}/questions/{q}/voters", get(voters))
         .route("/v1/users/{id}/polls", get(by_owner))
 }
 
@@ -58,64 +61,8 @@ struct CastVote {
     question_ids: Vec<QuestionId>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AfterQuery {
-    after: Option<String>,
-}
-
-/// What an accepted write answers.
-#[derive(Debug, Serialize)]
-struct Accepted {
-    event_id: EventId,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    poll_id: Option<PollId>,
-    /// Pass as `?after=` to read your write.
-    token: String,
-}
-
 fn poll_id(s: &str) -> Result<PollId, ApiError> {
     PollId::parse(s).map_err(|_| ApiError::not_found("unknown_poll", format!("no poll {s:?}")))
-}
-
-async fn append(
-    st: &AppState,
-    principal: Principal,
-    data: EventData,
-) -> Result<(EventId, Token), ApiError> {
-    let event = Event {
-        id: EventId(new_id()),
-        time: super::now(),
-        principal,
-        data,
-    };
-    event.validate()?;
-    let at = st.producer.send(&event).await?;
-    metrics::counter!(names::INGEST_EVENTS, "type" => event.data.type_name()).increment(1);
-    Ok((event.id, Token::from(&at)))
-}
-
-fn accepted(
-    event_id: EventId,
-    poll: Option<PollId>,
-    token: Token,
-    location: Option<String>,
-) -> Response {
-    let mut res = (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            event_id,
-            poll_id: poll,
-            token: token.encode(),
-        }),
-    )
-        .into_response();
-    if let Some(l) = location
-        && let Ok(v) = HeaderValue::from_str(&l)
-    {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
 }
 
 async fn create(
@@ -154,7 +101,7 @@ async fn create(
     let (event_id, token) = append(&st, principal, EventData::PollCreated(data)).await?;
     Ok(accepted(
         event_id,
-        Some(id),
+        Some(("poll_id", id.to_string())),
         token,
         Some(format!("/v1/polls/{id}")),
     ))
@@ -245,7 +192,12 @@ async fn vote(
             _ => ApiError::unprocessable("unknown_question", "the poll has no such question"),
         })?;
     let (event_id, token) = append(&st, principal, EventData::VoteCast(data)).await?;
-    Ok(accepted(event_id, Some(poll.poll_id), token, None))
+    Ok(accepted(
+        event_id,
+        Some(("poll_id", poll.poll_id.to_string())),
+        token,
+        None,
+    ))
 }
 
 async fn retract(
@@ -263,7 +215,12 @@ async fn retract(
         }),
     )
     .await?;
-    Ok(accepted(event_id, Some(poll.poll_id), token, None))
+    Ok(accepted(
+        event_id,
+        Some(("poll_id", poll.poll_id.to_string())),
+        token,
+        None,
+    ))
 }
 
 async fn close(
@@ -294,7 +251,12 @@ async fn close(
         EventData::PollClosed(PollClosed { poll_id: pid }),
     )
     .await?;
-    Ok(accepted(event_id, Some(pid), token, None))
+    Ok(accepted(
+        event_id,
+        Some(("poll_id", pid.to_string())),
+        token,
+        None,
+    ))
 }
 
 /// The poll as `GET /v1/polls/{id}` shows it.
@@ -369,19 +331,21 @@ async fn read(
     State(st): State<AppState>,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<AfterQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let pid = poll_id(&id)?;
     let poll = fresh_poll(&st, pid, q.after.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("no poll {pid}")))?;
-    Ok(Json(PollView::from(poll)).into_response())
+    Ok(etagged(&headers, &PollView::from(poll)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
-    cursor: Option<String>,
-    limit: Option<usize>,
+pub(super) struct PageQuery {
+    pub(super) cursor: Option<String>,
+    pub(super) limit: Option<usize>,
+    pub(super) after: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -391,45 +355,71 @@ struct OwnerPage {
     next_cursor: Option<String>,
 }
 
-fn encode_cursor(r: &OwnerPollRow) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "{}:{}",
-        r.created_at.timestamp_micros(),
-        r.poll_id
-    ))
-}
-
-fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, PollId), ApiError> {
-    use base64::Engine;
-    let bad = || ApiError::bad_request("invalid_cursor", "the cursor is malformed");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (us, id) = text.split_once(':').ok_or_else(bad)?;
-    let us: i64 = us.parse().map_err(|_| bad())?;
-    let t = DateTime::from_timestamp_micros(us).ok_or_else(bad)?;
-    Ok((t, PollId::parse(id).map_err(|_| bad())?))
-}
-
 async fn by_owner(
     State(st): State<AppState>,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<PageQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let owner = UserId::parse(&id).map_err(|e| ApiError::bad_request("invalid_user", e.reason))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 100",
-        ));
-    }
-    let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let limit = page_limit(q.limit)?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_time_cursor(c, PollId::parse))
+        .transpose()?;
+    fresh(&st, q.after.as_deref(), &[Topic::Polls], VIEW).await?;
     let items = st.views.polls_by_owner(&owner, before, limit).await?;
     let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(encode_cursor))
+        .then(|| {
+            items
+                .last()
+                .map(|r| encode_time_cursor(r.created_at, r.poll_id))
+        })
         .flatten();
-    Ok(Json(OwnerPage { items, next_cursor }).into_response())
+    Ok(etagged(&headers, &OwnerPage { items, next_cursor }))
+}
+
+#[derive(Debug, Serialize)]
+struct VotersPage {
+    poll_id: PollId,
+    question_id: QuestionId,
+    voters: Vec<VoterRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/polls/{id}/questions/{q}/voters`: one question's voters by id,
+/// paged; one query. Anonymous polls have none stored, so none are listed.
+async fn voters(
+    State(st): State<AppState>,
+    Path((id, q)): Path<(String, String)>,
+    QueryParams(page): QueryParams<PageQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pid = poll_id(&id)?;
+    let question: QuestionId = q
+        .parse()
+        .ok()
+        .filter(|&n| usize::from(n) < crate::event::MAX_QUESTIONS)
+        .ok_or_else(|| ApiError::not_found("unknown_question", format!("no question {q:?}")))?;
+    let limit = page_limit(page.limit)?;
+    let after = page.cursor.as_deref().map(decode_text_cursor).transpose()?;
+    fresh(&st, page.after.as_deref(), &[Topic::Polls], VIEW).await?;
+    let voters = st
+        .views
+        .question_voters(pid, question, after.as_deref(), limit)
+        .await?;
+    let next_cursor = (voters.len() == limit)
+        .then(|| voters.last().map(|v| encode_text_cursor(v.voter.as_str())))
+        .flatten();
+    Ok(etagged(
+        &headers,
+        &VotersPage {
+            poll_id: pid,
+            question_id: question,
+            voters,
+            next_cursor,
+        },
+    ))
 }

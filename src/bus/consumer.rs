@@ -200,7 +200,7 @@ struct Worker {
 
 /// Runs a consumer group member until `shutdown` fires or a handler fails
 /// permanently.
-pub async fn run<H: PartitionHandler>(
+pub async fn run<H: PartitionHandler + ?Sized>(
     base: ClientConfig,
     spec: ConsumerSpec,
     handler: Arc<H>,
@@ -370,7 +370,7 @@ fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusErro
     Ok(())
 }
 
-async fn worker<H: PartitionHandler>(
+async fn worker<H: PartitionHandler + ?Sized>(
     handler: Arc<H>,
     consumer: Arc<Consumer_>,
     tp: Tp,

@@ -17,7 +17,8 @@ use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
 use crate::config::{Config, Secret};
 use crate::event::Topic;
 use crate::fold::poll::FoldConfig;
-use crate::project::{PollProjector, Watermarks};
+use crate::bus::PartitionHandler;
+use crate::project::{CardProjector, FeedProjector, PollProjector, Watermarks};
 use crate::view::{self, ViewStore};
 
 /// Which parts run in this process.
@@ -54,6 +55,10 @@ pub struct App {
     pub watermarks: Arc<Watermarks>,
     /// The polls projector (when it runs).
     pub projector: Option<Arc<PollProjector>>,
+    /// The feed projector (when it runs).
+    pub feed: Option<Arc<FeedProjector>>,
+    /// The cards projector (when it runs).
+    pub cards: Option<Arc<CardProjector>>,
     /// Fires to stop everything.
     pub shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -125,47 +130,72 @@ impl App {
         let shutdown = CancellationToken::new();
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
 
-        let projector = if roles.projector {
-            let p = Arc::new(PollProjector::new(
+        let (projector, feed, cards) = if roles.projector {
+            let dlq = Producer::new(&cfg.kafka, &brokers, "atelier/projector")?;
+            let polls = Arc::new(PollProjector::new(
                 views.clone(),
-                Producer::new(&cfg.kafka, &brokers, "atelier/projector")?,
+                dlq.clone(),
                 cfg.projector.clone(),
                 FoldConfig {
                     voter_key: cfg.auth.voter_key.expose().as_bytes().to_vec(),
                 },
                 watermarks.clone(),
             ));
-            let mut base = client_config(&cfg.kafka, &brokers);
-            if base.get("session.timeout.ms").is_none() {
-                base.set("session.timeout.ms", "6000");
-            }
-            let spec = ConsumerSpec {
-                group: cfg.kafka.group("project.polls"),
-                topics: vec![cfg.kafka.topic(Topic::Polls)],
-                max_batch: cfg.projector.max_batch,
-                linger: Duration::from_millis(cfg.projector.linger_ms),
-                queue_depth: 2,
-                drain_timeout: Duration::from_secs(10),
-            };
-            let handler = p.clone();
-            let token = shutdown.clone();
-            tasks.push((
-                "projector",
-                tokio::spawn(async move {
-                    consumer::run(base, spec, handler, token.clone())
-                        .await
-                        .context("polls projector")?;
-                    Ok(())
-                }),
+            let feed = Arc::new(FeedProjector::new(
+                views.clone(),
+                dlq.clone(),
+                cfg.projector.clone(),
+                watermarks.clone(),
             ));
-            // Serve only once the projector has joined its group, so that the
-            // first read-your-write does not wait out the group join.
-            if !p.wait_assigned(Duration::from_secs(30)).await {
-                tracing::warn!("the projector has no partitions yet; reads may lag");
+            let cards = Arc::new(CardProjector::new(views.clone(), dlq, watermarks.clone()));
+            let consumers: [(&'static str, &str, Vec<Topic>, Arc<dyn PartitionHandler>); 3] = [
+                ("polls projector", "project.polls", vec![Topic::Polls], polls.clone()),
+                ("feed projector", "project.feed", vec![Topic::Feed], feed.clone()),
+                (
+                    "cards projector",
+                    "project.cards",
+                    crate::project::cards::TOPICS.to_vec(),
+                    cards.clone(),
+                ),
+            ];
+            for (name, group, topics, handler) in consumers {
+                let mut base = client_config(&cfg.kafka, &brokers);
+                if base.get("session.timeout.ms").is_none() {
+                    base.set("session.timeout.ms", "6000");
+                }
+                let spec = ConsumerSpec {
+                    group: cfg.kafka.group(group),
+                    topics: topics.into_iter().map(|t| cfg.kafka.topic(t)).collect(),
+                    max_batch: cfg.projector.max_batch,
+                    linger: Duration::from_millis(cfg.projector.linger_ms),
+                    queue_depth: 2,
+                    drain_timeout: Duration::from_secs(10),
+                };
+                let token = shutdown.clone();
+                tasks.push((
+                    name,
+                    tokio::spawn(async move {
+                        consumer::run(base, spec, handler, token.clone())
+                            .await
+                            .context(name)?;
+                        Ok(())
+                    }),
+                ));
             }
-            Some(p)
+            // Serve only once the projectors have joined their groups, so
+            // that the first read-your-write does not wait out a group join.
+            let wait = Duration::from_secs(30);
+            let (a, b, c) = tokio::join!(
+                polls.wait_assigned(wait),
+                feed.wait_assigned(wait),
+                cards.wait_assigned(wait)
+            );
+            if !(a && b && c) {
+                tracing::warn!("a projector has no partitions yet; reads may lag");
+            }
+            (Some(polls), Some(feed), Some(cards))
         } else {
-            None
+            (None, None, None)
         };
 
         let addr = if roles.api {
@@ -205,6 +235,8 @@ impl App {
             producer,
             watermarks,
             projector,
+            feed,
+            cards,
             shutdown,
             tasks,
             cluster,

@@ -3,6 +3,8 @@
 //! clock: time comes with the event, the log position with the record, so a
 //! replay decides exactly as the first run did.
 
+pub mod cards;
+pub mod feed;
 pub mod poll;
 
 use serde::{Deserialize, Serialize};

@@ -243,6 +243,9 @@ struct Slot {
     ballot: Option<Ballot>,
     /// Changed since the last commit.
     dirty: bool,
+    /// The choices the view holds for this voter (0: no ballot stored), so
+    /// a commit can tell derived rows which questions a voter left.
+    stored: u32,
 }
 
 impl Slot {
@@ -271,6 +274,9 @@ pub struct PollCommit {
     pub state: PollState,
     /// Changed ballots (`None`: delete the row).
     pub ballots: Vec<(VoterKey, Option<Ballot>)>,
+    /// For each changed ballot (same index), the choices the view held
+    /// before this commit (0: none; missing entries count as 0).
+    pub previous: Vec<u32>,
 }
 
 impl PollAggregate {
@@ -287,6 +293,7 @@ impl PollAggregate {
         self.ballots.insert(
             key,
             Slot {
+                stored: ballot.as_ref().map_or(0, |b| b.choices),
                 ballot,
                 dirty: false,
             },
@@ -311,17 +318,25 @@ impl PollAggregate {
             return None;
         }
         let state = self.state.clone()?;
-        let mut ballots = Vec::with_capacity(self.dirty);
+        let mut changed = Vec::with_capacity(self.dirty);
         if self.dirty > 0 {
             for (k, slot) in self.ballots.iter_mut().filter(|(_, s)| s.dirty) {
                 slot.dirty = false;
-                ballots.push((k.clone(), slot.ballot.clone()));
+                let before = slot.stored;
+                slot.stored = slot.ballot.as_ref().map_or(0, |b| b.choices);
+                changed.push((k.clone(), slot.ballot.clone(), before));
             }
         }
-        ballots.sort_by(|a, b| a.0.cmp(&b.0));
+        changed.sort_by(|a, b| a.0.cmp(&b.0));
         self.dirty = 0;
         self.state_dirty = false;
-        Some(PollCommit { state, ballots })
+        let previous = changed.iter().map(|c| c.2).collect();
+        let ballots = changed.into_iter().map(|(k, b, _)| (k, b)).collect();
+        Some(PollCommit {
+            state,
+            ballots,
+            previous,
+        })
     }
 
     /// Applies one event at `pos`. Events at or below the aggregate's

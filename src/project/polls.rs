@@ -21,10 +21,11 @@ use futures::{StreamExt, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::{Watermarks, dlq};
+use super::common::{Assigned, BatchStats, Checkpoints, decode, view_err};
+use super::{Change, Watermarks};
 use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
 use crate::config::ProjectorConfig;
-use crate::event::{Event, EventData, PollId, Topic, wire};
+use crate::event::{Event, EventData, PollId, Topic};
 use crate::fold::poll::{FoldConfig, PollAggregate, PollCommit, PollState, Rejection, poll_id};
 use crate::fold::{Outcome, Position};
 use crate::telemetry::names;
@@ -38,21 +39,6 @@ pub const STAGE: &str = "project.polls";
 /// An event with its log position.
 type Positioned = (Position, Event);
 
-/// Counts of one batch, for metrics and benchmarks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    /// Events folded and applied.
-    pub applied: u64,
-    /// Events skipped as already applied.
-    pub duplicates: u64,
-    /// Events refused by a rule.
-    pub rejected: u64,
-    /// Records sent to the DLQ.
-    pub poison: u64,
-    /// Aggregate commits written.
-    pub commits: u64,
-}
-
 /// The projector for polls.
 pub struct PollProjector {
     views: Arc<dyn ViewStore>,
@@ -61,9 +47,9 @@ pub struct PollProjector {
     fold: FoldConfig,
     watermarks: Arc<Watermarks>,
     cache: Mutex<LruCache<(i32, PollId), PollState>>,
-    checkpoints: Mutex<HashMap<(String, i32), Checkpoint>>,
+    checkpoints: Checkpoints,
     totals: Mutex<BatchStats>,
-    assigned: tokio::sync::watch::Sender<usize>,
+    assigned: Assigned,
 }
 
 impl std::fmt::Debug for PollProjector {
@@ -71,13 +57,6 @@ impl std::fmt::Debug for PollProjector {
         f.debug_struct("PollProjector")
             .field("views", &self.views.backend())
             .finish_non_exhaustive()
-    }
-}
-
-fn view_err(e: ViewError) -> HandlerError {
-    HandlerError {
-        retriable: e.is_retriable(),
-        message: e.to_string(),
     }
 }
 
@@ -98,42 +77,21 @@ impl PollProjector {
             fold,
             watermarks,
             cache: Mutex::new(LruCache::new(cap)),
-            checkpoints: Mutex::new(HashMap::new()),
+            checkpoints: Checkpoints::new(VIEW),
             totals: Mutex::new(BatchStats::default()),
-            assigned: tokio::sync::watch::Sender::new(0),
+            assigned: Assigned::default(),
         }
     }
 
     /// Waits until this projector has been assigned at least one partition
     /// (it has joined its consumer group), or `timeout` passed.
     pub async fn wait_assigned(&self, timeout: std::time::Duration) -> bool {
-        let mut rx = self.assigned.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.assigned.wait(timeout).await
     }
 
     /// Totals since start.
     pub fn totals(&self) -> BatchStats {
         *self.totals.lock()
-    }
-
-    async fn checkpoint(&self, topic: &str, partition: i32) -> Result<Checkpoint, ViewError> {
-        if let Some(cp) = self.checkpoints.lock().get(&(topic.to_owned(), partition)) {
-            return Ok(cp.clone());
-        }
-        let cp = self
-            .views
-            .checkpoint(VIEW, topic, partition)
-            .await?
-            .unwrap_or_else(|| Checkpoint {
-                view: VIEW.into(),
-                topic: topic.into(),
-                partition,
-                offset: -1,
-                rejected: Default::default(),
-            });
-        Ok(cp)
     }
 
     async fn write(
@@ -164,51 +122,27 @@ impl PollProjector {
             return Ok(stats);
         };
         let mut cp = self
-            .checkpoint(&batch.topic, batch.partition)
+            .checkpoints
+            .get(self.views.as_ref(), &batch.topic, batch.partition)
             .await
             .map_err(view_err)?;
         let started = Instant::now();
 
         // 1. Decode; dead-letter what cannot be.
-        let mut by_poll: Vec<(PollId, Vec<(Position, Event)>)> = Vec::new();
+        let decoded = decode(
+            batch,
+            cp.offset,
+            &[Topic::Polls],
+            &self.dlq,
+            STAGE,
+            &mut stats,
+        )
+        .await?;
+        let mut by_poll: Vec<(PollId, Vec<Positioned>)> = Vec::new();
         let mut index: HashMap<PollId, usize> = HashMap::new();
-        for rec in &batch.records {
-            if rec.offset <= cp.offset {
-                stats.duplicates += 1;
-                continue;
-            }
-            let decoded = wire::decode(
-                rec.header_pairs(),
-                rec.payload.as_deref().unwrap_or_default(),
-                Some(Topic::Polls),
-            );
-            let event = match decoded {
-                Ok(e) => e,
-                Err(e) => {
-                    dlq::send(
-                        &self.dlq,
-                        STAGE,
-                        &batch.topic,
-                        batch.partition,
-                        rec,
-                        &e.to_string(),
-                        1,
-                    )
-                    .await
-                    .map_err(|e| HandlerError {
-                        message: format!("DLQ: {e}"),
-                        retriable: true,
-                    })?;
-                    stats.poison += 1;
-                    continue;
-                }
-            };
+        for (pos, event) in decoded {
             let Some(id) = poll_id(&event.data) else {
                 continue;
-            };
-            let pos = Position {
-                partition: batch.partition,
-                offset: rec.offset,
             };
             let i = *index.entry(id).or_insert_with(|| {
                 by_poll.push((id, Vec::new()));
@@ -340,24 +274,20 @@ impl PollProjector {
         {
             let mut cache = self.cache.lock();
             for (id, s) in finals {
+                self.watermarks
+                    .changes
+                    .publish(Change::Poll(id), &batch.topic, s.position);
                 cache.put((batch.partition, id), s);
             }
         }
-        self.checkpoints
-            .lock()
-            .insert((batch.topic.clone(), batch.partition), cp);
+        self.checkpoints.put(cp);
         self.watermarks.publish(&batch.topic, batch.partition, last);
         metrics::histogram!(names::BATCH_EVENTS).record(batch.records.len() as f64);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
             .increment(stats.applied);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "duplicate")
             .increment(stats.duplicates);
-        let mut t = self.totals.lock();
-        t.applied += stats.applied;
-        t.duplicates += stats.duplicates;
-        t.rejected += stats.rejected;
-        t.poison += stats.poison;
-        t.commits += stats.commits;
+        self.totals.lock().add(&stats);
         Ok(stats)
     }
 }
@@ -365,12 +295,10 @@ impl PollProjector {
 #[async_trait]
 impl PartitionHandler for PollProjector {
     async fn assigned(&self, topic: &str, partition: i32) {
-        self.assigned.send_modify(|n| *n += 1);
+        self.assigned.inc();
         // Another process may have written this partition meanwhile: forget
         // everything cached about it.
-        self.checkpoints
-            .lock()
-            .remove(&(topic.to_owned(), partition));
+        self.checkpoints.forget(topic, partition);
         let mut cache = self.cache.lock();
         let stale: Vec<_> = cache
             .iter()

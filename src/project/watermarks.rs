@@ -11,11 +11,15 @@ use tokio::sync::Notify;
 
 use crate::view::ViewStore;
 
-/// Applied offsets per `(topic, partition)`, with a wake-up for waiters.
+/// Applied offsets per `(topic, partition)`, with a wake-up for waiters,
+/// and the rows that changed (for live updates): the views' progress as the
+/// projectors of this process report it.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     applied: RwLock<HashMap<(String, i32), i64>>,
     changed: Notify,
+    /// Changed view rows, for `GET /v1/stream`.
+    pub changes: super::Changes,
 }
 
 impl Watermarks {

@@ -18,12 +18,19 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::{DeserializeRow, SerializeRow};
 
+use scylla::value::{CqlValue, MaybeUnset};
+
 use super::{
-    Checkpoint, Counters, OwnerCursor, OwnerPollRow, ViewError, ViewStore, write_timestamp,
+    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow,
+    ViewError, ViewStore, VoterRow, voter_changes, write_timestamp,
 };
 use crate::config::ViewsConfig;
-use crate::event::{PollId, Principal, UserId};
+use crate::event::{
+    FeedItemId, ModelVersion, PollId, Principal, QuestionId, SessionKey, Style, UploadId, UserId,
+};
 use crate::fold::Position;
+use crate::fold::cards::{Card, Patch, Status};
+use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey, Relation};
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
 
 /// Most values in one `IN (...)` list.
@@ -66,6 +73,83 @@ const SCHEMA: &[&str] = &[
         src_offset bigint,
         PRIMARY KEY (owner_id, created_us, poll_id))
         WITH CLUSTERING ORDER BY (created_us DESC, poll_id DESC)",
+    "CREATE TABLE IF NOT EXISTS poll_voters (
+        poll_id uuid,
+        question smallint,
+        voter text,
+        name text,
+        voted_us bigint,
+        PRIMARY KEY ((poll_id, question), voter))",
+    "CREATE TABLE IF NOT EXISTS feed_items (
+        item_id uuid,
+        rel text,
+        user_id text,
+        kind text static,
+        content text static,
+        author text static,
+        created_us bigint static,
+        deleted_us bigint static,
+        likes bigint static,
+        joined bigint static,
+        recent text static,
+        rejected text static,
+        src_partition int static,
+        src_offset bigint static,
+        at_us bigint,
+        name text,
+        PRIMARY KEY (item_id, rel, user_id))",
+    "CREATE TABLE IF NOT EXISTS feed_timeline (
+        timeline text,
+        created_us bigint,
+        item_id uuid,
+        kind text,
+        content text,
+        author text,
+        likes bigint,
+        joined bigint,
+        src_partition int,
+        src_offset bigint,
+        PRIMARY KEY (timeline, created_us, item_id))
+        WITH CLUSTERING ORDER BY (created_us DESC, item_id DESC)",
+    "CREATE TABLE IF NOT EXISTS cards (
+        session_key text,
+        slot tinyint,
+        upload_id uuid,
+        style text,
+        input_key text,
+        content_type text,
+        width int,
+        height int,
+        bytes bigint,
+        received_us bigint,
+        status text,
+        started_us bigint,
+        finished_us bigint,
+        model_version text,
+        output_key text,
+        timings text,
+        error text,
+        retriable boolean,
+        PRIMARY KEY (session_key, slot))",
+    "CREATE TABLE IF NOT EXISTS uploads (
+        upload_id uuid PRIMARY KEY,
+        session_key text,
+        slot tinyint,
+        style text,
+        input_key text,
+        content_type text,
+        width int,
+        height int,
+        bytes bigint,
+        received_us bigint,
+        status text,
+        started_us bigint,
+        finished_us bigint,
+        model_version text,
+        output_key text,
+        timings text,
+        error text,
+        retriable boolean)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         view_name text,
         topic text,
@@ -201,6 +285,222 @@ impl PollRow {
     }
 }
 
+const ITEM_COLUMNS: &str = "item_id, kind, content, author, created_us, deleted_us, likes, joined, \
+     recent, rejected, src_partition, src_offset";
+
+#[derive(DeserializeRow)]
+struct ItemRow {
+    item_id: uuid::Uuid,
+    kind: Option<String>,
+    content: Option<String>,
+    author: Option<String>,
+    created_us: Option<i64>,
+    deleted_us: Option<i64>,
+    likes: Option<i64>,
+    joined: Option<i64>,
+    recent: Option<String>,
+    rejected: Option<String>,
+    src_partition: Option<i32>,
+    src_offset: Option<i64>,
+}
+
+impl ItemRow {
+    fn into_state(self) -> Result<Option<ItemState>, ViewError> {
+        let (Some(kind), Some(offset)) = (self.kind, self.src_offset) else {
+            return Ok(None);
+        };
+        Ok(Some(ItemState {
+            item_id: FeedItemId(self.item_id),
+            kind: FeedKind::parse(&kind)
+                .ok_or_else(|| ViewError::Corrupt(format!("kind {kind:?}")))?,
+            content: unjson("content", self.content)?,
+            author: unjson("author", self.author)?,
+            created_at: time(self.created_us.unwrap_or_default()),
+            deleted_at: self.deleted_us.map(time),
+            likes: self.likes.unwrap_or_default().max(0) as u64,
+            joined: self.joined.unwrap_or_default().max(0) as u64,
+            recent_members: unjson::<Option<_>>("recent", self.recent)?.unwrap_or_default(),
+            rejected: unjson::<Option<_>>("rejected", self.rejected)?.unwrap_or_default(),
+            position: Position {
+                partition: self.src_partition.unwrap_or_default(),
+                offset,
+            },
+        }))
+    }
+}
+
+#[derive(DeserializeRow)]
+struct MemberRow {
+    rel: String,
+    user_id: String,
+    at_us: Option<i64>,
+    name: Option<String>,
+}
+
+#[derive(DeserializeRow)]
+struct TimelineDbRow {
+    created_us: i64,
+    item_id: uuid::Uuid,
+    kind: Option<String>,
+    content: Option<String>,
+    author: Option<String>,
+    likes: Option<i64>,
+    joined: Option<i64>,
+    src_partition: Option<i32>,
+    src_offset: Option<i64>,
+}
+
+#[derive(DeserializeRow)]
+struct VoterDbRow {
+    voter: String,
+    name: Option<String>,
+    voted_us: Option<i64>,
+}
+
+const CARD_COLUMNS: &str = "upload_id, session_key, slot, style, input_key, content_type, width, \
+     height, bytes, received_us, status, started_us, finished_us, model_version, output_key, \
+     timings, error, retriable";
+
+#[derive(DeserializeRow)]
+struct CardRow {
+    upload_id: Option<uuid::Uuid>,
+    session_key: Option<String>,
+    slot: Option<i8>,
+    style: Option<String>,
+    input_key: Option<String>,
+    content_type: Option<String>,
+    width: Option<i32>,
+    height: Option<i32>,
+    bytes: Option<i64>,
+    received_us: Option<i64>,
+    status: Option<String>,
+    started_us: Option<i64>,
+    finished_us: Option<i64>,
+    model_version: Option<String>,
+    output_key: Option<String>,
+    timings: Option<String>,
+    error: Option<String>,
+    retriable: Option<bool>,
+}
+
+impl CardRow {
+    fn into_card(self) -> Result<Option<Card>, ViewError> {
+        let Some(status) = self.status else {
+            return Ok(None);
+        };
+        let status = match status.as_str() {
+            "received" => Status::Received,
+            "started" => Status::Started,
+            "failed" => Status::Failed,
+            "completed" => Status::Completed,
+            other => return Err(ViewError::Corrupt(format!("status {other:?}"))),
+        };
+        let text = |f: &str, v: Option<String>| -> Result<_, ViewError> {
+            Ok(v.map(|v| (f.to_owned(), v)))
+        };
+        let session_key = text("session_key", self.session_key)?
+            .map(|(_, v)| SessionKey::parse(&v))
+            .transpose()
+            .map_err(|e| ViewError::Corrupt(e.reason))?;
+        let style = self
+            .style
+            .map(|v| Style::parse(&v))
+            .transpose()
+            .map_err(|e| ViewError::Corrupt(e.reason))?;
+        let model_version = self
+            .model_version
+            .map(|v| ModelVersion::parse(&v))
+            .transpose()
+            .map_err(|e| ViewError::Corrupt(e.reason))?;
+        Ok(Some(Card {
+            upload_id: self.upload_id.map(UploadId),
+            slot: self.slot.map(|s| s as u8),
+            session_key,
+            style,
+            input_key: self.input_key,
+            content_type: self.content_type,
+            width: self.width.map(|v| v.max(0) as u32),
+            height: self.height.map(|v| v.max(0) as u32),
+            bytes: self.bytes.map(|v| v.max(0) as u64),
+            received_at: self.received_us.map(time),
+            status: Some(status),
+            started_at: self.started_us.map(time),
+            finished_at: self.finished_us.map(time),
+            model_version,
+            output_key: self.output_key,
+            timings: self.timings.map(|t| unjson("timings", Some(t))).transpose()?,
+            error: self.error,
+            retriable: self.retriable,
+        }))
+    }
+}
+
+/// A bound patch value: not written (unset), cleared (null), or set.
+type PatchValue = MaybeUnset<Option<CqlValue>>;
+
+/// The columns a patch may write besides the keys, in statement order.
+const PATCH_COLUMNS: [&str; 15] = [
+    "style",
+    "input_key",
+    "content_type",
+    "width",
+    "height",
+    "bytes",
+    "received_us",
+    "status",
+    "started_us",
+    "finished_us",
+    "model_version",
+    "output_key",
+    "timings",
+    "error",
+    "retriable",
+];
+
+fn patch_set_clause(extra: &[&str]) -> String {
+    let cols: Vec<String> = extra
+        .iter()
+        .chain(PATCH_COLUMNS.iter())
+        .map(|c| format!("{c} = ?"))
+        .collect();
+    format!("SET {}", cols.join(", "))
+}
+
+/// The values of [`PATCH_COLUMNS`] for a patch.
+fn patch_values(p: &Patch) -> Vec<PatchValue> {
+    let c = &p.set;
+    let clears = p.clears();
+    let v = |name: &str, value: Option<CqlValue>| match value {
+        Some(v) => MaybeUnset::Set(Some(v)),
+        None if clears.contains(&name) => MaybeUnset::Set(None),
+        None => MaybeUnset::Unset,
+    };
+    vec![
+        v("style", c.style.as_ref().map(|s| CqlValue::Text(s.to_string()))),
+        v("input_key", c.input_key.clone().map(CqlValue::Text)),
+        v("content_type", c.content_type.clone().map(CqlValue::Text)),
+        v("width", c.width.map(|x| CqlValue::Int(x as i32))),
+        v("height", c.height.map(|x| CqlValue::Int(x as i32))),
+        v("bytes", c.bytes.map(|x| CqlValue::BigInt(x as i64))),
+        v("received_at", c.received_at.map(|t| CqlValue::BigInt(us(t)))),
+        v("status", c.status.map(|s| CqlValue::Text(s.as_str().to_owned()))),
+        v("started_at", c.started_at.map(|t| CqlValue::BigInt(us(t)))),
+        v("finished_at", c.finished_at.map(|t| CqlValue::BigInt(us(t)))),
+        v(
+            "model_version",
+            c.model_version.as_ref().map(|m| CqlValue::Text(m.to_string())),
+        ),
+        v("output_key", c.output_key.clone().map(CqlValue::Text)),
+        v("timings", c.timings.as_ref().map(|t| CqlValue::Text(json(t)))),
+        v("error", c.error.clone().map(CqlValue::Text)),
+        v("retriable", c.retriable.map(CqlValue::Boolean)),
+    ]
+}
+
+fn set(v: CqlValue) -> PatchValue {
+    MaybeUnset::Set(Some(v))
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ViewError {
     ViewError::Unavailable(e.to_string())
 }
@@ -241,6 +541,23 @@ struct Statements {
     checkpoint: PreparedStatement,
     checkpoint_save: PreparedStatement,
     checkpoints: PreparedStatement,
+    voter_upsert: PreparedStatement,
+    voter_delete: PreparedStatement,
+    voters_page: PreparedStatement,
+    voters_page_after: PreparedStatement,
+    item: PreparedStatement,
+    members: PreparedStatement,
+    item_static: PreparedStatement,
+    member_upsert: PreparedStatement,
+    member_delete: PreparedStatement,
+    timeline_upsert: PreparedStatement,
+    timeline_delete: PreparedStatement,
+    timeline_page: PreparedStatement,
+    timeline_page_before: PreparedStatement,
+    card_patch: PreparedStatement,
+    upload_patch: PreparedStatement,
+    cards: PreparedStatement,
+    upload: PreparedStatement,
 }
 
 /// The CQL store.
@@ -373,6 +690,109 @@ impl CqlStore {
                      WHERE view_name = ?",
                 )
                 .await?,
+            voter_upsert: self
+                .prepare(
+                    "INSERT INTO {ks}.poll_voters (poll_id, question, voter, name, voted_us) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .await?,
+            voter_delete: self
+                .prepare(
+                    "DELETE FROM {ks}.poll_voters WHERE poll_id = ? AND question = ? AND voter = ?",
+                )
+                .await?,
+            voters_page: self
+                .prepare(
+                    "SELECT voter, name, voted_us FROM {ks}.poll_voters \
+                     WHERE poll_id = ? AND question = ? LIMIT ?",
+                )
+                .await?,
+            voters_page_after: self
+                .prepare(
+                    "SELECT voter, name, voted_us FROM {ks}.poll_voters \
+                     WHERE poll_id = ? AND question = ? AND voter > ? LIMIT ?",
+                )
+                .await?,
+            item: self
+                .prepare(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM {{ks}}.feed_items WHERE item_id = ? LIMIT 1"
+                ))
+                .await?,
+            members: self
+                .prepare(
+                    "SELECT rel, user_id, at_us, name FROM {ks}.feed_items \
+                     WHERE item_id = ? AND rel = ? AND user_id IN ?",
+                )
+                .await?,
+            item_static: self
+                .prepare(
+                    "UPDATE {ks}.feed_items SET kind = ?, content = ?, author = ?, created_us = ?, \
+                     deleted_us = ?, likes = ?, joined = ?, recent = ?, rejected = ?, \
+                     src_partition = ?, src_offset = ? WHERE item_id = ?",
+                )
+                .await?,
+            member_upsert: self
+                .prepare(
+                    "INSERT INTO {ks}.feed_items (item_id, rel, user_id, at_us, name) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .await?,
+            member_delete: self
+                .prepare("DELETE FROM {ks}.feed_items WHERE item_id = ? AND rel = ? AND user_id = ?")
+                .await?,
+            timeline_upsert: self
+                .prepare(
+                    "INSERT INTO {ks}.feed_timeline (timeline, created_us, item_id, kind, content, \
+                     author, likes, joined, src_partition, src_offset) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+            timeline_delete: self
+                .prepare(
+                    "DELETE FROM {ks}.feed_timeline USING TIMESTAMP ? \
+                     WHERE timeline = ? AND created_us = ? AND item_id = ?",
+                )
+                .await?,
+            timeline_page: self
+                .prepare(
+                    "SELECT created_us, item_id, kind, content, author, likes, joined, \
+                     src_partition, src_offset FROM {ks}.feed_timeline WHERE timeline = ? LIMIT ?",
+                )
+                .await?,
+            timeline_page_before: self
+                .prepare(
+                    "SELECT created_us, item_id, kind, content, author, likes, joined, \
+                     src_partition, src_offset FROM {ks}.feed_timeline WHERE timeline = ? \
+                     AND (created_us, item_id) < (?, ?) LIMIT ?",
+                )
+                .await?,
+            card_patch: self
+                .prepare(
+                    &format!(
+                        "UPDATE {{ks}}.cards USING TIMESTAMP ? {} \
+                         WHERE session_key = ? AND slot = ?",
+                        patch_set_clause(&["upload_id"])
+                    ),
+                )
+                .await?,
+            upload_patch: self
+                .prepare(
+                    &format!(
+                        "UPDATE {{ks}}.uploads USING TIMESTAMP ? {} WHERE upload_id = ?",
+                        patch_set_clause(&["session_key", "slot"])
+                    ),
+                )
+                .await?,
+            cards: self
+                .prepare(&format!(
+                    "SELECT {CARD_COLUMNS} FROM {{ks}}.cards WHERE session_key = ?"
+                ))
+                .await?,
+            upload: self
+                .prepare(&format!(
+                    "SELECT {CARD_COLUMNS} FROM {{ks}}.uploads WHERE upload_id = ?"
+                ))
+                .await?,
         })
     }
 
@@ -492,6 +912,33 @@ impl ViewStore for CqlStore {
             ),
         )
         .await?;
+        // The voters-by-question rows are derived too: one batch per question
+        // partition, before the aggregate.
+        for (q, changes) in voter_changes(c) {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_timestamp(Some(ts));
+            let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
+            for (voter, row) in changes {
+                match row {
+                    Some(r) => {
+                        batch.append_statement(st.voter_upsert.clone());
+                        values.push(Box::new((
+                            s.poll_id.0,
+                            q as i16,
+                            voter.to_owned(),
+                            r.name,
+                            us(r.at),
+                        )));
+                    }
+                    None => {
+                        batch.append_statement(st.voter_delete.clone());
+                        values.push(Box::new((s.poll_id.0, q as i16, voter.to_owned())));
+                    }
+                }
+            }
+            self.counters.write(values.len() as u64);
+            self.session.batch(&batch, values).await.map_err(exec_err)?;
+        }
         // Then the aggregate and its ballots: one single-partition batch, so
         // the version and the values it covers change together.
         let mut batch = Batch::new(BatchType::Unlogged);
@@ -562,6 +1009,285 @@ impl ViewStore for CqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn question_voters(
+        &self,
+        poll: PollId,
+        question: QuestionId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VoterRow>, ViewError> {
+        let st = self.st()?;
+        self.counters.read();
+        let limit = limit.clamp(1, 1000) as i32;
+        let q = question as i16;
+        let res = match after {
+            Some(v) => self.run(&st.voters_page_after, (poll.0, q, v, limit)).await?,
+            None => self.run(&st.voters_page, (poll.0, q, limit)).await?,
+        };
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        rows.rows::<VoterDbRow>()
+            .map_err(rows_err)?
+            .map(|r| {
+                let r = r.map_err(rows_err)?;
+                Ok(VoterRow {
+                    voter: UserId::parse(&r.voter).map_err(|e| ViewError::Corrupt(e.reason))?,
+                    name: r.name,
+                    at: time(r.voted_us.unwrap_or_default()),
+                })
+            })
+            .collect()
+    }
+
+    async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
+        let reads: Vec<_> = ids.iter().map(|&id| self.item(id)).collect();
+        let found: Vec<Option<ItemState>> = futures::stream::iter(reads)
+            .buffer_unordered(FANOUT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn load_members(
+        &self,
+        item: FeedItemId,
+        keys: &[MemberKey],
+    ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
+        let st = self.st()?;
+        let mut by_rel: BTreeMap<Relation, Vec<String>> = BTreeMap::new();
+        for (rel, user) in keys {
+            by_rel.entry(*rel).or_default().push(user.as_str().to_owned());
+        }
+        let reads: Vec<_> = by_rel
+            .iter()
+            .flat_map(|(rel, users)| users.chunks(IN_CHUNK).map(move |c| (*rel, c.to_vec())))
+            .map(|(rel, chunk)| async move {
+                self.counters.read();
+                let res = self
+                    .run(&st.members, (item.0, rel.as_str(), chunk))
+                    .await?;
+                let rows = res.into_rows_result().map_err(rows_err)?;
+                let mut out = Vec::new();
+                for r in rows.rows::<MemberRow>().map_err(rows_err)? {
+                    let r = r.map_err(rows_err)?;
+                    let (Some(rel), Ok(user), Some(at)) =
+                        (Relation::parse(&r.rel), UserId::parse(&r.user_id), r.at_us)
+                    else {
+                        continue;
+                    };
+                    out.push((
+                        (rel, user),
+                        Member {
+                            at: time(at),
+                            name: r.name.unwrap_or_default(),
+                        },
+                    ));
+                }
+                Ok::<_, ViewError>(out)
+            })
+            .collect();
+        let chunks: Vec<Vec<(MemberKey, Member)>> = futures::stream::iter(reads)
+            .buffer_unordered(FANOUT)
+            .try_collect()
+            .await?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
+        let st = self.st()?;
+        let s = &c.state;
+        let ts = write_timestamp(s.position.offset);
+        // Derived rows first (rule 3): the timelines' copies, or their removal.
+        let row = TimelineRow::of(s);
+        for t in TimelineRow::timelines(s.kind) {
+            self.counters.write(1);
+            match s.deleted_at {
+                Some(_) => {
+                    self.run(
+                        &st.timeline_delete,
+                        (ts, t, us(s.created_at), s.item_id.0),
+                    )
+                    .await?;
+                }
+                None => {
+                    self.run(
+                        &st.timeline_upsert,
+                        (
+                            t,
+                            us(row.created_at),
+                            row.item_id.0,
+                            row.kind.as_str(),
+                            json(&row.content),
+                            json(&row.author),
+                            row.likes as i64,
+                            row.joined as i64,
+                            row.position.partition,
+                            row.position.offset,
+                            ts,
+                        ),
+                    )
+                    .await?;
+                }
+            }
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_timestamp(Some(ts));
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> =
+            Vec::with_capacity(c.members.len() + 1);
+        batch.append_statement(st.item_static.clone());
+        values.push(Box::new((
+            s.kind.as_str(),
+            json(&s.content),
+            json(&s.author),
+            us(s.created_at),
+            // Never a null: an unset column leaves no tombstone behind.
+            match s.deleted_at {
+                Some(t) => MaybeUnset::Set(us(t)),
+                None => MaybeUnset::Unset,
+            },
+            s.likes as i64,
+            s.joined as i64,
+            json(&s.recent_members),
+            json(&s.rejected),
+            s.position.partition,
+            s.position.offset,
+            s.item_id.0,
+        )));
+        for ((rel, user), m) in &c.members {
+            match m {
+                Some(m) => {
+                    batch.append_statement(st.member_upsert.clone());
+                    values.push(Box::new((
+                        s.item_id.0,
+                        rel.as_str(),
+                        user.as_str().to_owned(),
+                        us(m.at),
+                        m.name.clone(),
+                    )));
+                }
+                None => {
+                    batch.append_statement(st.member_delete.clone());
+                    values.push(Box::new((s.item_id.0, rel.as_str(), user.as_str().to_owned())));
+                }
+            }
+        }
+        self.counters.write(values.len() as u64);
+        self.session.batch(&batch, values).await.map_err(exec_err)?;
+        Ok(())
+    }
+
+    async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
+        self.counters.read();
+        let res = self.run(&self.st()?.item, (id.0,)).await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        match rows.maybe_first_row::<ItemRow>().map_err(rows_err)? {
+            Some(row) => row.into_state(),
+            None => Ok(None),
+        }
+    }
+
+    async fn timeline(
+        &self,
+        kind: Option<FeedKind>,
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError> {
+        let st = self.st()?;
+        self.counters.read();
+        let name = kind.map_or(ALL_KINDS, FeedKind::as_str);
+        let limit = limit.clamp(1, 1000) as i32;
+        let res = match before {
+            Some((t, id)) => {
+                self.run(&st.timeline_page_before, (name, us(t), id.0, limit))
+                    .await?
+            }
+            None => self.run(&st.timeline_page, (name, limit)).await?,
+        };
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        rows.rows::<TimelineDbRow>()
+            .map_err(rows_err)?
+            .map(|r| {
+                let r = r.map_err(rows_err)?;
+                let kind = r.kind.unwrap_or_default();
+                Ok(TimelineRow {
+                    item_id: FeedItemId(r.item_id),
+                    kind: FeedKind::parse(&kind)
+                        .ok_or_else(|| ViewError::Corrupt(format!("kind {kind:?}")))?,
+                    content: unjson("content", r.content)?,
+                    author: unjson("author", r.author)?,
+                    created_at: time(r.created_us),
+                    likes: r.likes.unwrap_or_default().max(0) as u64,
+                    joined: r.joined.unwrap_or_default().max(0) as u64,
+                    position: Position {
+                        partition: r.src_partition.unwrap_or_default(),
+                        offset: r.src_offset.unwrap_or_default(),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
+        let st = self.st()?;
+        let mut writes: Vec<(&PreparedStatement, Vec<PatchValue>)> = Vec::new();
+        for p in cards {
+            let mut v = vec![
+                set(CqlValue::BigInt(p.ts)),
+                set(CqlValue::Uuid(p.upload_id.0)),
+            ];
+            v.extend(patch_values(p));
+            v.push(set(CqlValue::Text(p.session_key.to_string())));
+            v.push(set(CqlValue::TinyInt(p.slot as i8)));
+            writes.push((&st.card_patch, v));
+        }
+        for p in uploads {
+            let mut v = vec![
+                set(CqlValue::BigInt(p.ts)),
+                set(CqlValue::Text(p.session_key.to_string())),
+                set(CqlValue::TinyInt(p.slot as i8)),
+            ];
+            v.extend(patch_values(p));
+            v.push(set(CqlValue::Uuid(p.upload_id.0)));
+            writes.push((&st.upload_patch, v));
+        }
+        let runs: Vec<_> = writes
+            .into_iter()
+            .map(|(stmt, v)| async move {
+                self.counters.write(1);
+                self.run(stmt, v).await.map(|_| ())
+            })
+            .collect();
+        futures::stream::iter(runs)
+            .buffer_unordered(FANOUT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
+        self.counters.read();
+        let res = self
+            .run(&self.st()?.cards, (session.to_string(),))
+            .await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        let mut out = Vec::new();
+        for r in rows.rows::<CardRow>().map_err(rows_err)? {
+            if let Some(c) = r.map_err(rows_err)?.into_card()? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
+        self.counters.read();
+        let res = self.run(&self.st()?.upload, (id.0,)).await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        match rows.maybe_first_row::<CardRow>().map_err(rows_err)? {
+            Some(r) => r.into_card(),
+            None => Ok(None),
+        }
     }
 
     async fn checkpoint(

@@ -17,9 +17,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{
-    Checkpoint, Counters, OwnerCursor, OwnerPollRow, ViewError, ViewStore, write_timestamp,
+    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow,
+    ViewError, ViewStore, VoterRow, voter_changes, write_timestamp,
 };
-use crate::event::{PollId, UserId};
+use crate::event::{FeedItemId, PollId, QuestionId, SessionKey, UploadId, UserId};
+use crate::fold::cards::{Card, Patch};
+use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
 
 #[derive(Clone, Debug)]
@@ -148,14 +151,51 @@ fn from_cells<T: DeserializeOwned>(m: Map<String, Value>) -> Result<T, ViewError
 
 /// Newest first: clustering order `created_at DESC, poll_id DESC`.
 type OwnerKey = std::cmp::Reverse<(i64, PollId)>;
+/// Newest first: clustering order `created_at DESC, item_id DESC`.
+type TimelineKey = std::cmp::Reverse<(i64, FeedItemId)>;
 
 /// The embedded store (the default of `atelier up`).
 #[derive(Debug, Default)]
 pub struct EmbeddedStore {
     polls: Table<PollId, VoterKey>,
     polls_by_owner: Table<UserId, OwnerKey>,
+    poll_voters: Table<(PollId, QuestionId), String>,
+    feed_items: Table<FeedItemId, MemberKey>,
+    timelines: Table<&'static str, TimelineKey>,
+    cards: Table<SessionKey, u8>,
+    uploads: Table<UploadId, ()>,
     checkpoints: Table<String, (String, i32)>,
     counters: Counters,
+}
+
+/// The cells of a patch: what it sets, and the columns it clears.
+fn patch_cells(p: &Patch) -> Map<String, Value> {
+    let mut m = to_cells(&p.set);
+    for c in p.clears() {
+        m.insert((*c).to_owned(), Value::Null);
+    }
+    m
+}
+
+/// Rows after a cursor in a newest-first clustering.
+fn page<K: Ord, T: DeserializeOwned>(
+    rows: Option<&BTreeMap<K, Row>>,
+    after: Option<K>,
+    limit: usize,
+) -> Result<Vec<T>, ViewError> {
+    let Some(rows) = rows else {
+        return Ok(Vec::new());
+    };
+    let iter: Box<dyn Iterator<Item = (&K, &Row)>> = match after {
+        Some(start) => {
+            Box::new(rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)))
+        }
+        None => Box::new(rows.iter()),
+    };
+    iter.filter_map(|(_, r)| r.live())
+        .take(limit)
+        .map(from_cells)
+        .collect()
 }
 
 #[async_trait]
@@ -225,9 +265,138 @@ impl ViewStore for EmbeddedStore {
                 None => Mutation::Delete(k.clone()),
             });
         }
+        for (q, changes) in voter_changes(c) {
+            let vm = changes
+                .into_iter()
+                .map(|(v, row)| match row {
+                    Some(r) => Mutation::Upsert(v.to_owned(), to_cells(&r)),
+                    None => Mutation::Delete(v.to_owned()),
+                })
+                .collect::<Vec<_>>();
+            self.counters.write(vm.len() as u64);
+            self.poll_voters.batch(&(s.poll_id, q), ts, vm);
+        }
         self.counters.write(1 + muts.len() as u64);
         self.polls.batch(&s.poll_id, ts, muts);
         Ok(())
+    }
+
+    async fn question_voters(
+        &self,
+        poll: PollId,
+        question: QuestionId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VoterRow>, ViewError> {
+        self.counters.read();
+        self.poll_voters.rows(&(poll, question), |rows| {
+            page(rows, after.map(str::to_owned), limit)
+        })
+    }
+
+    async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.counters.read();
+            if let Some(m) = self.feed_items.statics(id) {
+                out.push(from_cells(m)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_members(
+        &self,
+        item: FeedItemId,
+        keys: &[MemberKey],
+    ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
+        self.counters.read();
+        self.feed_items.rows(&item, |rows| {
+            let Some(rows) = rows else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for k in keys {
+                if let Some(m) = rows.get(k).and_then(Row::live) {
+                    out.push((k.clone(), from_cells(m)?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
+        let s = &c.state;
+        let ts = write_timestamp(s.position.offset);
+        // Derived rows first (rule 3): the timelines' copies, or their removal.
+        let key = std::cmp::Reverse((s.created_at.timestamp_micros(), s.item_id));
+        let row = TimelineRow::of(s);
+        for t in TimelineRow::timelines(s.kind) {
+            let m = match s.deleted_at {
+                Some(_) => Mutation::Delete(key),
+                None => Mutation::Upsert(key, to_cells(&row)),
+            };
+            self.counters.write(1);
+            self.timelines.batch(&t, ts, vec![m]);
+        }
+        let mut muts = Vec::with_capacity(c.members.len() + 1);
+        muts.push(Mutation::Static(to_cells(s)));
+        for (k, m) in &c.members {
+            muts.push(match m {
+                Some(m) => Mutation::Upsert(k.clone(), to_cells(m)),
+                None => Mutation::Delete(k.clone()),
+            });
+        }
+        self.counters.write(muts.len() as u64);
+        self.feed_items.batch(&s.item_id, ts, muts);
+        Ok(())
+    }
+
+    async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
+        self.counters.read();
+        self.feed_items.statics(&id).map(from_cells).transpose()
+    }
+
+    async fn timeline(
+        &self,
+        kind: Option<FeedKind>,
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError> {
+        self.counters.read();
+        let name = kind.map_or(ALL_KINDS, FeedKind::as_str);
+        let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
+        self.timelines.rows(&name, |rows| page(rows, after, limit))
+    }
+
+    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
+        for p in cards {
+            self.counters.write(1);
+            self.cards.batch(
+                &p.session_key,
+                p.ts,
+                vec![Mutation::Upsert(p.slot, patch_cells(p))],
+            );
+        }
+        for p in uploads {
+            self.counters.write(1);
+            self.uploads.batch(
+                &p.upload_id,
+                p.ts,
+                vec![Mutation::Static(patch_cells(p))],
+            );
+        }
+        Ok(())
+    }
+
+    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
+        self.counters.read();
+        self.cards.rows(session, |rows| page(rows, None, 3))
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
+        self.counters.read();
+        self.uploads.statics(&id).map(from_cells).transpose()
     }
 
     async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
@@ -242,24 +411,9 @@ impl ViewStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<OwnerPollRow>, ViewError> {
         self.counters.read();
-        self.polls_by_owner.rows(owner, |rows| {
-            let Some(rows) = rows else {
-                return Ok(Vec::new());
-            };
-            let iter: Box<dyn Iterator<Item = (&OwnerKey, &Row)>> = match before {
-                Some((t, id)) => {
-                    let start = std::cmp::Reverse((t.timestamp_micros(), id));
-                    Box::new(
-                        rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
-                    )
-                }
-                None => Box::new(rows.iter()),
-            };
-            iter.filter_map(|(_, r)| r.live())
-                .take(limit)
-                .map(from_cells)
-                .collect()
-        })
+        let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
+        self.polls_by_owner
+            .rows(owner, |rows| page(rows, after, limit))
     }
 
     async fn checkpoint(

@@ -23,8 +23,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ViewBackend, ViewsConfig};
-use crate::event::{PollId, UserId};
+use crate::event::{FeedContent, FeedItemId, PollId, Principal, QuestionId, SessionKey, UploadId, UserId};
 use crate::fold::Position;
+use crate::fold::cards::{Card, Patch};
+use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
 
 /// A view-store failure, with a retry hint.
@@ -103,6 +105,67 @@ pub struct Checkpoint {
 /// Cursor into "polls by owner": the last row of the previous page.
 pub type OwnerCursor = (DateTime<Utc>, PollId);
 
+/// Cursor into a timeline: the last row of the previous page.
+pub type FeedCursor = (DateTime<Utc>, FeedItemId);
+
+/// The name of the timeline holding every kind.
+pub const ALL_KINDS: &str = "all";
+
+/// One row of a timeline (per kind, and one for all kinds), newest first: a
+/// copy of the item with its counts, so a page is one query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineRow {
+    /// The item.
+    pub item_id: FeedItemId,
+    /// Post, game or team.
+    pub kind: FeedKind,
+    /// The kind's fields.
+    pub content: FeedContent,
+    /// Who created it.
+    pub author: Principal,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Users who like it.
+    pub likes: u64,
+    /// Users who joined it.
+    pub joined: u64,
+    /// Version of the item this row reflects.
+    pub position: Position,
+}
+
+impl TimelineRow {
+    /// The timeline copy of an item.
+    pub fn of(s: &ItemState) -> Self {
+        Self {
+            item_id: s.item_id,
+            kind: s.kind,
+            content: s.content.clone(),
+            author: s.author.clone(),
+            created_at: s.created_at,
+            likes: s.likes,
+            joined: s.joined,
+            position: s.position,
+        }
+    }
+
+    /// The timelines an item appears in: its kind's and the one of all.
+    pub fn timelines(kind: FeedKind) -> [&'static str; 2] {
+        [kind.as_str(), ALL_KINDS]
+    }
+}
+
+/// One voter of one question (never stored for anonymous polls).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterRow {
+    /// Who.
+    pub voter: UserId,
+    /// Display name at voting time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When the ballot was cast.
+    pub at: DateTime<Utc>,
+}
+
 /// The view store.
 #[async_trait]
 pub trait ViewStore: Send + Sync + std::fmt::Debug + 'static {
@@ -134,6 +197,45 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug + 'static {
         before: Option<OwnerCursor>,
         limit: usize,
     ) -> Result<Vec<OwnerPollRow>, ViewError>;
+
+    /// Read: the voters of one question, by voter id, after `after`, one
+    /// query (empty for anonymous polls: their voters are never stored).
+    async fn question_voters(
+        &self,
+        poll: PollId,
+        question: QuestionId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VoterRow>, ViewError>;
+
+    /// Projector: current states of these feed items (absent ones omitted).
+    async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError>;
+    /// Projector: these memberships of one item (absent ones omitted).
+    async fn load_members(
+        &self,
+        item: FeedItemId,
+        keys: &[MemberKey],
+    ) -> Result<Vec<(MemberKey, Member)>, ViewError>;
+    /// Projector: the timeline rows (derived, first), then one atomic,
+    /// versioned write of the item and its changed memberships.
+    async fn commit_item(&self, commit: &ItemCommit) -> Result<(), ViewError>;
+    /// Read: one feed item, one query.
+    async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError>;
+    /// Read: a timeline page, newest first, one query (`kind` `None`: all).
+    async fn timeline(
+        &self,
+        kind: Option<FeedKind>,
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError>;
+
+    /// Projector: merge patches into session cards and upload status rows,
+    /// each `USING TIMESTAMP` its merge order (see `fold::cards`).
+    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError>;
+    /// Read: a session's cards by slot, one query.
+    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError>;
+    /// Read: one upload's job status, one query.
+    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError>;
 
     /// A projector checkpoint.
     async fn checkpoint(
@@ -186,4 +288,48 @@ pub async fn open(cfg: &ViewsConfig) -> Result<Arc<dyn ViewStore>, ViewError> {
     };
     store.migrate().await?;
     Ok(store)
+}
+
+/// The derived "voters of a question" rows a poll commit changes: per
+/// question, the voters to upsert (`Some`) or delete (`None`). Nothing for
+/// anonymous polls, whose voters are never stored readable.
+pub(crate) fn voter_changes(c: &PollCommit) -> BTreeMap<QuestionId, Vec<(&str, Option<VoterRow>)>> {
+    let mut out: BTreeMap<QuestionId, Vec<(&str, Option<VoterRow>)>> = BTreeMap::new();
+    if c.state.anonymous {
+        return out;
+    }
+    for (i, (voter, ballot)) in c.ballots.iter().enumerate() {
+        let before = c.previous.get(i).copied().unwrap_or(0);
+        let now = ballot.as_ref().map_or(0, |b| b.choices);
+        let Ok(id) = UserId::parse(voter) else {
+            continue;
+        };
+        for q in bits(before & !now) {
+            out.entry(q).or_default().push((voter.as_str(), None));
+        }
+        if let Some(b) = ballot {
+            for q in bits(now) {
+                out.entry(q).or_default().push((
+                    voter.as_str(),
+                    Some(VoterRow {
+                        voter: id.clone(),
+                        name: b.name.clone(),
+                        at: b.at,
+                    }),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The question ids of a choice bitset.
+fn bits(mut b: u32) -> impl Iterator<Item = QuestionId> {
+    std::iter::from_fn(move || {
+        (b != 0).then(|| {
+            let q = b.trailing_zeros() as QuestionId;
+            b &= b - 1;
+            q
+        })
+    })
 }

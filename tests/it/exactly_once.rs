@@ -12,13 +12,17 @@ use atelier::bus::{Batch, Producer, Record, client_config};
 use atelier::cli::app::{App, Roles};
 use atelier::config::Config;
 use atelier::event::{
-    Event, EventData, EventId, PollClosed, PollCreated, PollId, Principal, Question, Topic, UserId,
-    VoteCast, VoteRetracted,
+    Event, EventData, EventId, FeedItemId, PollClosed, PollCreated, PollId, Principal, Question,
+    SessionKey, Topic, UploadId, UserId, VoteCast, VoteRetracted,
 };
+use atelier::fold::cards::{Card, Patch};
+use atelier::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
 use atelier::fold::Position;
 use atelier::fold::poll::{Ballot, FoldConfig, PollCommit, PollState, VoterKey, reference};
 use atelier::project::{PollProjector, Watermarks};
-use atelier::view::{Checkpoint, OwnerCursor, OwnerPollRow, ViewError, ViewStore};
+use atelier::view::{
+    Checkpoint, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow, ViewError, ViewStore, VoterRow,
+};
 use chrono::{Duration as Dur, Utc};
 use futures::StreamExt;
 use rand::rngs::SmallRng;
@@ -408,6 +412,57 @@ impl ViewStore for FlakyStore {
     }
     async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
         self.inner.checkpoints(view).await
+    }
+    async fn question_voters(
+        &self,
+        poll: PollId,
+        question: u16,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VoterRow>, ViewError> {
+        self.inner
+            .question_voters(poll, question, after, limit)
+            .await
+    }
+    async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
+        self.inner.load_items(ids).await
+    }
+    async fn load_members(
+        &self,
+        item: FeedItemId,
+        keys: &[MemberKey],
+    ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
+        self.inner.load_members(item, keys).await
+    }
+    async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
+        match self.roll() {
+            Some(true) => {
+                self.inner.commit_item(c).await?;
+                Err(flake())
+            }
+            Some(false) => Err(flake()),
+            None => self.inner.commit_item(c).await,
+        }
+    }
+    async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
+        self.inner.item(id).await
+    }
+    async fn timeline(
+        &self,
+        kind: Option<FeedKind>,
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError> {
+        self.inner.timeline(kind, before, limit).await
+    }
+    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
+        self.inner.apply_patches(cards, uploads).await
+    }
+    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
+        self.inner.cards(session).await
+    }
+    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
+        self.inner.upload(id).await
     }
 }
 

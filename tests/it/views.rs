@@ -68,6 +68,7 @@ async fn round_trip_and_one_query(b: Backends) {
     s.commit_poll(&PollCommit {
         state: st.clone(),
         ballots: vec![("ann".into(), Some(ballot(0b10)))],
+        previous: vec![],
     })
     .await
     .unwrap();
@@ -93,12 +94,14 @@ async fn older_writes_lose(b: Backends) {
     s.commit_poll(&PollCommit {
         state: newer.clone(),
         ballots: vec![("v".into(), Some(ballot(0b01)))],
+        previous: vec![],
     })
     .await
     .unwrap();
     s.commit_poll(&PollCommit {
         state: older,
         ballots: vec![("v".into(), Some(ballot(0b10))), ("w".into(), None)],
+        previous: vec![],
     })
     .await
     .unwrap();
@@ -109,6 +112,7 @@ async fn older_writes_lose(b: Backends) {
     s.commit_poll(&PollCommit {
         state: newer.clone(),
         ballots: vec![],
+        previous: vec![],
     })
     .await
     .unwrap();
@@ -122,12 +126,14 @@ async fn ballots_upsert_and_delete(b: Backends) {
     s.commit_poll(&PollCommit {
         state: state(id, "ann", 0, 1, vec![2, 0]),
         ballots: vec![("a".into(), Some(ballot(1))), ("b".into(), Some(ballot(1)))],
+        previous: vec![],
     })
     .await
     .unwrap();
     s.commit_poll(&PollCommit {
         state: state(id, "ann", 0, 2, vec![1, 0]),
         ballots: vec![("a".into(), None)],
+        previous: vec![],
     })
     .await
     .unwrap();
@@ -141,6 +147,7 @@ async fn ballots_upsert_and_delete(b: Backends) {
     s.commit_poll(&PollCommit {
         state: state(id, "ann", 0, 3, vec![1, 1]),
         ballots: vec![("a".into(), Some(ballot(2)))],
+        previous: vec![],
     })
     .await
     .unwrap();
@@ -152,6 +159,7 @@ async fn ballots_upsert_and_delete(b: Backends) {
     s.commit_poll(&PollCommit {
         state: state(id, "ann", 0, 4, vec![251, 1]),
         ballots: many.clone(),
+        previous: vec![],
     })
     .await
     .unwrap();
@@ -168,6 +176,7 @@ async fn owner_pages_newest_first(b: Backends) {
         s.commit_poll(&PollCommit {
             state: state(*id, &owner, i as i64, 1, vec![0, 0]),
             ballots: vec![],
+        previous: vec![],
         })
         .await
         .unwrap();

@@ -1,0 +1,228 @@
+//! `GET /v1/stream`: live view changes as Server-Sent Events, so dashboards
+//! need not poll. Filters: `poll`, `session`, `upload` (ids) and `kind`
+//! (`post`, `game`, `team` or `all`); several may be given, none means
+//! everything. A filtered stream starts with the current state of what it
+//! names. Each event's `id` is the consistency token of the change.
+//!
+//! Changes come from the projectors of this process once durable; bursts
+//! are coalesced (one read per row per burst), and a subscriber that falls
+//! too far behind gets a `lagged` event and continues with the newest.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use super::json::QueryParams;
+use super::{ApiError, AppState, Token};
+use crate::event::{PollId, SessionKey, UploadId};
+use crate::fold::feed::FeedKind;
+use crate::project::{Announced, Change};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/v1/stream", get(stream))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    poll: Option<String>,
+    session: Option<String>,
+    upload: Option<String>,
+    kind: Option<String>,
+}
+
+/// What a subscriber asked for.
+#[derive(Clone, Debug, Default)]
+struct Filter {
+    poll: Option<PollId>,
+    session: Option<SessionKey>,
+    upload: Option<UploadId>,
+    /// `Some(None)`: every kind; `Some(Some(k))`: one kind.
+    kind: Option<Option<FeedKind>>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.poll.is_none() && self.session.is_none() && self.upload.is_none() && self.kind.is_none()
+    }
+
+    fn wants(&self, c: &Change) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        match c {
+            Change::Poll(id) => self.poll == Some(*id),
+            Change::Session(k) => self.session.as_ref() == Some(k),
+            Change::Upload(u) => self.upload == Some(*u),
+            Change::Feed(_, k) => match self.kind {
+                Some(None) => true,
+                Some(Some(want)) => want == *k,
+                None => false,
+            },
+        }
+    }
+}
+
+fn parse(q: StreamQuery) -> Result<Filter, ApiError> {
+    let bad = |code: &'static str, what: &str| ApiError::bad_request(code, what.to_owned());
+    Ok(Filter {
+        poll: q
+            .poll
+            .map(|p| PollId::parse(&p).map_err(|_| bad("invalid_poll", "poll must be a poll id")))
+            .transpose()?,
+        session: q
+            .session
+            .map(|s| SessionKey::parse(&s).map_err(|e| bad("invalid_session", &e.reason)))
+            .transpose()?,
+        upload: q
+            .upload
+            .map(|u| {
+                UploadId::parse(&u).map_err(|_| bad("invalid_upload", "upload must be an upload id"))
+            })
+            .transpose()?,
+        kind: q
+            .kind
+            .map(|k| super::feed::parse_kind(Some(&k)))
+            .transpose()?,
+    })
+}
+
+/// Reads the view row a change names and renders it as one SSE event
+/// (`None` when it is gone or unreadable: the next change retries).
+async fn render(st: &AppState, a: &Announced) -> Option<Event> {
+    let token = Token {
+        topic: a.topic.clone(),
+        partition: a.position.partition,
+        offset: a.position.offset,
+    }
+    .encode();
+    let (name, data) = match &a.change {
+        Change::Poll(id) => {
+            let p = st.views.poll(*id).await.ok()??;
+            ("poll", serde_json::to_value(super::polls::PollView::from(p)))
+        }
+        Change::Feed(id, _) => match super::feed::item_view(st, *id, None).await {
+            Ok(v) => ("feed", serde_json::to_value(v)),
+            Err(_) => (
+                "feed_deleted",
+                Ok(serde_json::json!({ "item_id": id.to_string() })),
+            ),
+        },
+        Change::Session(k) => {
+            let c = super::cards::session_cards(st, k.clone(), None).await.ok()?;
+            ("cards", serde_json::to_value(c))
+        }
+        Change::Upload(u) => {
+            let c = super::cards::upload_status(st, *u, None).await.ok()?;
+            ("upload", serde_json::to_value(c))
+        }
+    };
+    Event::default()
+        .event(name)
+        .id(token)
+        .json_data(data.ok()?)
+        .ok()
+}
+
+/// The current state of what a filter names, as initial events.
+async fn snapshot(st: &AppState, f: &Filter) -> Vec<Event> {
+    let mut out = Vec::new();
+    let at = |change| Announced {
+        change,
+        topic: String::new(),
+        position: Default::default(),
+    };
+    let mut wanted = Vec::new();
+    if let Some(p) = f.poll {
+        wanted.push(at(Change::Poll(p)));
+    }
+    if let Some(s) = &f.session {
+        wanted.push(at(Change::Session(s.clone())));
+    }
+    if let Some(u) = f.upload {
+        wanted.push(at(Change::Upload(u)));
+    }
+    for a in wanted {
+        if let Some(mut e) = render(st, &a).await {
+            // No token for a snapshot: it reflects whatever is applied now.
+            e = e.id("");
+            out.push(e);
+        }
+    }
+    out
+}
+
+struct Sub {
+    st: AppState,
+    filter: Filter,
+    rx: tokio::sync::broadcast::Receiver<Announced>,
+    ready: VecDeque<Event>,
+}
+
+fn events(sub: Sub) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(sub, |mut sub| async move {
+        loop {
+            if let Some(e) = sub.ready.pop_front() {
+                return Some((Ok(e), sub));
+            }
+            // Wait for one change, then take the whole burst behind it.
+            let mut burst: Vec<Announced> = Vec::new();
+            match sub.rx.recv().await {
+                Ok(a) => burst.push(a),
+                Err(RecvError::Lagged(n)) => {
+                    let e = Event::default()
+                        .event("lagged")
+                        .data(format!("{n} changes were skipped; reload"));
+                    return Some((Ok(e), sub));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+            loop {
+                match sub.rx.try_recv() {
+                    Ok(a) => burst.push(a),
+                    Err(TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+            // Newest announcement per row, in arrival order of their last one.
+            let mut last: Vec<Announced> = Vec::new();
+            for a in burst.into_iter().filter(|a| sub.filter.wants(&a.change)) {
+                last.retain(|b| b.change != a.change);
+                last.push(a);
+            }
+            for a in &last {
+                if let Some(e) = render(&sub.st, a).await {
+                    sub.ready.push_back(e);
+                }
+            }
+        }
+    })
+}
+
+async fn stream(
+    State(st): State<AppState>,
+    QueryParams(q): QueryParams<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let filter = parse(q)?;
+    // Subscribe before the snapshot, so nothing falls between the two.
+    let rx = st.watermarks.changes.subscribe();
+    let ready: VecDeque<Event> = snapshot(&st, &filter).await.into();
+    let sub = Sub {
+        st,
+        filter,
+        rx,
+        ready,
+    };
+    Ok(Sse::new(events(sub))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}

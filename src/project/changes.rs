@@ -1,0 +1,70 @@
+//! View changes, announced by the projectors of this process once their
+//! writes are durable: what `GET /v1/stream` pushes to dashboards. A slow
+//! subscriber lags (and is told so) instead of slowing the projectors.
+
+use tokio::sync::broadcast;
+
+use crate::event::{FeedItemId, PollId, SessionKey, UploadId};
+use crate::fold::Position;
+use crate::fold::feed::FeedKind;
+
+/// Which view row changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A poll's aggregate.
+    Poll(PollId),
+    /// A feed item (and its timeline rows).
+    Feed(FeedItemId, FeedKind),
+    /// A session's cards.
+    Session(SessionKey),
+    /// An upload's job status.
+    Upload(UploadId),
+}
+
+/// A change and the log position that caused it (for `?after` tokens).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announced {
+    /// What changed.
+    pub change: Change,
+    /// Source topic.
+    pub topic: String,
+    /// The last offset applied.
+    pub position: Position,
+}
+
+/// The fan-out point.
+#[derive(Debug)]
+pub struct Changes {
+    tx: broadcast::Sender<Announced>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self::new(4096)
+    }
+}
+
+impl Changes {
+    /// A hub that keeps up to `capacity` changes for slow subscribers.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// Announces a change (a no-op without subscribers).
+    pub fn publish(&self, change: Change, topic: &str, position: Position) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Announced {
+                change,
+                topic: topic.to_owned(),
+                position,
+            });
+        }
+    }
+
+    /// A new subscription, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Announced> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,181 @@
+//! What every projector shares: decoding a batch with poison records sent to
+//! the DLQ, the per-partition checkpoint cache, assignment tracking and
+//! batch statistics.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use super::dlq;
+use crate::bus::{Batch, HandlerError, Producer};
+use crate::event::{Event, Topic, wire};
+use crate::fold::Position;
+use crate::view::{Checkpoint, ViewError, ViewStore};
+
+/// Counts of one batch, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Events folded and applied.
+    pub applied: u64,
+    /// Events skipped as already applied.
+    pub duplicates: u64,
+    /// Events refused by a rule.
+    pub rejected: u64,
+    /// Records sent to the DLQ.
+    pub poison: u64,
+    /// Aggregate commits (or row patches) written.
+    pub commits: u64,
+}
+
+impl BatchStats {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, o: &BatchStats) {
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.rejected += o.rejected;
+        self.poison += o.poison;
+        self.commits += o.commits;
+    }
+}
+
+/// A view-store error as the consumer loop sees it.
+pub(crate) fn view_err(e: ViewError) -> HandlerError {
+    HandlerError {
+        retriable: e.is_retriable(),
+        message: e.to_string(),
+    }
+}
+
+/// Decodes a batch in log order, skipping records at or below `applied`
+/// (the checkpoint) and dead-lettering those that cannot be decoded; each
+/// DLQ append is acknowledged before going on.
+pub(crate) async fn decode(
+    batch: &Batch,
+    applied: i64,
+    expect: &[Topic],
+    dlq: &Producer,
+    stage: &str,
+    stats: &mut BatchStats,
+) -> Result<Vec<(Position, Event)>, HandlerError> {
+    let mut out = Vec::with_capacity(batch.records.len());
+    let expect_one = match expect {
+        [t] => Some(*t),
+        _ => None,
+    };
+    for rec in &batch.records {
+        if rec.offset <= applied {
+            stats.duplicates += 1;
+            continue;
+        }
+        let decoded = wire::decode(
+            rec.header_pairs(),
+            rec.payload.as_deref().unwrap_or_default(),
+            expect_one,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|e| {
+            if expect.contains(&e.topic()) {
+                Ok(e)
+            } else {
+                Err(format!(
+                    "{} does not belong on {}",
+                    e.data.type_name(),
+                    batch.topic
+                ))
+            }
+        });
+        match decoded {
+            Ok(e) => out.push((
+                Position {
+                    partition: batch.partition,
+                    offset: rec.offset,
+                },
+                e,
+            )),
+            Err(reason) => {
+                dlq::send(dlq, stage, &batch.topic, batch.partition, rec, &reason, 1)
+                    .await
+                    .map_err(|e| HandlerError {
+                        message: format!("DLQ: {e}"),
+                        retriable: true,
+                    })?;
+                stats.poison += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The partition checkpoints of one view, cached after the first read.
+#[derive(Debug)]
+pub(crate) struct Checkpoints {
+    view: &'static str,
+    cache: Mutex<HashMap<(String, i32), Checkpoint>>,
+}
+
+impl Checkpoints {
+    pub(crate) fn new(view: &'static str) -> Self {
+        Self {
+            view,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The checkpoint of a partition (offset -1 when none is stored).
+    pub(crate) async fn get(
+        &self,
+        views: &dyn ViewStore,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Checkpoint, ViewError> {
+        if let Some(cp) = self.cache.lock().get(&(topic.to_owned(), partition)) {
+            return Ok(cp.clone());
+        }
+        Ok(views
+            .checkpoint(self.view, topic, partition)
+            .await?
+            .unwrap_or_else(|| Checkpoint {
+                view: self.view.into(),
+                topic: topic.into(),
+                partition,
+                offset: -1,
+                rejected: Default::default(),
+            }))
+    }
+
+    /// Remembers a checkpoint that is now stored.
+    pub(crate) fn put(&self, cp: Checkpoint) {
+        self.cache
+            .lock()
+            .insert((cp.topic.clone(), cp.partition), cp);
+    }
+
+    /// Forgets a partition (another process may have moved it).
+    pub(crate) fn forget(&self, topic: &str, partition: i32) {
+        self.cache.lock().remove(&(topic.to_owned(), partition));
+    }
+}
+
+/// Counts assigned partitions so that callers can wait for the group join.
+#[derive(Debug)]
+pub(crate) struct Assigned(tokio::sync::watch::Sender<usize>);
+
+impl Default for Assigned {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl Assigned {
+    pub(crate) fn inc(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until at least one partition was assigned, or `timeout`.
+    pub(crate) async fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

@@ -1,0 +1,286 @@
+//! The feed projector: folds `atelier.feed.v1` into feed items and their
+//! timeline rows, with the same mini-batch steps as the polls projector:
+//! decode (poison to the DLQ), group by item, load states (bounded LRU cache
+//! per partition) and only the memberships the batch touches, fold in log
+//! order, write each item's commits (timeline rows first, then one atomic
+//! partition batch `USING TIMESTAMP` from the offset), then the checkpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::common::{Assigned, BatchStats, Checkpoints, decode, view_err};
+use super::{Change, Watermarks};
+use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
+use crate::config::ProjectorConfig;
+use crate::event::{Event, FeedItemId, Topic};
+use crate::fold::feed::{ItemAggregate, ItemCommit, ItemState, Rejection, item_id, member_key};
+use crate::fold::{Outcome, Position};
+use crate::telemetry::names;
+use crate::view::{Checkpoint, ViewError, ViewStore};
+
+/// The view name used in checkpoints.
+pub const VIEW: &str = "feed";
+/// The DLQ stage name.
+pub const STAGE: &str = "project.feed";
+
+/// The projector for the feed.
+pub struct FeedProjector {
+    views: Arc<dyn ViewStore>,
+    dlq: Producer,
+    cfg: ProjectorConfig,
+    watermarks: Arc<Watermarks>,
+    cache: Mutex<LruCache<(i32, FeedItemId), ItemState>>,
+    checkpoints: Checkpoints,
+    totals: Mutex<BatchStats>,
+    assigned: Assigned,
+}
+
+impl std::fmt::Debug for FeedProjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedProjector")
+            .field("views", &self.views.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+type Positioned = (Position, Event);
+
+impl FeedProjector {
+    /// A projector writing to `views`, dead-lettering through `dlq`.
+    pub fn new(
+        views: Arc<dyn ViewStore>,
+        dlq: Producer,
+        cfg: ProjectorConfig,
+        watermarks: Arc<Watermarks>,
+    ) -> Self {
+        let cap = NonZeroUsize::new(cfg.cache_polls.max(1)).expect("nonzero");
+        Self {
+            views,
+            dlq,
+            cfg,
+            watermarks,
+            cache: Mutex::new(LruCache::new(cap)),
+            checkpoints: Checkpoints::new(VIEW),
+            totals: Mutex::new(BatchStats::default()),
+            assigned: Assigned::default(),
+        }
+    }
+
+    /// Waits until a partition was assigned, or `timeout` passed.
+    pub async fn wait_assigned(&self, timeout: std::time::Duration) -> bool {
+        self.assigned.wait(timeout).await
+    }
+
+    /// Totals since start.
+    pub fn totals(&self) -> BatchStats {
+        *self.totals.lock()
+    }
+
+    async fn write(
+        &self,
+        commits: &[(FeedItemId, Vec<ItemCommit>)],
+        cp: &Checkpoint,
+    ) -> Result<(), ViewError> {
+        let writes: Vec<_> = commits
+            .iter()
+            .map(|(_, cs)| async move {
+                for c in cs {
+                    self.views.commit_item(c).await?;
+                }
+                Ok::<_, ViewError>(())
+            })
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(self.cfg.write_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.views.save_checkpoint(cp).await
+    }
+
+    async fn load(
+        &self,
+        partition: i32,
+        groups: &[(FeedItemId, Vec<Positioned>)],
+    ) -> Result<Vec<ItemAggregate>, ViewError> {
+        let mut states: HashMap<FeedItemId, ItemState> = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.cache.lock();
+            for (id, _) in groups {
+                match cache.get(&(partition, *id)) {
+                    Some(s) => {
+                        states.insert(*id, s.clone());
+                    }
+                    None => missing.push(*id),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for s in self.views.load_items(&missing).await? {
+                states.insert(s.item_id, s);
+            }
+        }
+        let loads: Vec<_> = groups
+            .iter()
+            .map(|(id, events)| {
+                let state = states.remove(id);
+                // Only the memberships this batch touches, never all of them.
+                let keys: Vec<_> = match &state {
+                    None => Vec::new(),
+                    Some(_) => events
+                        .iter()
+                        .filter_map(|(_, e)| member_key(e))
+                        .collect::<HashSet<_>>()
+                        .into_iter()
+                        .collect(),
+                };
+                async move {
+                    let found = if keys.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.views.load_members(*id, &keys).await?
+                    };
+                    let mut agg = ItemAggregate::from_state(state);
+                    for k in keys {
+                        agg.load_member(k, None);
+                    }
+                    for (k, m) in found {
+                        agg.load_member(k, Some(m));
+                    }
+                    Ok::<_, ViewError>(agg)
+                }
+            })
+            .collect();
+        futures::stream::iter(loads)
+            .buffered(self.cfg.write_concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// Processes one batch; see the module docs for the steps.
+    pub async fn process(&self, batch: &Batch) -> Result<BatchStats, HandlerError> {
+        let mut stats = BatchStats::default();
+        let Some(last) = batch.records.last().map(|r| r.offset) else {
+            return Ok(stats);
+        };
+        let mut cp = self
+            .checkpoints
+            .get(self.views.as_ref(), &batch.topic, batch.partition)
+            .await
+            .map_err(view_err)?;
+        let started = Instant::now();
+        let decoded = decode(batch, cp.offset, &[Topic::Feed], &self.dlq, STAGE, &mut stats).await?;
+        let mut groups: Vec<(FeedItemId, Vec<Positioned>)> = Vec::new();
+        let mut index: HashMap<FeedItemId, usize> = HashMap::new();
+        for (pos, event) in decoded {
+            let Some(id) = item_id(&event.data) else {
+                continue;
+            };
+            let i = *index.entry(id).or_insert_with(|| {
+                groups.push((id, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push((pos, event));
+        }
+        let aggs = self
+            .load(batch.partition, &groups)
+            .await
+            .map_err(view_err)?;
+
+        let mut commits: Vec<(FeedItemId, Vec<ItemCommit>)> = Vec::new();
+        let mut finals: Vec<ItemState> = Vec::new();
+        for ((id, events), mut agg) in groups.iter().zip(aggs) {
+            let mut mine = Vec::new();
+            for (pos, e) in events {
+                match agg.apply(*pos, e) {
+                    Outcome::Applied => stats.applied += 1,
+                    Outcome::Duplicate => stats.duplicates += 1,
+                    Outcome::Rejected(r) => {
+                        stats.rejected += 1;
+                        metrics::counter!(names::FOLD_REJECTED, "view" => VIEW, "reason" => r.as_str())
+                            .increment(1);
+                        if r == Rejection::UnknownItem && agg.state.is_none() {
+                            *cp.rejected.entry(r.as_str().to_owned()).or_default() += 1;
+                        }
+                    }
+                }
+                if agg.dirty_members() >= self.cfg.commit_rows.max(1)
+                    && let Some(c) = agg.take_commit()
+                {
+                    mine.push(c);
+                }
+            }
+            if let Some(c) = agg.take_commit() {
+                mine.push(c);
+            }
+            if let Some(s) = agg.state {
+                finals.push(s);
+            }
+            if !mine.is_empty() {
+                commits.push((*id, mine));
+            }
+        }
+        metrics::histogram!(names::FOLD_SECONDS).record(started.elapsed().as_secs_f64());
+
+        let wrote = Instant::now();
+        stats.commits = commits.iter().map(|(_, c)| c.len() as u64).sum();
+        cp.offset = last;
+        if let Err(e) = self.write(&commits, &cp).await {
+            // Some writes may have landed: reload this batch's items on retry.
+            let mut cache = self.cache.lock();
+            for (id, _) in &groups {
+                cache.pop(&(batch.partition, *id));
+            }
+            return Err(view_err(e));
+        }
+        metrics::histogram!(names::WRITE_SECONDS).record(wrote.elapsed().as_secs_f64());
+        {
+            let mut cache = self.cache.lock();
+            for s in finals {
+                self.watermarks.changes.publish(
+                    Change::Feed(s.item_id, s.kind),
+                    &batch.topic,
+                    s.position,
+                );
+                cache.put((batch.partition, s.item_id), s);
+            }
+        }
+        self.checkpoints.put(cp);
+        self.watermarks.publish(&batch.topic, batch.partition, last);
+        metrics::histogram!(names::BATCH_EVENTS).record(batch.records.len() as f64);
+        metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
+            .increment(stats.applied);
+        metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "duplicate")
+            .increment(stats.duplicates);
+        self.totals.lock().add(&stats);
+        Ok(stats)
+    }
+}
+
+#[async_trait]
+impl PartitionHandler for FeedProjector {
+    async fn assigned(&self, topic: &str, partition: i32) {
+        self.assigned.inc();
+        self.checkpoints.forget(topic, partition);
+        let mut cache = self.cache.lock();
+        let stale: Vec<_> = cache
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            cache.pop(&k);
+        }
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
+        self.process(batch).await.map(|_| ())
+    }
+}
