@@ -58,6 +58,8 @@ pub struct AppState {
     pub watermarks: Arc<Watermarks>,
     /// Longest `?after` wait.
     pub max_after_wait: Duration,
+    /// Fires at shutdown: long-lived answers (SSE) end so the server can.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
             auth: Arc::new(auth),
             watermarks,
             max_after_wait: Duration::from_millis(cfg.http.max_after_wait_ms),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 }

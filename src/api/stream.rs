@@ -99,12 +99,15 @@ fn parse(q: StreamQuery) -> Result<Filter, ApiError> {
 /// Reads the view row a change names and renders it as one SSE event
 /// (`None` when it is gone or unreadable: the next change retries).
 async fn render(st: &AppState, a: &Announced) -> Option<Event> {
-    let token = Token {
-        topic: a.topic.clone(),
-        partition: a.position.partition,
-        offset: a.position.offset,
-    }
-    .encode();
+    // A snapshot (no topic) reflects whatever is applied now: no token.
+    let token = (!a.topic.is_empty()).then(|| {
+        Token {
+            topic: a.topic.clone(),
+            partition: a.position.partition,
+            offset: a.position.offset,
+        }
+        .encode()
+    });
     let (name, data) = match &a.change {
         Change::Poll(id) => {
             let p = st.views.poll(*id).await.ok()??;
@@ -126,11 +129,11 @@ async fn render(st: &AppState, a: &Announced) -> Option<Event> {
             ("upload", serde_json::to_value(c))
         }
     };
-    Event::default()
-        .event(name)
-        .id(token)
-        .json_data(data.ok()?)
-        .ok()
+    let mut e = Event::default().event(name);
+    if let Some(t) = token {
+        e = e.id(t);
+    }
+    e.json_data(data.ok()?).ok()
 }
 
 /// The current state of what a filter names, as initial events.
@@ -152,9 +155,7 @@ async fn snapshot(st: &AppState, f: &Filter) -> Vec<Event> {
         wanted.push(at(Change::Upload(u)));
     }
     for a in wanted {
-        if let Some(mut e) = render(st, &a).await {
-            // No token for a snapshot: it reflects whatever is applied now.
-            e = e.id("");
+        if let Some(e) = render(st, &a).await {
             out.push(e);
         }
     }
@@ -176,7 +177,11 @@ fn events(sub: Sub) -> impl Stream<Item = Result<Event, Infallible>> {
             }
             // Wait for one change, then take the whole burst behind it.
             let mut burst: Vec<Announced> = Vec::new();
-            match sub.rx.recv().await {
+            let next = tokio::select! {
+                r = sub.rx.recv() => r,
+                _ = sub.st.shutdown.cancelled() => return None,
+            };
+            match next {
                 Ok(a) => burst.push(a),
                 Err(RecvError::Lagged(n)) => {
                     let e = Event::default()

@@ -200,13 +200,14 @@ impl App {
 
         let addr = if roles.api {
             let auth = Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?;
-            let state = AppState::new(
+            let mut state = AppState::new(
                 &cfg,
                 producer.clone(),
                 views.clone(),
                 auth,
                 watermarks.clone(),
             );
+            state.shutdown = shutdown.clone();
             let app = api::router(state, cfg.http.body_limit);
             let listener = tokio::net::TcpListener::bind(cfg.http.listen)
                 .await

@@ -135,7 +135,7 @@ pub struct Produced {
 pub async fn produce(p: &Producer, events: Vec<Event>, poison: usize) -> Produced {
     let mut out = Vec::with_capacity(events.len());
     let mut last: HashMap<i32, i64> = HashMap::new();
-    let topic = p.topic(Topic::Polls);
+    let topic = p.topic(events.first().map_or(Topic::Polls, Event::topic));
     let mut rng = SmallRng::seed_from_u64(99);
     let mut poison_at: Vec<usize> = (0..poison)
         .map(|_| rng.gen_range(0..events.len()))
@@ -323,14 +323,14 @@ pub fn read_all(
 /// A view store that fails some writes with a retriable error, before or
 /// after performing them.
 #[derive(Debug)]
-struct FlakyStore {
+pub struct FlakyStore {
     inner: Arc<dyn ViewStore>,
     one_in: u64,
     n: std::sync::atomic::AtomicU64,
 }
 
 impl FlakyStore {
-    fn new(inner: Arc<dyn ViewStore>, one_in: u64) -> Self {
+    pub fn new(inner: Arc<dyn ViewStore>, one_in: u64) -> Self {
         Self {
             inner,
             one_in,

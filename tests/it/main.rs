@@ -21,9 +21,11 @@ macro_rules! both {
 
 mod api_polls;
 mod blobs;
+mod cards;
 mod cli;
 mod consumer;
 mod exactly_once;
+mod feed;
 mod helpers;
 mod kill;
 mod one_query;

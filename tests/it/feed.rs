@@ -1,0 +1,507 @@
+//! The feed end to end: exactly-once likes and joins under redelivery and
+//! replay (checked against the reference fold), timelines consistent with
+//! the items, the ingest rules at the edge, stable pagination while items
+//! arrive, ETags, and live updates over SSE.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atelier::bus::consumer::{self, ConsumerSpec};
+use atelier::bus::{Producer, client_config};
+use atelier::cli::app::{App, Roles};
+use atelier::config::Config;
+use atelier::event::{
+    Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal,
+    Topic, UserId,
+};
+use atelier::fold::Position;
+use atelier::fold::feed::{FeedKind, reference};
+use atelier::project::{FeedProjector, Watermarks};
+use atelier::view::ViewStore;
+use chrono::Duration as Dur;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::exactly_once::{FlakyStore, produce};
+use crate::helpers::{self, Backends, TestApp};
+
+fn who(i: usize) -> Principal {
+    Principal {
+        id: UserId::parse(&format!("u{i}")).unwrap(),
+        name: format!("User {i}"),
+        avatar_url: None,
+    }
+}
+
+/// Items of every kind, then likes, unlikes, joins, leaves and deletes by
+/// authors and others, plus actions on unknown items: rule breakers included.
+pub fn feed_workload(seed: u64, items: usize, events: usize) -> Vec<Event> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let t0 = atelier::api::now();
+    let ids: Vec<FeedItemId> = (0..items)
+        .map(|_| FeedItemId(uuid::Uuid::now_v7()))
+        .collect();
+    let ev = |n: i64, p: Principal, data| Event {
+        id: EventId(uuid::Uuid::now_v7()),
+        time: t0 + Dur::milliseconds(n),
+        principal: p,
+        data,
+    };
+    let mut out = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let content = match i % 3 {
+            0 => FeedContent::Post {
+                title: format!("post {i}"),
+                body: "hello".into(),
+            },
+            1 => FeedContent::Game {
+                name: format!("game {i}"),
+                location: "park".into(),
+            },
+            _ => FeedContent::Team {
+                room: format!("room {i}"),
+            },
+        };
+        out.push(ev(
+            i as i64,
+            who(i % 4),
+            EventData::FeedItemCreated(FeedItemCreated {
+                item_id: *id,
+                content,
+            }),
+        ));
+    }
+    for n in 0..events {
+        let i = rng.gen_range(0..ids.len());
+        let r = FeedItemRef { item_id: ids[i] };
+        let user = who(rng.gen_range(0..30));
+        let data = match rng.gen_range(0..100u32) {
+            0..=44 => EventData::FeedItemLiked(r),
+            45..=59 => EventData::FeedItemUnliked(r),
+            60..=79 => EventData::FeedItemJoined(r),
+            80..=94 => EventData::FeedItemLeft(r),
+            95..=96 => EventData::FeedItemDeleted(r),
+            _ => EventData::FeedItemLiked(FeedItemRef {
+                item_id: FeedItemId(uuid::Uuid::now_v7()),
+            }),
+        };
+        // Half the deletes come from the author (the rest are refused).
+        let p = match data {
+            EventData::FeedItemDeleted(_) if rng.gen_bool(0.5) => who(i % 4),
+            _ => user,
+        };
+        out.push(ev((items + n) as i64, p, data));
+    }
+    out
+}
+
+/// Every item equals the reference fold, and the timeline of all kinds
+/// holds exactly the live items, newest first, with current counts.
+pub async fn assert_feed_matches_reference(views: &dyn ViewStore, events: &[(Position, Event)]) {
+    let expected = reference(events.iter().map(|(p, e)| (*p, e)));
+    let mut live = HashMap::new();
+    for (id, agg) in &expected {
+        let got = views.item(*id).await.unwrap();
+        assert_eq!(got.as_ref(), agg.state.as_ref(), "item {id}");
+        if let Some(s) = &agg.state
+            && s.deleted_at.is_none()
+        {
+            live.insert(*id, (s.likes, s.joined));
+        }
+    }
+    assert!(!live.is_empty(), "the workload left live items");
+    let mut seen = HashMap::new();
+    let mut cursor = None;
+    let mut prev: Option<(chrono::DateTime<chrono::Utc>, FeedItemId)> = None;
+    loop {
+        let page = views.timeline(None, cursor, 100).await.unwrap();
+        for r in &page {
+            if let Some(p) = prev {
+                assert!((r.created_at, r.item_id) < p, "newest first");
+            }
+            prev = Some((r.created_at, r.item_id));
+            assert!(
+                seen.insert(r.item_id, (r.likes, r.joined)).is_none(),
+                "once"
+            );
+        }
+        if page.len() < 100 {
+            break;
+        }
+        cursor = prev;
+    }
+    assert_eq!(seen, live, "timeline rows = live items with their counts");
+}
+
+pub async fn project_feed_until(
+    cfg: &Config,
+    brokers: &str,
+    views: Arc<dyn ViewStore>,
+    group: &str,
+    last: &HashMap<i32, i64>,
+) -> Arc<FeedProjector> {
+    let watermarks = Watermarks::new();
+    let projector = Arc::new(FeedProjector::new(
+        views,
+        Producer::new(&cfg.kafka, brokers, "test").unwrap(),
+        cfg.projector.clone(),
+        watermarks.clone(),
+    ));
+    let mut base = client_config(&cfg.kafka, brokers);
+    base.set("session.timeout.ms", "6000");
+    let spec = ConsumerSpec {
+        group: group.to_owned(),
+        topics: vec![cfg.kafka.topic(Topic::Feed)],
+        max_batch: cfg.projector.max_batch,
+        linger: Duration::from_millis(2),
+        queue_depth: 2,
+        drain_timeout: Duration::from_secs(5),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(base, spec, projector.clone(), stop.clone()));
+    let topic = cfg.kafka.topic(Topic::Feed);
+    helpers::eventually(120, "the feed projector to catch up", || {
+        let done = last
+            .iter()
+            .all(|(p, o)| watermarks.local(&topic, *p).is_some_and(|w| w >= *o));
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    projector
+}
+
+async fn likes_and_joins_exactly_once(b: Backends) {
+    let Some(mut cfg) = helpers::config(b).await else {
+        return;
+    };
+    cfg.projector.max_batch = 89;
+    cfg.projector.commit_rows = 5;
+    let app = App::start(
+        cfg.clone(),
+        Roles {
+            api: false,
+            projector: false,
+        },
+    )
+    .await
+    .unwrap();
+    let produced = produce(&app.producer, feed_workload(3, 25, 4_000), 3).await;
+    let views = app.views.clone();
+    // Through a store that fails one write in eight, half the time after
+    // it landed: batches are redelivered over items already ahead.
+    let flaky: Arc<dyn ViewStore> = Arc::new(FlakyStore::new(views.clone(), 8));
+    let ns = &cfg.kafka.namespace;
+    let p = project_feed_until(
+        &cfg,
+        &app.brokers,
+        flaky,
+        &format!("{ns}f1"),
+        &produced.last,
+    )
+    .await;
+    assert_eq!(p.totals().poison, produced.poison as u64, "poison to the DLQ");
+    assert_feed_matches_reference(views.as_ref(), &produced.events).await;
+    // A full replay by a fresh group changes nothing.
+    let (_, writes_before) = views.counts();
+    let p2 = project_feed_until(
+        &cfg,
+        &app.brokers,
+        views.clone(),
+        &format!("{ns}f2"),
+        &produced.last,
+    )
+    .await;
+    assert_eq!(p2.totals().applied, 0, "a replay applies nothing");
+    assert_feed_matches_reference(views.as_ref(), &produced.events).await;
+    let (_, writes_after) = views.counts();
+    assert!(
+        writes_after - writes_before <= produced.last.len() as u64 * 200,
+        "a replay writes checkpoints only"
+    );
+    app.stop().await.unwrap();
+}
+both!(likes_and_joins_exactly_once);
+
+async fn create(t: &TestApp, user: &str, body: Value) -> (String, String) {
+    let (s, v) = t.post("/v1/feed", user, body).await;
+    assert_eq!(s, 202, "{v}");
+    (
+        v["item_id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn delete(t: &TestApp, path: &str, user: &str) -> (u16, Value) {
+    t.call(reqwest::Method::DELETE, path, Some(user), None).await
+}
+
+async fn feed_rules_at_the_edge_and_in_the_fold(b: Backends) {
+    let Some(t) = TestApp::spawn(b).await else {
+        return;
+    };
+    let (post, tok) = create(&t, "ann", json!({"kind": "post", "title": "Hi", "body": "x"})).await;
+    let (game, gtok) = create(
+        &t,
+        "ann",
+        json!({"kind": "game", "name": "Chess", "location": "Park"}),
+    )
+    .await;
+    // Read your write.
+    let (s, v) = t.get(&format!("/v1/feed/{post}?after={tok}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["kind"].as_str(), v["title"].as_str()), (Some("post"), Some("Hi")));
+    let _ = t.get(&format!("/v1/feed/{game}?after={gtok}")).await;
+
+    // Bad input at the edge.
+    let bad = [
+        ("/v1/feed", json!({"kind": "post"}), 422),
+        ("/v1/feed", json!({"kind": "boat", "title": "x"}), 422),
+        ("/v1/feed", json!({"kind": "post", "title": "x", "extra": 1}), 422),
+        ("/v1/feed", json!({"kind": "post", "title": ""}), 422),
+    ];
+    for (path, body, want) in bad {
+        let (s, v) = t.post(path, "ann", body.clone()).await;
+        assert_eq!(s, want, "{body} → {v}");
+        assert!(v["error"].is_string() && v["reason"].is_string(), "{v}");
+    }
+    let unknown = uuid::Uuid::now_v7();
+    let (s, v) = t.post(&format!("/v1/feed/{unknown}/likes"), "bob", json!({})).await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("unknown_item")), "{v}");
+    let (s, v) = t.post(&format!("/v1/feed/{post}/members"), "bob", json!({})).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("not_joinable")), "{v}");
+    let (s, v) = delete(&t, &format!("/v1/feed/{post}"), "bob").await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("not_author")), "{v}");
+    let (s, v) = t
+        .call(reqwest::Method::POST, &format!("/v1/feed/{post}/likes"), None, None)
+        .await;
+    assert_eq!(s, 401, "no bearer token: {v}");
+    for q in ["cursor=%%%", "cursor=bm9wZQ", "limit=0", "limit=101", "kind=boat", "nope=1"] {
+        let (s, v) = t.get(&format!("/v1/feed?{q}")).await;
+        assert_eq!(s, 400, "{q}: {v}");
+    }
+
+    // Rules only the log order decides: counted, visible rejections.
+    let like = format!("/v1/feed/{post}/likes");
+    assert_eq!(t.post(&like, "bob", json!({})).await.0, 202);
+    let (s, v) = t.post(&like, "bob", json!({})).await;
+    assert_eq!(s, 202, "accepted, then refused by the fold: {v}");
+    let (s, v) = delete(&t, &format!("/v1/feed/{game}/likes"), "cat").await;
+    assert_eq!(s, 202, "{v}");
+    let gtok = v["token"].as_str().unwrap().to_owned();
+    let join = format!("/v1/feed/{game}/members");
+    let (_, v) = t.post(&join, "dan", json!({})).await;
+    let jtok = v["token"].as_str().unwrap();
+    let (_, v) = t.get(&format!("/v1/feed/{game}?after={jtok}")).await;
+    assert_eq!(v["joined"], 1, "{v}");
+    assert_eq!(v["recent_members"][0]["id"], "dan", "{v}");
+    let (_, v) = t.get(&format!("/v1/feed/{game}?after={gtok}")).await;
+    assert_eq!(v["rejected"]["not_liked"], 1, "{v}");
+    let (s, v) = t.post(&like, "cat", json!({})).await;
+    assert_eq!(s, 202);
+    let ltok = v["token"].as_str().unwrap();
+    let (_, v) = t.get(&format!("/v1/feed/{post}?after={ltok}")).await;
+    assert_eq!(v["likes"], 2, "{v}");
+    assert_eq!(v["rejected"]["already_liked"], 1, "{v}");
+
+    // ETag: an unchanged item answers 304.
+    let res = t
+        .http
+        .get(format!("{}/v1/feed/{post}", t.url))
+        .send()
+        .await
+        .unwrap();
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    let res = t
+        .http
+        .get(format!("{}/v1/feed/{post}", t.url))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 304);
+
+    // Timelines carry the counts; delete by the author removes the item.
+    let (_, v) = t.get("/v1/feed?kind=post&limit=10").await;
+    let row = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["item_id"] == post.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(row["likes"], 2, "{row}");
+    let (s, v) = delete(&t, &format!("/v1/feed/{post}"), "ann").await;
+    assert_eq!(s, 202, "{v}");
+    let dtok = v["token"].as_str().unwrap();
+    let (s, v) = t.get(&format!("/v1/feed/{post}?after={dtok}")).await;
+    assert_eq!((s, v["error"].as_str()), (410, Some("item_deleted")), "{v}");
+    let (_, v) = t.get(&format!("/v1/feed?after={dtok}")).await;
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["item_id"] != post.as_str()),
+        "gone from the timeline: {v}"
+    );
+    let (s, v) = t.post(&like, "eve", json!({})).await;
+    assert_eq!((s, v["error"].as_str()), (410, Some("item_deleted")), "{v}");
+    t.stop().await;
+}
+both!(feed_rules_at_the_edge_and_in_the_fold);
+
+/// Walks the whole feed page by page while new items keep arriving: every
+/// item that existed when the walk began appears exactly once, newest first.
+async fn pagination_is_stable_while_items_arrive(b: Backends) {
+    let Some(t) = TestApp::spawn(b).await else {
+        return;
+    };
+    let mut last = String::new();
+    let mut before = Vec::new();
+    for i in 0..120 {
+        let kind = ["post", "game", "team"][i % 3];
+        let body = match kind {
+            "post" => json!({"kind": "post", "title": format!("p{i}")}),
+            "game" => json!({"kind": "game", "name": format!("g{i}"), "location": "x"}),
+            _ => json!({"kind": "team", "room": format!("r{i}")}),
+        };
+        let (id, tok) = create(&t, &format!("u{}", i % 5), body).await;
+        before.push(id);
+        last = tok;
+    }
+    // Every partition's last write, so the walk starts from a complete view.
+    let (s, _) = t.get(&format!("/v1/feed?after={last}")).await;
+    assert_eq!(s, 200);
+    let stop = CancellationToken::new();
+    let writer = {
+        let stop = stop.clone();
+        let http = t.http.clone();
+        let url = t.url.clone();
+        let token = t.token("writer");
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                let _ = http
+                    .post(format!("{url}/v1/feed"))
+                    .bearer_auth(&token)
+                    .json(&json!({"kind": "post", "title": format!("new {n}")}))
+                    .send()
+                    .await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut times: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/feed?limit=7&cursor={c}"),
+            None => "/v1/feed?limit=7".to_owned(),
+        };
+        let (s, v) = t.get(&path).await;
+        assert_eq!(s, 200, "{v}");
+        for r in v["items"].as_array().unwrap() {
+            seen.push(r["item_id"].as_str().unwrap().to_owned());
+            times.push(r["created_at"].as_str().unwrap().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    stop.cancel();
+    let written = writer.await.unwrap();
+    assert!(written > 0, "items arrived during the walk");
+    let walked: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(walked.len(), seen.len(), "no duplicates");
+    for id in &before {
+        assert!(walked.contains(id), "no gaps: {id} missing");
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+    t.stop().await;
+}
+both!(pagination_is_stable_while_items_arrive);
+
+/// A dashboard subscribed to a poll sees its tally move without polling.
+async fn stream_pushes_view_changes(b: Backends) {
+    let Some(t) = TestApp::spawn(b).await else {
+        return;
+    };
+    let (poll, tok) = t
+        .create_poll("ann", json!({"head": "Live?", "questions": ["yes", "no"]}))
+        .await;
+    let _ = t.get(&format!("/v1/polls/{poll}?after={tok}")).await;
+    let res = t
+        .http
+        .get(format!("{}/v1/stream?poll={poll}&kind=all", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut res = res;
+    let (s, _) = t
+        .post(&format!("/v1/polls/{poll}/votes"), "bob", json!({"question_ids": [1]}))
+        .await;
+    assert_eq!(s, 202);
+    let (item, _) = create(&t, "cat", json!({"kind": "team", "room": "blue"})).await;
+    let mut text = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut saw_vote = false;
+        let mut saw_item = false;
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            for block in text.split("\n\n") {
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                if block.contains("event: poll") && v["questions"][1]["votes"] == 1 {
+                    saw_vote = true;
+                }
+                if block.contains("event: feed") && v["item_id"] == item.as_str() {
+                    saw_item = true;
+                }
+            }
+            if saw_vote && saw_item {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "stream so far: {text}");
+    let (s, _) = t.get("/v1/stream?poll=nope").await;
+    assert_eq!(s, 400);
+    // The stream is still open: stopping must end it, not wait on it.
+    t.stop().await;
+    drop(res);
+}
+both!(stream_pushes_view_changes);
+
+#[test]
+fn kinds_round_trip() {
+    for k in FeedKind::ALL {
+        assert_eq!(FeedKind::parse(k.as_str()), Some(k));
+    }
+}
