@@ -20,7 +20,9 @@ use super::common::{
 };
 use super::json::{JsonBody, QueryParams};
 use super::{ApiError, AppState, Authed, new_id};
-use crate::event::{EventData, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal, Topic};
+use crate::event::{
+    EventData, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal, Topic,
+};
 use crate::fold::Position;
 use crate::fold::feed::{FeedKind, ItemState, RecentMember};
 use crate::project::feed::VIEW;

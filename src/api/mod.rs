@@ -8,6 +8,7 @@ mod common;
 mod error;
 mod feed;
 mod json;
+pub mod openapi;
 mod polls;
 mod stream;
 pub mod token;
@@ -91,6 +92,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(stream::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route; see the README for the API")
         })

@@ -52,7 +52,10 @@ struct Filter {
 
 impl Filter {
     fn is_empty(&self) -> bool {
-        self.poll.is_none() && self.session.is_none() && self.upload.is_none() && self.kind.is_none()
+        self.poll.is_none()
+            && self.session.is_none()
+            && self.upload.is_none()
+            && self.kind.is_none()
     }
 
     fn wants(&self, c: &Change) -> bool {
@@ -86,7 +89,8 @@ fn parse(q: StreamQuery) -> Result<Filter, ApiError> {
         upload: q
             .upload
             .map(|u| {
-                UploadId::parse(&u).map_err(|_| bad("invalid_upload", "upload must be an upload id"))
+                UploadId::parse(&u)
+                    .map_err(|_| bad("invalid_upload", "upload must be an upload id"))
             })
             .transpose()?,
         kind: q
@@ -111,7 +115,10 @@ async fn render(st: &AppState, a: &Announced) -> Option<Event> {
     let (name, data) = match &a.change {
         Change::Poll(id) => {
             let p = st.views.poll(*id).await.ok()??;
-            ("poll", serde_json::to_value(super::polls::PollView::from(p)))
+            (
+                "poll",
+                serde_json::to_value(super::polls::PollView::from(p)),
+            )
         }
         Change::Feed(id, _) => match super::feed::item_view(st, *id, None).await {
             Ok(v) => ("feed", serde_json::to_value(v)),
@@ -121,7 +128,9 @@ async fn render(st: &AppState, a: &Announced) -> Option<Event> {
             ),
         },
         Change::Session(k) => {
-            let c = super::cards::session_cards(st, k.clone(), None).await.ok()?;
+            let c = super::cards::session_cards(st, k.clone(), None)
+                .await
+                .ok()?;
             ("cards", serde_json::to_value(c))
         }
         Change::Upload(u) => {

@@ -12,14 +12,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth};
+use crate::bus::PartitionHandler;
 use crate::bus::consumer::{self, ConsumerSpec};
 use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
 use crate::config::{Config, Secret};
 use crate::event::Topic;
 use crate::fold::poll::FoldConfig;
-use crate::bus::PartitionHandler;
 use crate::project::{CardProjector, FeedProjector, PollProjector, Watermarks};
 use crate::view::{self, ViewStore};
+
+/// A projector consumer: task name, group suffix, topics, handler.
+type ConsumerRole = (
+    &'static str,
+    &'static str,
+    Vec<Topic>,
+    Arc<dyn PartitionHandler>,
+);
 
 /// Which parts run in this process.
 #[derive(Clone, Copy, Debug)]
@@ -148,9 +156,19 @@ impl App {
                 watermarks.clone(),
             ));
             let cards = Arc::new(CardProjector::new(views.clone(), dlq, watermarks.clone()));
-            let consumers: [(&'static str, &str, Vec<Topic>, Arc<dyn PartitionHandler>); 3] = [
-                ("polls projector", "project.polls", vec![Topic::Polls], polls.clone()),
-                ("feed projector", "project.feed", vec![Topic::Feed], feed.clone()),
+            let consumers: [ConsumerRole; 3] = [
+                (
+                    "polls projector",
+                    "project.polls",
+                    vec![Topic::Polls],
+                    polls.clone(),
+                ),
+                (
+                    "feed projector",
+                    "project.feed",
+                    vec![Topic::Feed],
+                    feed.clone(),
+                ),
                 (
                     "cards projector",
                     "project.cards",

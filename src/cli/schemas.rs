@@ -1,29 +1,56 @@
-//! `atelier schemas`: write `schemas/` from the event types, or check that
-//! the files match the types and that every change is additive.
+//! `atelier schemas`: write `schemas/` from the event types and
+//! `openapi.json` from the API's route table, or check that the files match
+//! (and that every event schema change is additive).
 
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use crate::api::openapi;
 use crate::event::schema;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum SchemasCmd {
-    /// Regenerate `schemas/*.json` (refuses breaking changes unless --force).
+    /// Regenerate `schemas/*.json` (refuses breaking changes unless --force)
+    /// and the OpenAPI document.
     Write {
         /// Directory.
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
+        /// The OpenAPI document of the HTTP API.
+        #[arg(long, default_value = "openapi.json")]
+        openapi: PathBuf,
         /// Write even when a change is not additive.
         #[arg(long)]
         force: bool,
     },
-    /// Fail when the files differ from the types.
+    /// Fail when the files differ from the types or the route table.
     Check {
         /// Directory.
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
+        /// The OpenAPI document of the HTTP API.
+        #[arg(long, default_value = "openapi.json")]
+        openapi: PathBuf,
     },
+}
+
+/// The OpenAPI document as it is stored (pretty JSON, trailing newline).
+pub fn render_openapi() -> String {
+    schema::render(&openapi::document())
+}
+
+/// Why the OpenAPI file at `path` differs from the API's route table, if it
+/// does.
+pub fn openapi_drift(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text == render_openapi() => None,
+        Ok(_) => Some(format!(
+            "{}: differs from the API's route table",
+            path.display()
+        )),
+        Err(e) => Some(format!("{}: unreadable: {e}", path.display())),
+    }
 }
 
 /// Compares the generated schemas with the files in `dir`: (drifted, breaking).
@@ -53,7 +80,11 @@ pub fn diff(dir: &Path) -> (Vec<String>, Vec<String>) {
 
 pub(super) fn run(cmd: SchemasCmd) -> anyhow::Result<()> {
     match cmd {
-        SchemasCmd::Write { dir, force } => {
+        SchemasCmd::Write {
+            dir,
+            openapi,
+            force,
+        } => {
             let (_, breaking) = diff(&dir);
             if !breaking.is_empty() && !force {
                 anyhow::bail!(
@@ -66,12 +97,15 @@ pub(super) fn run(cmd: SchemasCmd) -> anyhow::Result<()> {
                 std::fs::write(dir.join(format!("{name}.json")), schema::render(&s))?;
             }
             println!("wrote {}", dir.display());
+            std::fs::write(&openapi, render_openapi())?;
+            println!("wrote {}", openapi.display());
             Ok(())
         }
-        SchemasCmd::Check { dir } => {
-            let (drifted, breaking) = diff(&dir);
+        SchemasCmd::Check { dir, openapi } => {
+            let (mut drifted, breaking) = diff(&dir);
+            drifted.extend(openapi_drift(&openapi));
             if drifted.is_empty() {
-                println!("schemas match the types");
+                println!("schemas match the types; the OpenAPI document matches the routes");
                 return Ok(());
             }
             anyhow::bail!(

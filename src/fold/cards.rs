@@ -451,7 +451,11 @@ mod tests {
         let kept = coalesce(&patches, card_key);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].upload_id, ups[4]);
-        assert_eq!(coalesce(&patches, upload_key).len(), 5, "every upload keeps its status");
+        assert_eq!(
+            coalesce(&patches, upload_key).len(),
+            5,
+            "every upload keeps its status"
+        );
         let twice: Vec<Patch> = patches.iter().chain(&patches).cloned().collect();
         assert_eq!(coalesce(&twice, upload_key).len(), 5);
     }

@@ -632,7 +632,10 @@ mod tests {
             partition: 0,
             offset: 5000,
         };
-        let like = ev("zed", EventData::FeedItemLiked(FeedItemRef { item_id: r.id }));
+        let like = ev(
+            "zed",
+            EventData::FeedItemLiked(FeedItemRef { item_id: r.id }),
+        );
         assert_eq!(fresh.apply(pos, &like), Outcome::Applied);
         let c = fresh.take_commit().unwrap();
         assert_eq!(c.state.likes, 1001);

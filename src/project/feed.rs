@@ -176,7 +176,15 @@ impl FeedProjector {
             .await
             .map_err(view_err)?;
         let started = Instant::now();
-        let decoded = decode(batch, cp.offset, &[Topic::Feed], &self.dlq, STAGE, &mut stats).await?;
+        let decoded = decode(
+            batch,
+            cp.offset,
+            &[Topic::Feed],
+            &self.dlq,
+            STAGE,
+            &mut stats,
+        )
+        .await?;
         let mut groups: Vec<(FeedItemId, Vec<Positioned>)> = Vec::new();
         let mut index: HashMap<FeedItemId, usize> = HashMap::new();
         for (pos, event) in decoded {

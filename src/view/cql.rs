@@ -21,8 +21,8 @@ use scylla::{DeserializeRow, SerializeRow};
 use scylla::value::{CqlValue, MaybeUnset};
 
 use super::{
-    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow,
-    ViewError, ViewStore, VoterRow, voter_changes, write_timestamp,
+    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow, ViewError,
+    ViewStore, VoterRow, voter_changes, write_timestamp,
 };
 use crate::config::ViewsConfig;
 use crate::event::{
@@ -428,7 +428,10 @@ impl CardRow {
             finished_at: self.finished_us.map(time),
             model_version,
             output_key: self.output_key,
-            timings: self.timings.map(|t| unjson("timings", Some(t))).transpose()?,
+            timings: self
+                .timings
+                .map(|t| unjson("timings", Some(t)))
+                .transpose()?,
             error: self.error,
             retriable: self.retriable,
         }))
@@ -476,22 +479,39 @@ fn patch_values(p: &Patch) -> Vec<PatchValue> {
         None => MaybeUnset::Unset,
     };
     vec![
-        v("style", c.style.as_ref().map(|s| CqlValue::Text(s.to_string()))),
+        v(
+            "style",
+            c.style.as_ref().map(|s| CqlValue::Text(s.to_string())),
+        ),
         v("input_key", c.input_key.clone().map(CqlValue::Text)),
         v("content_type", c.content_type.clone().map(CqlValue::Text)),
         v("width", c.width.map(|x| CqlValue::Int(x as i32))),
         v("height", c.height.map(|x| CqlValue::Int(x as i32))),
         v("bytes", c.bytes.map(|x| CqlValue::BigInt(x as i64))),
-        v("received_at", c.received_at.map(|t| CqlValue::BigInt(us(t)))),
-        v("status", c.status.map(|s| CqlValue::Text(s.as_str().to_owned()))),
+        v(
+            "received_at",
+            c.received_at.map(|t| CqlValue::BigInt(us(t))),
+        ),
+        v(
+            "status",
+            c.status.map(|s| CqlValue::Text(s.as_str().to_owned())),
+        ),
         v("started_at", c.started_at.map(|t| CqlValue::BigInt(us(t)))),
-        v("finished_at", c.finished_at.map(|t| CqlValue::BigInt(us(t)))),
+        v(
+            "finished_at",
+            c.finished_at.map(|t| CqlValue::BigInt(us(t))),
+        ),
         v(
             "model_version",
-            c.model_version.as_ref().map(|m| CqlValue::Text(m.to_string())),
+            c.model_version
+                .as_ref()
+                .map(|m| CqlValue::Text(m.to_string())),
         ),
         v("output_key", c.output_key.clone().map(CqlValue::Text)),
-        v("timings", c.timings.as_ref().map(|t| CqlValue::Text(json(t)))),
+        v(
+            "timings",
+            c.timings.as_ref().map(|t| CqlValue::Text(json(t))),
+        ),
         v("error", c.error.clone().map(CqlValue::Text)),
         v("retriable", c.retriable.map(CqlValue::Boolean)),
     ]
@@ -738,7 +758,9 @@ impl CqlStore {
                 )
                 .await?,
             member_delete: self
-                .prepare("DELETE FROM {ks}.feed_items WHERE item_id = ? AND rel = ? AND user_id = ?")
+                .prepare(
+                    "DELETE FROM {ks}.feed_items WHERE item_id = ? AND rel = ? AND user_id = ?",
+                )
                 .await?,
             timeline_upsert: self
                 .prepare(
@@ -767,21 +789,17 @@ impl CqlStore {
                 )
                 .await?,
             card_patch: self
-                .prepare(
-                    &format!(
-                        "UPDATE {{ks}}.cards USING TIMESTAMP ? {} \
+                .prepare(&format!(
+                    "UPDATE {{ks}}.cards USING TIMESTAMP ? {} \
                          WHERE session_key = ? AND slot = ?",
-                        patch_set_clause(&["upload_id"])
-                    ),
-                )
+                    patch_set_clause(&["upload_id"])
+                ))
                 .await?,
             upload_patch: self
-                .prepare(
-                    &format!(
-                        "UPDATE {{ks}}.uploads USING TIMESTAMP ? {} WHERE upload_id = ?",
-                        patch_set_clause(&["session_key", "slot"])
-                    ),
-                )
+                .prepare(&format!(
+                    "UPDATE {{ks}}.uploads USING TIMESTAMP ? {} WHERE upload_id = ?",
+                    patch_set_clause(&["session_key", "slot"])
+                ))
                 .await?,
             cards: self
                 .prepare(&format!(
@@ -1023,7 +1041,10 @@ impl ViewStore for CqlStore {
         let limit = limit.clamp(1, 1000) as i32;
         let q = question as i16;
         let res = match after {
-            Some(v) => self.run(&st.voters_page_after, (poll.0, q, v, limit)).await?,
+            Some(v) => {
+                self.run(&st.voters_page_after, (poll.0, q, v, limit))
+                    .await?
+            }
             None => self.run(&st.voters_page, (poll.0, q, limit)).await?,
         };
         let rows = res.into_rows_result().map_err(rows_err)?;
@@ -1057,16 +1078,17 @@ impl ViewStore for CqlStore {
         let st = self.st()?;
         let mut by_rel: BTreeMap<Relation, Vec<String>> = BTreeMap::new();
         for (rel, user) in keys {
-            by_rel.entry(*rel).or_default().push(user.as_str().to_owned());
+            by_rel
+                .entry(*rel)
+                .or_default()
+                .push(user.as_str().to_owned());
         }
         let reads: Vec<_> = by_rel
             .iter()
             .flat_map(|(rel, users)| users.chunks(IN_CHUNK).map(move |c| (*rel, c.to_vec())))
             .map(|(rel, chunk)| async move {
                 self.counters.read();
-                let res = self
-                    .run(&st.members, (item.0, rel.as_str(), chunk))
-                    .await?;
+                let res = self.run(&st.members, (item.0, rel.as_str(), chunk)).await?;
                 let rows = res.into_rows_result().map_err(rows_err)?;
                 let mut out = Vec::new();
                 for r in rows.rows::<MemberRow>().map_err(rows_err)? {
@@ -1104,11 +1126,8 @@ impl ViewStore for CqlStore {
             self.counters.write(1);
             match s.deleted_at {
                 Some(_) => {
-                    self.run(
-                        &st.timeline_delete,
-                        (ts, t, us(s.created_at), s.item_id.0),
-                    )
-                    .await?;
+                    self.run(&st.timeline_delete, (ts, t, us(s.created_at), s.item_id.0))
+                        .await?;
                 }
                 None => {
                     self.run(
@@ -1168,7 +1187,11 @@ impl ViewStore for CqlStore {
                 }
                 None => {
                     batch.append_statement(st.member_delete.clone());
-                    values.push(Box::new((s.item_id.0, rel.as_str(), user.as_str().to_owned())));
+                    values.push(Box::new((
+                        s.item_id.0,
+                        rel.as_str(),
+                        user.as_str().to_owned(),
+                    )));
                 }
             }
         }
@@ -1267,9 +1290,7 @@ impl ViewStore for CqlStore {
 
     async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
         self.counters.read();
-        let res = self
-            .run(&self.st()?.cards, (session.to_string(),))
-            .await?;
+        let res = self.run(&self.st()?.cards, (session.to_string(),)).await?;
         let rows = res.into_rows_result().map_err(rows_err)?;
         let mut out = Vec::new();
         for r in rows.rows::<CardRow>().map_err(rows_err)? {

@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{
-    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow,
-    ViewError, ViewStore, VoterRow, voter_changes, write_timestamp,
+    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow, ViewError,
+    ViewStore, VoterRow, voter_changes, write_timestamp,
 };
 use crate::event::{FeedItemId, PollId, QuestionId, SessionKey, UploadId, UserId};
 use crate::fold::cards::{Card, Patch};
@@ -380,11 +380,8 @@ impl ViewStore for EmbeddedStore {
         }
         for p in uploads {
             self.counters.write(1);
-            self.uploads.batch(
-                &p.upload_id,
-                p.ts,
-                vec![Mutation::Static(patch_cells(p))],
-            );
+            self.uploads
+                .batch(&p.upload_id, p.ts, vec![Mutation::Static(patch_cells(p))]);
         }
         Ok(())
     }

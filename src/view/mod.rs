@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ViewBackend, ViewsConfig};
-use crate::event::{FeedContent, FeedItemId, PollId, Principal, QuestionId, SessionKey, UploadId, UserId};
+use crate::event::{
+    FeedContent, FeedItemId, PollId, Principal, QuestionId, SessionKey, UploadId, UserId,
+};
 use crate::fold::Position;
 use crate::fold::cards::{Card, Patch};
 use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};

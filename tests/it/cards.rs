@@ -104,7 +104,9 @@ async fn cards_merge_uploads_and_completions(b: Backends) {
     }
     // Read your writes on both topics.
     for tok in &toks {
-        let (s, v) = t.get(&format!("/v1/sessions/{session}/cards?after={tok}")).await;
+        let (s, v) = t
+            .get(&format!("/v1/sessions/{session}/cards?after={tok}"))
+            .await;
         assert_eq!(s, 200, "{v}");
     }
     let (_, v) = t.get(&format!("/v1/sessions/{session}/cards")).await;
@@ -121,8 +123,14 @@ async fn cards_merge_uploads_and_completions(b: Backends) {
     // Job status by id.
     let (s, v) = t.get(&format!("/v1/uploads/{bad}")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("failed")), "{v}");
-    let (s, v) = t.get(&format!("/v1/uploads/{}", uuid::Uuid::now_v7())).await;
-    assert_eq!((s, v["error"].as_str()), (404, Some("unknown_upload")), "{v}");
+    let (s, v) = t
+        .get(&format!("/v1/uploads/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("unknown_upload")),
+        "{v}"
+    );
     let (s, _) = t.get("/v1/uploads/not-an-id").await;
     assert_eq!(s, 404);
 
@@ -132,7 +140,9 @@ async fn cards_merge_uploads_and_completions(b: Backends) {
     let lc = lifecycle(&session, c, 1, false);
     send(&t, &lc[0]).await;
     let tok = send(&t, &la[2]).await;
-    let (_, v) = t.get(&format!("/v1/sessions/{session}/cards?after={tok}")).await;
+    let (_, v) = t
+        .get(&format!("/v1/sessions/{session}/cards?after={tok}"))
+        .await;
     let one = slot(&v, 1);
     assert_eq!(one["upload_id"], c.to_string(), "{v}");
     assert_eq!(one["status"], "received", "{v}");

@@ -15,9 +15,9 @@ use atelier::event::{
     Event, EventData, EventId, FeedItemId, PollClosed, PollCreated, PollId, Principal, Question,
     SessionKey, Topic, UploadId, UserId, VoteCast, VoteRetracted,
 };
+use atelier::fold::Position;
 use atelier::fold::cards::{Card, Patch};
 use atelier::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
-use atelier::fold::Position;
 use atelier::fold::poll::{Ballot, FoldConfig, PollCommit, PollState, VoterKey, reference};
 use atelier::project::{PollProjector, Watermarks};
 use atelier::view::{

@@ -204,7 +204,11 @@ async fn likes_and_joins_exactly_once(b: Backends) {
         &produced.last,
     )
     .await;
-    assert_eq!(p.totals().poison, produced.poison as u64, "poison to the DLQ");
+    assert_eq!(
+        p.totals().poison,
+        produced.poison as u64,
+        "poison to the DLQ"
+    );
     assert_feed_matches_reference(views.as_ref(), &produced.events).await;
     // A full replay by a fresh group changes nothing.
     let (_, writes_before) = views.counts();
@@ -237,14 +241,20 @@ async fn create(t: &TestApp, user: &str, body: Value) -> (String, String) {
 }
 
 async fn delete(t: &TestApp, path: &str, user: &str) -> (u16, Value) {
-    t.call(reqwest::Method::DELETE, path, Some(user), None).await
+    t.call(reqwest::Method::DELETE, path, Some(user), None)
+        .await
 }
 
 async fn feed_rules_at_the_edge_and_in_the_fold(b: Backends) {
     let Some(t) = TestApp::spawn(b).await else {
         return;
     };
-    let (post, tok) = create(&t, "ann", json!({"kind": "post", "title": "Hi", "body": "x"})).await;
+    let (post, tok) = create(
+        &t,
+        "ann",
+        json!({"kind": "post", "title": "Hi", "body": "x"}),
+    )
+    .await;
     let (game, gtok) = create(
         &t,
         "ann",
@@ -254,14 +264,21 @@ async fn feed_rules_at_the_edge_and_in_the_fold(b: Backends) {
     // Read your write.
     let (s, v) = t.get(&format!("/v1/feed/{post}?after={tok}")).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["kind"].as_str(), v["title"].as_str()), (Some("post"), Some("Hi")));
+    assert_eq!(
+        (v["kind"].as_str(), v["title"].as_str()),
+        (Some("post"), Some("Hi"))
+    );
     let _ = t.get(&format!("/v1/feed/{game}?after={gtok}")).await;
 
     // Bad input at the edge.
     let bad = [
         ("/v1/feed", json!({"kind": "post"}), 422),
         ("/v1/feed", json!({"kind": "boat", "title": "x"}), 422),
-        ("/v1/feed", json!({"kind": "post", "title": "x", "extra": 1}), 422),
+        (
+            "/v1/feed",
+            json!({"kind": "post", "title": "x", "extra": 1}),
+            422,
+        ),
         ("/v1/feed", json!({"kind": "post", "title": ""}), 422),
     ];
     for (path, body, want) in bad {
@@ -270,17 +287,33 @@ async fn feed_rules_at_the_edge_and_in_the_fold(b: Backends) {
         assert!(v["error"].is_string() && v["reason"].is_string(), "{v}");
     }
     let unknown = uuid::Uuid::now_v7();
-    let (s, v) = t.post(&format!("/v1/feed/{unknown}/likes"), "bob", json!({})).await;
+    let (s, v) = t
+        .post(&format!("/v1/feed/{unknown}/likes"), "bob", json!({}))
+        .await;
     assert_eq!((s, v["error"].as_str()), (404, Some("unknown_item")), "{v}");
-    let (s, v) = t.post(&format!("/v1/feed/{post}/members"), "bob", json!({})).await;
+    let (s, v) = t
+        .post(&format!("/v1/feed/{post}/members"), "bob", json!({}))
+        .await;
     assert_eq!((s, v["error"].as_str()), (409, Some("not_joinable")), "{v}");
     let (s, v) = delete(&t, &format!("/v1/feed/{post}"), "bob").await;
     assert_eq!((s, v["error"].as_str()), (403, Some("not_author")), "{v}");
     let (s, v) = t
-        .call(reqwest::Method::POST, &format!("/v1/feed/{post}/likes"), None, None)
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/feed/{post}/likes"),
+            None,
+            None,
+        )
         .await;
     assert_eq!(s, 401, "no bearer token: {v}");
-    for q in ["cursor=%%%", "cursor=bm9wZQ", "limit=0", "limit=101", "kind=boat", "nope=1"] {
+    for q in [
+        "cursor=%%%",
+        "cursor=bm9wZQ",
+        "limit=0",
+        "limit=101",
+        "kind=boat",
+        "nope=1",
+    ] {
         let (s, v) = t.get(&format!("/v1/feed?{q}")).await;
         assert_eq!(s, 400, "{q}: {v}");
     }
@@ -457,7 +490,11 @@ async fn stream_pushes_view_changes(b: Backends) {
     );
     let mut res = res;
     let (s, _) = t
-        .post(&format!("/v1/polls/{poll}/votes"), "bob", json!({"question_ids": [1]}))
+        .post(
+            &format!("/v1/polls/{poll}/votes"),
+            "bob",
+            json!({"question_ids": [1]}),
+        )
         .await;
     assert_eq!(s, 202);
     let (item, _) = create(&t, "cat", json!({"kind": "team", "room": "blue"})).await;

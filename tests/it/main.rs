@@ -29,6 +29,7 @@ mod feed;
 mod helpers;
 mod kill;
 mod one_query;
+mod openapi;
 mod schemas;
 mod topics;
 mod views;

@@ -176,7 +176,7 @@ async fn owner_pages_newest_first(b: Backends) {
         s.commit_poll(&PollCommit {
             state: state(*id, &owner, i as i64, 1, vec![0, 0]),
             ballots: vec![],
-        previous: vec![],
+            previous: vec![],
         })
         .await
         .unwrap();
