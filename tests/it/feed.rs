@@ -83,14 +83,14 @@ pub fn feed_workload(seed: u64, items: usize, events: usize) -> Vec<Event> {
             45..=59 => EventData::FeedItemUnliked(r),
             60..=79 => EventData::FeedItemJoined(r),
             80..=94 => EventData::FeedItemLeft(r),
-            95..=96 => EventData::FeedItemDeleted(r),
+            95 => EventData::FeedItemDeleted(r),
             _ => EventData::FeedItemLiked(FeedItemRef {
                 item_id: FeedItemId(uuid::Uuid::now_v7()),
             }),
         };
-        // Half the deletes come from the author (the rest are refused).
+        // Some deletes come from the author (the rest are refused).
         let p = match data {
-            EventData::FeedItemDeleted(_) if rng.gen_bool(0.5) => who(i % 4),
+            EventData::FeedItemDeleted(_) if rng.gen_bool(0.3) => who(i % 4),
             _ => user,
         };
         out.push(ev((items + n) as i64, p, data));

@@ -1,6 +1,7 @@
 //! SIGKILL the projector process at random points of a 100,000-vote stream
-//! on real Kafka and Cassandra, restart it each time, and end with every
-//! poll equal to the reference fold.
+//! and a 40,000-event stream of likes and joins on real Kafka and Cassandra,
+//! restart it each time, and end with every poll and every feed item (and
+//! its timeline rows) equal to the reference fold.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::exactly_once::{assert_matches_reference, produce, workload_with};
+use crate::feed::{assert_feed_matches_reference, feed_workload};
 use crate::helpers::{self, Backends};
 
 fn spawn(cfg: &atelier::config::Config, log: &std::path::Path, run: usize) -> Child {
@@ -60,8 +62,13 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let mut child = spawn(&cfg, &log, 0);
     let mut kills = 0;
     let mut events = Vec::new();
+    let mut feed_events = Vec::new();
     let mut last = std::collections::HashMap::new();
+    let mut feed_last = std::collections::HashMap::new();
+    let feed_topic = cfg.kafka.topic(Topic::Feed);
     let all = workload_with(11, 40, 100_000, 0);
+    let feed_all = feed_workload(13, 300, 40_000);
+    let mut feed_chunks = feed_all.chunks(8_000).map(<[_]>::to_vec);
     let mut chunks = all
         .chunks(20_000)
         .map(<[_]>::to_vec)
@@ -80,15 +87,28 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             let e = last.entry(part).or_insert(-1);
             *e = (*e).max(o);
         }
+        if let Some(fc) = feed_chunks.next() {
+            let p = produce(&producer, fc, usize::from(i == 1)).await;
+            feed_events.extend(p.events);
+            for (part, o) in p.last {
+                let e = feed_last.entry(part).or_insert(-1);
+                *e = (*e).max(o);
+            }
+        }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1_500))).await;
         kill(&mut child, &mut kills);
     }
     events.sort_by_key(|(pos, _)| *pos);
+    feed_events.sort_by_key(|(pos, _)| *pos);
     let caught_up = || async {
         let cps = views.checkpoints("polls").await.unwrap_or_default();
+        let fcps = views.checkpoints("feed").await.unwrap_or_default();
         last.iter().all(|(p, o)| {
             cps.iter()
                 .any(|c| c.topic == topic && c.partition == *p && c.offset >= *o)
+        }) && feed_last.iter().all(|(p, o)| {
+            fcps.iter()
+                .any(|c| c.topic == feed_topic && c.partition == *p && c.offset >= *o)
         })
     };
     while kills < 8 && !caught_up().await {
@@ -103,4 +123,5 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     child.wait().unwrap();
     eprintln!("{kills} kills");
     assert_matches_reference(&cfg, views.as_ref(), &events).await;
+    assert_feed_matches_reference(views.as_ref(), &feed_events).await;
 }
