@@ -4,10 +4,16 @@
 use std::sync::Arc;
 
 use atelier::config::ViewsConfig;
-use atelier::event::{PollId, Principal, Question, UserId};
+use atelier::event::{
+    Event, EventData, EventId, FeedContent, FeedItemId, ModelVersion, PollId, Principal, Question,
+    SessionKey, Style, StyleTransferFailed, StyleTransferStarted, TransferRef, UploadId,
+    UploadReceived, UserId,
+};
 use atelier::fold::Position;
+use atelier::fold::cards::{Patch, Status, patch};
+use atelier::fold::feed::{FeedKind, ItemCommit, ItemState, Member, Relation};
 use atelier::fold::poll::{Ballot, PollCommit, PollState};
-use atelier::view::{self, Checkpoint, ViewStore};
+use atelier::view::{self, Checkpoint, TimelineRow, ViewStore, VoterRow};
 use chrono::{TimeZone, Utc};
 
 use crate::helpers::{Backends, cql_views, real};
@@ -215,3 +221,296 @@ async fn checkpoints_are_versioned(b: Backends) {
     assert_eq!(s.checkpoints(&view).await.unwrap(), vec![cp(9)]);
 }
 both!(checkpoints_are_versioned);
+
+fn item(id: FeedItemId, kind: usize, created_s: i64, offset: i64) -> ItemState {
+    let content = match kind {
+        0 => FeedContent::Post {
+            title: "t".into(),
+            body: "b".into(),
+        },
+        1 => FeedContent::Game {
+            name: "n".into(),
+            location: "l".into(),
+        },
+        _ => FeedContent::Team { room: "r".into() },
+    };
+    ItemState {
+        item_id: id,
+        kind: FeedKind::of(&content),
+        content,
+        author: Principal {
+            id: UserId::parse("ann").unwrap(),
+            name: "Ann".into(),
+            avatar_url: None,
+        },
+        created_at: Utc.timestamp_opt(1_700_000_000 + created_s, 0).unwrap(),
+        deleted_at: None,
+        likes: 0,
+        joined: 0,
+        recent_members: vec![],
+        rejected: Default::default(),
+        position: Position {
+            partition: 1,
+            offset,
+        },
+    }
+}
+
+fn member(s: i64) -> Member {
+    Member {
+        at: Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap(),
+        name: "Bob".into(),
+    }
+}
+
+async fn items_members_and_timelines(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let id = FeedItemId(uuid::Uuid::now_v7());
+    let bob = (Relation::Like, UserId::parse("bob").unwrap());
+    let cat = (Relation::Join, UserId::parse("cat").unwrap());
+    let mut st = item(id, 1, 0, 5);
+    st.likes = 1;
+    st.joined = 1;
+    s.commit_item(&ItemCommit {
+        state: st.clone(),
+        members: vec![
+            (bob.clone(), Some(member(1))),
+            (cat.clone(), Some(member(2))),
+        ],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.item(id).await.unwrap(), Some(st.clone()));
+    let mut got = s
+        .load_members(
+            id,
+            &[
+                bob.clone(),
+                cat.clone(),
+                (Relation::Like, UserId::parse("dan").unwrap()),
+            ],
+        )
+        .await
+        .unwrap();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![(cat.clone(), member(2)), (bob.clone(), member(1))]
+    );
+    for kind in [None, Some(FeedKind::Game)] {
+        let rows = s.timeline(kind, None, 10).await.unwrap();
+        assert_eq!(rows, vec![TimelineRow::of(&st)], "{kind:?}");
+    }
+    assert!(
+        s.timeline(Some(FeedKind::Post), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Unlike (row deleted), then delete at offset 9.
+    st.likes = 0;
+    st.position.offset = 7;
+    s.commit_item(&ItemCommit {
+        state: st.clone(),
+        members: vec![(bob.clone(), None)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.load_members(id, &[bob.clone()]).await.unwrap(), vec![]);
+    assert_eq!(s.timeline(None, None, 10).await.unwrap()[0].likes, 0);
+    let mut gone = st.clone();
+    gone.deleted_at = Some(Utc.timestamp_opt(1_700_000_050, 0).unwrap());
+    gone.position.offset = 9;
+    s.commit_item(&ItemCommit {
+        state: gone.clone(),
+        members: vec![],
+    })
+    .await
+    .unwrap();
+    assert!(s.timeline(None, None, 10).await.unwrap().is_empty());
+    // A fenced-out projector replays offset 8: it loses on timestamp, and the
+    // timeline rows stay deleted.
+    let mut stale = st.clone();
+    stale.likes = 4;
+    stale.position.offset = 8;
+    s.commit_item(&ItemCommit {
+        state: stale,
+        members: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.item(id).await.unwrap(), Some(gone));
+    assert!(s.timeline(None, None, 10).await.unwrap().is_empty());
+    assert!(
+        s.timeline(Some(FeedKind::Game), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+both!(items_members_and_timelines);
+
+async fn timelines_page_newest_first(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let ids: Vec<FeedItemId> = (0..7).map(|_| FeedItemId(uuid::Uuid::now_v7())).collect();
+    for (i, id) in ids.iter().enumerate() {
+        // Two items share a creation time: the id breaks the tie.
+        let created = if i == 4 { 3 } else { i as i64 };
+        s.commit_item(&ItemCommit {
+            state: item(*id, i % 3, created, i as i64),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.timeline(None, cursor, 3).await.unwrap();
+        walked.extend(page.iter().map(|r| r.item_id));
+        if page.len() < 3 {
+            break;
+        }
+        let last = page.last().unwrap();
+        cursor = Some((last.created_at, last.item_id));
+    }
+    let order = [6, 5, 4, 3, 2, 1, 0];
+    assert_eq!(walked, order.map(|i| ids[i]).to_vec());
+    let posts = s.timeline(Some(FeedKind::Post), None, 10).await.unwrap();
+    assert_eq!(
+        posts.iter().map(|r| r.item_id).collect::<Vec<_>>(),
+        vec![ids[6], ids[3], ids[0]]
+    );
+}
+both!(timelines_page_newest_first);
+
+async fn cards_converge_in_any_order(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let key = SessionKey::parse(&format!("s{}", crate::helpers::unique())).unwrap();
+    let up = UploadId(uuid::Uuid::now_v7());
+    let r = TransferRef {
+        upload_id: up,
+        session_key: key.clone(),
+        slot: 2,
+        style: Style::parse("sketch").unwrap(),
+    };
+    let ev = |data| Event {
+        id: EventId(uuid::Uuid::now_v7()),
+        time: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        principal: Principal {
+            id: UserId::parse("ann").unwrap(),
+            name: "Ann".into(),
+            avatar_url: None,
+        },
+        data,
+    };
+    let events = [
+        ev(EventData::UploadReceived(UploadReceived {
+            upload_id: up,
+            session_key: key.clone(),
+            slot: 2,
+            style: Style::parse("sketch").unwrap(),
+            object_key: "in".into(),
+            content_type: "image/jpeg".into(),
+            bytes: 9,
+            width: 3,
+            height: 4,
+            sha256: "c".repeat(64),
+        })),
+        ev(EventData::StyleTransferStarted(StyleTransferStarted {
+            upload: r.clone(),
+            model_version: ModelVersion::parse("v2").unwrap(),
+        })),
+        ev(EventData::StyleTransferFailed(StyleTransferFailed {
+            upload: r,
+            reason: "model error".into(),
+            retriable: true,
+        })),
+    ];
+    let patches: Vec<Patch> = events.iter().filter_map(patch).collect();
+    // Newest first, one at a time: the oldest patch arrives last.
+    for p in patches.iter().rev() {
+        s.apply_patches(&[p], &[p]).await.unwrap();
+    }
+    let cards = s.cards(&key).await.unwrap();
+    assert_eq!(cards.len(), 1);
+    let c = &cards[0];
+    assert_eq!(c.status, Some(Status::Failed));
+    assert_eq!(c.error.as_deref(), Some("model error"));
+    assert_eq!(c.input_key.as_deref(), Some("in"));
+    assert_eq!(
+        c.model_version.as_ref().map(|m| m.to_string()),
+        Some("v2".into())
+    );
+    assert_eq!(c.slot, Some(2));
+    let u = s.upload(up).await.unwrap().unwrap();
+    assert_eq!(&u, c, "the job status row holds the same columns");
+    assert_eq!(
+        s.upload(UploadId(uuid::Uuid::now_v7())).await.unwrap(),
+        None
+    );
+}
+both!(cards_converge_in_any_order);
+
+async fn voters_by_question_follow_ballots(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let id = PollId(uuid::Uuid::now_v7());
+    s.commit_poll(&PollCommit {
+        state: state(id, "own", 0, 3, vec![2, 1]),
+        ballots: vec![
+            ("ann".into(), Some(ballot(0b01))),
+            ("bob".into(), Some(ballot(0b11))),
+        ],
+        previous: vec![0, 0],
+    })
+    .await
+    .unwrap();
+    let names = |v: Vec<VoterRow>| {
+        v.into_iter()
+            .map(|r| r.voter.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(s.question_voters(id, 0, None, 10).await.unwrap()),
+        ["ann", "bob"]
+    );
+    assert_eq!(
+        names(s.question_voters(id, 1, None, 10).await.unwrap()),
+        ["bob"]
+    );
+    assert_eq!(
+        names(s.question_voters(id, 0, Some("ann"), 10).await.unwrap()),
+        ["bob"]
+    );
+    // bob moves to question 1 only; ann retracts.
+    s.commit_poll(&PollCommit {
+        state: state(id, "own", 0, 4, vec![0, 1]),
+        ballots: vec![("ann".into(), None), ("bob".into(), Some(ballot(0b10)))],
+        previous: vec![0b01, 0b11],
+    })
+    .await
+    .unwrap();
+    assert!(s.question_voters(id, 0, None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        names(s.question_voters(id, 1, None, 10).await.unwrap()),
+        ["bob"]
+    );
+    // Anonymous polls store no voters at all.
+    let anon = PollId(uuid::Uuid::now_v7());
+    let mut st = state(anon, "own", 0, 5, vec![1, 0]);
+    st.anonymous = true;
+    s.commit_poll(&PollCommit {
+        state: st,
+        ballots: vec![("hmac-of-ann".into(), Some(ballot(0b01)))],
+        previous: vec![0],
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.question_voters(anon, 0, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+both!(voters_by_question_follow_ballots);
