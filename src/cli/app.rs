@@ -216,6 +216,26 @@ impl App {
             (None, None, None)
         };
 
+        if roles.api && !roles.projector {
+            // No projector here: learn about view changes by following the
+            // topics behind the checkpoints (live updates, prompt `?after`).
+            let (kafka, brokers, views, wm, token) = (
+                cfg.kafka.clone(),
+                brokers.clone(),
+                views.clone(),
+                watermarks.clone(),
+                shutdown.clone(),
+            );
+            tasks.push((
+                "change follower",
+                tokio::spawn(async move {
+                    crate::project::follow::follow(&kafka, &brokers, views, wm, token)
+                        .await
+                        .context("change follower")
+                }),
+            ));
+        }
+
         let addr = if roles.api {
             let auth = Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?;
             let mut state = AppState::new(

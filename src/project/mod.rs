@@ -7,6 +7,7 @@ pub mod changes;
 mod common;
 pub mod dlq;
 pub mod feed;
+pub mod follow;
 pub mod polls;
 pub mod watermarks;
 

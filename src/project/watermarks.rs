@@ -47,7 +47,8 @@ impl Watermarks {
     }
 
     /// Whether `offset` is applied: local knowledge first, else the view
-    /// store's checkpoint.
+    /// store's checkpoint (the truth when another process projects, or when
+    /// local news lags).
     pub async fn reached(
         &self,
         views: &dyn ViewStore,
@@ -56,8 +57,8 @@ impl Watermarks {
         partition: i32,
         offset: i64,
     ) -> bool {
-        if let Some(o) = self.local(topic, partition) {
-            return o >= offset;
+        if self.local(topic, partition).is_some_and(|o| o >= offset) {
+            return true;
         }
         matches!(
             views.checkpoint(view, topic, partition).await,

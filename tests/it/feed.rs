@@ -542,3 +542,76 @@ fn kinds_round_trip() {
         assert_eq!(FeedKind::parse(k.as_str()), Some(k));
     }
 }
+
+/// API and projectors in separate processes (compose's roles): the API
+/// learns of view changes by following the topics behind the checkpoints,
+/// so live updates and `?after` work there too. Real services only: two
+/// embedded apps would not share a cluster or a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_works_when_projectors_run_elsewhere() {
+    let Some(cfg) = helpers::config(Backends::Real).await else {
+        return;
+    };
+    let projector = App::start(
+        cfg.clone(),
+        Roles {
+            api: false,
+            projector: true,
+        },
+    )
+    .await
+    .unwrap();
+    let api = TestApp::start(
+        cfg,
+        Roles {
+            api: true,
+            projector: false,
+        },
+    )
+    .await;
+    let (poll, tok) = api
+        .create_poll("ann", json!({"head": "Split?", "questions": ["a", "b"]}))
+        .await;
+    let (s, v) = api.get(&format!("/v1/polls/{poll}?after={tok}")).await;
+    assert_eq!(s, 200, "{v}");
+    let mut res = api
+        .http
+        .get(format!("{}/v1/stream?poll={poll}", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    // The follower joins its group asynchronously: vote until it reports.
+    let mut text = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut n = 0;
+        loop {
+            let (s, _) = api
+                .post(
+                    &format!("/v1/polls/{poll}/votes"),
+                    &format!("v{n}"),
+                    json!({"question_ids": [0]}),
+                )
+                .await;
+            assert_eq!(s, 202);
+            n += 1;
+            let next = tokio::time::timeout(Duration::from_secs(2), res.chunk()).await;
+            if let Ok(Ok(Some(chunk))) = next {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                // The snapshot has no id; a change announced by the
+                // follower carries its consistency token as the id.
+                if text
+                    .split("\n\n")
+                    .any(|b| b.contains("event: poll") && b.contains("\nid:"))
+                {
+                    return true;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "stream: {text}");
+    api.stop().await;
+    drop(res);
+    projector.stop().await.unwrap();
+}

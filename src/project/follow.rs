@@ -1,0 +1,194 @@
+//! The change follower: how an API process without projectors (`atelier
+//! serve`, the `api` role of compose) learns what changed in the views, for
+//! `GET /v1/stream` and prompt `?after` answers.
+//!
+//! It tails the source topics from their end (a private group that commits
+//! nothing), holds each record until the view's checkpoint for its partition
+//! has passed it, then announces the change and the partition's watermark.
+//! Announcements therefore follow the projectors (never run ahead of the
+//! views), whichever process the projectors run in.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio_util::sync::CancellationToken;
+
+use super::{Change, Watermarks};
+use crate::bus::{BusError, client_config};
+use crate::config::KafkaConfig;
+use crate::event::{EventData, Topic, wire};
+use crate::fold::Position;
+use crate::fold::feed::FeedKind;
+use crate::view::ViewStore;
+
+/// How often pending changes are checked against the checkpoints.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The view whose checkpoint covers a topic.
+fn view_of(t: Topic) -> Option<&'static str> {
+    match t {
+        Topic::Polls => Some(super::polls::VIEW),
+        Topic::Feed => Some(super::feed::VIEW),
+        Topic::Uploads | Topic::Completions => Some(super::cards::VIEW),
+        _ => None,
+    }
+}
+
+/// What a record changes; a feed action's kind is looked up when released.
+#[derive(Clone, Debug)]
+enum Pending {
+    Ready(Change),
+    FeedItem(crate::event::FeedItemId),
+}
+
+fn pending_of(data: &EventData) -> Vec<Pending> {
+    use crate::fold::cards::patch;
+    match data {
+        EventData::FeedItemCreated(e) => vec![Pending::Ready(Change::Feed(
+            e.item_id,
+            FeedKind::of(&e.content),
+        ))],
+        d => {
+            if let Some(id) = crate::fold::poll::poll_id(d) {
+                return vec![Pending::Ready(Change::Poll(id))];
+            }
+            if let Some(id) = crate::fold::feed::item_id(d) {
+                return vec![Pending::FeedItem(id)];
+            }
+            let ev = crate::event::Event {
+                id: crate::event::EventId(uuid::Uuid::nil()),
+                time: chrono::DateTime::UNIX_EPOCH,
+                principal: crate::event::Principal {
+                    id: crate::event::UserId::parse("follower").expect("valid id"),
+                    name: String::new(),
+                    avatar_url: None,
+                },
+                data: d.clone(),
+            };
+            match patch(&ev) {
+                Some(p) => vec![
+                    Pending::Ready(Change::Session(p.session_key)),
+                    Pending::Ready(Change::Upload(p.upload_id)),
+                ],
+                None => Vec::new(),
+            }
+        }
+    }
+}
+
+/// Follows the topics until `shutdown`; see the module docs.
+pub async fn follow(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    views: Arc<dyn ViewStore>,
+    watermarks: Arc<Watermarks>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let mut cfg = client_config(kafka, brokers);
+    cfg.set(
+        "group.id",
+        kafka.group(&format!("follow.{}", uuid::Uuid::new_v4().simple())),
+    )
+    .set("enable.auto.commit", "false")
+    .set("auto.offset.reset", "latest")
+    .set("isolation.level", "read_committed");
+    if cfg.get("session.timeout.ms").is_none() {
+        cfg.set("session.timeout.ms", "6000");
+    }
+    let consumer: StreamConsumer = cfg.create()?;
+    let names: BTreeMap<String, Topic> = [
+        Topic::Polls,
+        Topic::Feed,
+        Topic::Uploads,
+        Topic::Completions,
+    ]
+    .into_iter()
+    .map(|t| (kafka.topic(t), t))
+    .collect();
+    let topics: Vec<&str> = names.keys().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let mut pending: HashMap<(String, i32), VecDeque<(i64, Pending)>> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = consumer.recv() => {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change follower: receive failed");
+                        continue;
+                    }
+                };
+                let Some(&topic) = names.get(m.topic()) else { continue };
+                let headers: Vec<(&str, &[u8])> = {
+                    use rdkafka::message::Headers;
+                    m.headers()
+                        .map(|hs| hs.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
+                        .unwrap_or_default()
+                };
+                // Undecodable records change no view (the projector sends
+                // them to the DLQ); nothing to announce.
+                let Ok(event) = wire::decode(headers, m.payload().unwrap_or_default(), Some(topic)) else {
+                    continue;
+                };
+                let q = pending.entry((m.topic().to_owned(), m.partition())).or_default();
+                for p in pending_of(&event.data) {
+                    q.push_back((m.offset(), p));
+                }
+            }
+            _ = tick.tick() => {
+                release(&mut pending, &names, views.as_ref(), &watermarks).await;
+            }
+        }
+    }
+}
+
+/// Announces every pending change whose offset the view has applied.
+async fn release(
+    pending: &mut HashMap<(String, i32), VecDeque<(i64, Pending)>>,
+    names: &BTreeMap<String, Topic>,
+    views: &dyn ViewStore,
+    watermarks: &Watermarks,
+) {
+    for ((topic, partition), q) in pending.iter_mut() {
+        if q.is_empty() {
+            continue;
+        }
+        let Some(view) = names.get(topic).copied().and_then(view_of) else {
+            q.clear();
+            continue;
+        };
+        let Ok(Some(cp)) = views.checkpoint(view, topic, *partition).await else {
+            continue;
+        };
+        let mut last = None;
+        while q.front().is_some_and(|(o, _)| *o <= cp.offset) {
+            let (offset, p) = q.pop_front().expect("front exists");
+            let change = match p {
+                Pending::Ready(c) => Some(c),
+                Pending::FeedItem(id) => views
+                    .item(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| Change::Feed(id, s.kind)),
+            };
+            let at = Position {
+                partition: *partition,
+                offset,
+            };
+            if let Some(c) = change {
+                watermarks.changes.publish(c, topic, at);
+            }
+            last = Some(offset);
+        }
+        if let Some(o) = last {
+            watermarks.publish(topic, *partition, o.max(cp.offset));
+        }
+    }
+}
