@@ -1,4 +1,4 @@
-//! `atelier emit`: create polls and votes through the HTTP API (so the edge's
+//! `atelier emit`: create polls, votes and feed items through the HTTP API (so the edge's
 //! validation and authentication apply), then read the result back with the
 //! returned consistency token.
 
@@ -73,6 +73,50 @@ pub(super) enum EmitCmd {
         #[command(flatten)]
         who: Who,
     },
+    /// Create a feed item: a post (--title, --body), a game (--name,
+    /// --location) or a team (--room).
+    Item {
+        /// post, game or team.
+        #[arg(long, value_parser = ["post", "game", "team"])]
+        kind: String,
+        /// A post's title.
+        #[arg(long)]
+        title: Option<String>,
+        /// A post's body.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// A game's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A game's location.
+        #[arg(long)]
+        location: Option<String>,
+        /// A team's room.
+        #[arg(long)]
+        room: Option<String>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Like a feed item.
+    Like(ItemAction),
+    /// Take a like back.
+    Unlike(ItemAction),
+    /// Join a game or team.
+    Join(ItemAction),
+    /// Leave a game or team.
+    Leave(ItemAction),
+    /// Delete a feed item (author only).
+    Delete(ItemAction),
+}
+
+/// An action on one feed item.
+#[derive(Debug, Args)]
+pub(super) struct ItemAction {
+    /// Item id.
+    #[arg(long)]
+    item: String,
+    #[command(flatten)]
+    who: Who,
 }
 
 struct Client {
@@ -132,7 +176,12 @@ impl Client {
     /// Reads the poll back once the view has applied `token` (the server
     /// waits a bounded time; past it we honour its `503`, a few times).
     async fn show(&self, poll: &str, token: &str) -> anyhow::Result<()> {
-        let path = format!("/v1/polls/{poll}?after={token}");
+        self.show_at(&format!("/v1/polls/{poll}?after={token}"))
+            .await
+    }
+
+    async fn show_at(&self, path: &str) -> anyhow::Result<()> {
+        let path = path.to_owned();
         let mut tries = 0;
         let v = loop {
             match self.call(reqwest::Method::GET, &path, None).await {
@@ -211,5 +260,62 @@ pub(super) async fn run(cfg: Config, cmd: EmitCmd) -> anyhow::Result<()> {
                 .await?;
             c.show(&poll, field(&v, "token")?).await
         }
+        EmitCmd::Item {
+            kind,
+            title,
+            body,
+            name,
+            location,
+            room,
+            who,
+        } => {
+            let need = |v: Option<String>, flag: &str| {
+                v.with_context(|| format!("a {kind} needs --{flag}"))
+            };
+            let payload = match kind.as_str() {
+                "post" => json!({"kind": "post", "title": need(title, "title")?, "body": body}),
+                "game" => json!({
+                    "kind": "game", "name": need(name, "name")?,
+                    "location": need(location, "location")?,
+                }),
+                _ => json!({"kind": "team", "room": need(room, "room")?}),
+            };
+            let c = Client::new(&cfg, &who)?;
+            let v = c.call(Method::POST, "/v1/feed", Some(payload)).await?;
+            let id = field(&v, "item_id")?;
+            eprintln!("created {kind} {id}");
+            c.show_at(&format!("/v1/feed/{id}?after={}", field(&v, "token")?))
+                .await
+        }
+        EmitCmd::Like(a) => item_action(&cfg, a, Method::POST, "likes").await,
+        EmitCmd::Unlike(a) => item_action(&cfg, a, Method::DELETE, "likes").await,
+        EmitCmd::Join(a) => item_action(&cfg, a, Method::POST, "members").await,
+        EmitCmd::Leave(a) => item_action(&cfg, a, Method::DELETE, "members").await,
+        EmitCmd::Delete(a) => {
+            let c = Client::new(&cfg, &a.who)?;
+            let v = c
+                .call(Method::DELETE, &format!("/v1/feed/{}", a.item), None)
+                .await?;
+            eprintln!("deleted item {} (token {})", a.item, field(&v, "token")?);
+            Ok(())
+        }
     }
+}
+
+async fn item_action(
+    cfg: &Config,
+    a: ItemAction,
+    method: reqwest::Method,
+    what: &str,
+) -> anyhow::Result<()> {
+    let c = Client::new(cfg, &a.who)?;
+    let v = c
+        .call(method, &format!("/v1/feed/{}/{what}", a.item), None)
+        .await?;
+    c.show_at(&format!(
+        "/v1/feed/{}?after={}",
+        a.item,
+        field(&v, "token")?
+    ))
+    .await
 }

@@ -1,6 +1,7 @@
-//! `atelier loadgen`: a steady rate of realistic poll traffic through the
-//! API: many polls, Zipf-skewed popularity, many voters, a few ballot
-//! replacements and retractions. It stops by itself after `--duration`.
+//! `atelier loadgen`: a steady rate of realistic traffic through the API:
+//! many polls and feed items with Zipf-skewed popularity, many users; votes,
+//! ballot replacements and retractions; likes, unlikes, joins, leaves and
+//! new posts. It stops by itself after `--duration`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,12 @@ pub(super) struct LoadgenArgs {
     /// Polls to create.
     #[arg(long, default_value_t = 100)]
     polls: usize,
+    /// Feed items to create (posts, games and teams).
+    #[arg(long, default_value_t = 100)]
+    items: usize,
+    /// Share of requests that are feed actions (the rest are votes).
+    #[arg(long, default_value_t = 0.5)]
+    feed_share: f64,
     /// Distinct voters.
     #[arg(long, default_value_t = 10_000)]
     voters: usize,
@@ -144,14 +151,47 @@ pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
     .await?
     .error_for_status()
     .context("polls did not become visible")?;
+    let mut items = Vec::with_capacity(a.items);
+    for i in 0..a.items.max(1) {
+        let author = crate::api::mint(&secret, &format!("author-{}", i % 50), "Author", 86_400);
+        let body = match i % 3 {
+            0 => json!({"kind": "post", "title": format!("Post {i}"), "body": "hello"}),
+            1 => json!({"kind": "game", "name": format!("Game {i}"), "location": "park"}),
+            _ => json!({"kind": "team", "room": format!("Room {i}")}),
+        };
+        let v: serde_json::Value = http
+            .post(format!("{base}/v1/feed"))
+            .bearer_auth(author)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        items.push((
+            v["item_id"].as_str().unwrap_or_default().to_owned(),
+            i % 3 != 0,
+        ));
+        last_token = v["token"].as_str().unwrap_or_default().to_owned();
+    }
+    http.get(format!(
+        "{base}/v1/feed/{}?after={last_token}",
+        items[items.len() - 1].0
+    ))
+    .send()
+    .await?
+    .error_for_status()
+    .context("feed items did not become visible")?;
     eprintln!(
-        "created {} polls; driving {} req/s for {} s",
+        "created {} polls and {} feed items; driving {} req/s for {} s",
         polls.len(),
+        items.len(),
         a.rate,
         a.duration
     );
 
     let zipf = Zipf::new(polls.len(), a.skew);
+    let item_zipf = Zipf::new(items.len(), a.skew);
     let tally = Arc::new(Tally::default());
     let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
     let mut rng = SmallRng::seed_from_u64(a.seed);
@@ -167,15 +207,29 @@ pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
             tokio::time::sleep(wait).await;
         }
         let permit = sem.clone().acquire_owned().await?;
-        let poll = polls[zipf.sample(&mut rng)].clone();
         let voter = voters[rng.gen_range(0..voters.len())].clone();
         let roll: f64 = rng.r#gen();
-        let req = if roll < 0.05 {
-            http.delete(format!("{base}/v1/polls/{poll}/votes"))
+        let req = if rng.gen_bool(a.feed_share.clamp(0.0, 1.0)) {
+            let (item, joinable) = &items[item_zipf.sample(&mut rng)];
+            match roll {
+                r if r < 0.01 => http
+                    .post(format!("{base}/v1/feed"))
+                    .json(&json!({"kind": "post", "title": "A new post", "body": "hi"})),
+                r if r < 0.60 => http.post(format!("{base}/v1/feed/{item}/likes")),
+                r if r < 0.75 => http.delete(format!("{base}/v1/feed/{item}/likes")),
+                r if r < 0.90 && *joinable => http.post(format!("{base}/v1/feed/{item}/members")),
+                _ if *joinable => http.delete(format!("{base}/v1/feed/{item}/members")),
+                _ => http.post(format!("{base}/v1/feed/{item}/likes")),
+            }
         } else {
-            let q: u16 = rng.gen_range(0..4);
-            http.post(format!("{base}/v1/polls/{poll}/votes"))
-                .json(&json!({ "question_ids": [q] }))
+            let poll = polls[zipf.sample(&mut rng)].clone();
+            if roll < 0.05 {
+                http.delete(format!("{base}/v1/polls/{poll}/votes"))
+            } else {
+                let q: u16 = rng.gen_range(0..4);
+                http.post(format!("{base}/v1/polls/{poll}/votes"))
+                    .json(&json!({ "question_ids": [q] }))
+            }
         }
         .bearer_auth(voter);
         let tally = tally.clone();

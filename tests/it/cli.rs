@@ -100,6 +100,57 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
     let (ok, _, err) = vote("9", "eve");
     assert!(!ok && err.contains("unknown_question"), "{err}");
 
+    // The feed, the same way: a game, two joins, a like.
+    let (ok, out, err) = atelier(
+        &data,
+        &[
+            "emit",
+            "item",
+            "--api",
+            &url,
+            "--kind",
+            "game",
+            "--name",
+            "Chess",
+            "--location",
+            "Park",
+            "--as",
+            "ann",
+        ],
+    );
+    assert!(ok, "{err}");
+    let item: Value = serde_json::from_str(&out).unwrap();
+    let item = item["item_id"].as_str().unwrap().to_owned();
+    for (cmd, who) in [("join", "bob"), ("join", "cid"), ("like", "bob")] {
+        let (ok, out, err) = atelier(
+            &data,
+            &["emit", cmd, "--api", &url, "--item", &item, "--as", who],
+        );
+        assert!(ok, "{cmd}: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["item_id"], item.as_str());
+    }
+    let (ok, out, _) = atelier(
+        &data,
+        &[
+            "emit", "leave", "--api", &url, "--item", &item, "--as", "cid",
+        ],
+    );
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["joined"].as_u64(), v["likes"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let (ok, _, err) = atelier(
+        &data,
+        &[
+            "emit", "item", "--api", &url, "--kind", "post", "--as", "ann",
+        ],
+    );
+    assert!(!ok && err.contains("--title"), "{err}");
+
     let status = Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
         .status()
