@@ -13,7 +13,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventData, ModelVersion, SessionKey, Style, Timings, UploadId};
+use crate::event::{
+    Event, EventData, ModelVersion, SessionKey, Style, StyleTransferCompleted, StyleTransferFailed,
+    StyleTransferStarted, Timings, UploadId,
+};
 
 /// Where an upload stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -171,6 +174,19 @@ impl Patch {
     }
 }
 
+/// The card and job an uploads or completions event is about.
+pub fn target(d: &EventData) -> Option<(&SessionKey, UploadId)> {
+    match d {
+        EventData::UploadReceived(e) => Some((&e.session_key, e.upload_id)),
+        EventData::StyleTransferStarted(StyleTransferStarted { upload, .. })
+        | EventData::StyleTransferCompleted(StyleTransferCompleted { upload, .. })
+        | EventData::StyleTransferFailed(StyleTransferFailed { upload, .. }) => {
+            Some((&upload.session_key, upload.upload_id))
+        }
+        _ => None,
+    }
+}
+
 /// The patch of one uploads or completions event (`None` for other events).
 pub fn patch(event: &Event) -> Option<Patch> {
     let (upload, status, set) = match &event.data {
@@ -310,10 +326,7 @@ pub fn merge(card: &mut Card, stamps: &mut std::collections::BTreeMap<String, i6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{
-        EventId, Principal, StyleTransferCompleted, StyleTransferFailed, StyleTransferStarted,
-        TransferRef, UploadReceived, UserId,
-    };
+    use crate::event::{EventId, Principal, TransferRef, UploadReceived, UserId};
     use std::collections::BTreeMap;
 
     fn ev(data: EventData) -> Event {

@@ -203,7 +203,7 @@ impl FeedProjector {
             .map_err(view_err)?;
 
         let mut commits: Vec<(FeedItemId, Vec<ItemCommit>)> = Vec::new();
-        let mut finals: Vec<ItemState> = Vec::new();
+        let mut finals: Vec<(ItemState, bool)> = Vec::new();
         for ((id, events), mut agg) in groups.iter().zip(aggs) {
             let mut mine = Vec::new();
             for (pos, e) in events {
@@ -228,10 +228,11 @@ impl FeedProjector {
             if let Some(c) = agg.take_commit() {
                 mine.push(c);
             }
+            let changed = !mine.is_empty();
             if let Some(s) = agg.state {
-                finals.push(s);
+                finals.push((s, changed));
             }
-            if !mine.is_empty() {
+            if changed {
                 commits.push((*id, mine));
             }
         }
@@ -251,12 +252,14 @@ impl FeedProjector {
         metrics::histogram!(names::WRITE_SECONDS).record(wrote.elapsed().as_secs_f64());
         {
             let mut cache = self.cache.lock();
-            for s in finals {
-                self.watermarks.changes.publish(
-                    Change::Feed(s.item_id, s.kind),
-                    &batch.topic,
-                    s.position,
-                );
+            for (s, changed) in finals {
+                if changed {
+                    self.watermarks.changes.publish(
+                        Change::Feed(s.item_id, s.kind),
+                        &batch.topic,
+                        s.position,
+                    );
+                }
                 cache.put((batch.partition, s.item_id), s);
             }
         }

@@ -45,37 +45,22 @@ enum Pending {
 }
 
 fn pending_of(data: &EventData) -> Vec<Pending> {
-    use crate::fold::cards::patch;
-    match data {
-        EventData::FeedItemCreated(e) => vec![Pending::Ready(Change::Feed(
-            e.item_id,
-            FeedKind::of(&e.content),
-        ))],
-        d => {
-            if let Some(id) = crate::fold::poll::poll_id(d) {
-                return vec![Pending::Ready(Change::Poll(id))];
-            }
-            if let Some(id) = crate::fold::feed::item_id(d) {
-                return vec![Pending::FeedItem(id)];
-            }
-            let ev = crate::event::Event {
-                id: crate::event::EventId(uuid::Uuid::nil()),
-                time: chrono::DateTime::UNIX_EPOCH,
-                principal: crate::event::Principal {
-                    id: crate::event::UserId::parse("follower").expect("valid id"),
-                    name: String::new(),
-                    avatar_url: None,
-                },
-                data: d.clone(),
-            };
-            match patch(&ev) {
-                Some(p) => vec![
-                    Pending::Ready(Change::Session(p.session_key)),
-                    Pending::Ready(Change::Upload(p.upload_id)),
-                ],
-                None => Vec::new(),
-            }
-        }
+    if let EventData::FeedItemCreated(e) = data {
+        let kind = FeedKind::of(&e.content);
+        return vec![Pending::Ready(Change::Feed(e.item_id, kind))];
+    }
+    if let Some(id) = crate::fold::poll::poll_id(data) {
+        return vec![Pending::Ready(Change::Poll(id))];
+    }
+    if let Some(id) = crate::fold::feed::item_id(data) {
+        return vec![Pending::FeedItem(id)];
+    }
+    match crate::fold::cards::target(data) {
+        Some((session, upload)) => vec![
+            Pending::Ready(Change::Session(session.clone())),
+            Pending::Ready(Change::Upload(upload)),
+        ],
+        None => Vec::new(),
     }
 }
 

@@ -221,7 +221,7 @@ impl PollProjector {
 
         // 3. Fold, cutting commits so no single batch statement grows huge.
         let mut commits: Vec<(PollId, Vec<PollCommit>)> = Vec::new();
-        let mut finals: Vec<(PollId, PollState)> = Vec::new();
+        let mut finals: Vec<(PollId, PollState, bool)> = Vec::new();
         for (id, mut agg, events) in aggs {
             let mut mine = Vec::new();
             for (pos, e) in events {
@@ -246,10 +246,11 @@ impl PollProjector {
             if let Some(c) = agg.take_commit() {
                 mine.push(c);
             }
+            let changed = !mine.is_empty();
             if let Some(s) = agg.state {
-                finals.push((id, s));
+                finals.push((id, s, changed));
             }
-            if !mine.is_empty() {
+            if changed {
                 commits.push((id, mine));
             }
         }
@@ -273,10 +274,12 @@ impl PollProjector {
         metrics::histogram!(names::WRITE_SECONDS).record(wrote.elapsed().as_secs_f64());
         {
             let mut cache = self.cache.lock();
-            for (id, s) in finals {
-                self.watermarks
-                    .changes
-                    .publish(Change::Poll(id), &batch.topic, s.position);
+            for (id, s, changed) in finals {
+                if changed {
+                    self.watermarks
+                        .changes
+                        .publish(Change::Poll(id), &batch.topic, s.position);
+                }
                 cache.put((batch.partition, id), s);
             }
         }

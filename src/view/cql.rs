@@ -395,11 +395,9 @@ impl CardRow {
             "completed" => Status::Completed,
             other => return Err(ViewError::Corrupt(format!("status {other:?}"))),
         };
-        let text = |f: &str, v: Option<String>| -> Result<_, ViewError> {
-            Ok(v.map(|v| (f.to_owned(), v)))
-        };
-        let session_key = text("session_key", self.session_key)?
-            .map(|(_, v)| SessionKey::parse(&v))
+        let session_key = self
+            .session_key
+            .map(|v| SessionKey::parse(&v))
             .transpose()
             .map_err(|e| ViewError::Corrupt(e.reason))?;
         let style = self
