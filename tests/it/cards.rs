@@ -138,8 +138,13 @@ async fn cards_merge_uploads_and_completions(b: Backends) {
     // status; a late duplicate of the old completion changes nothing.
     let c = UploadId(uuid::Uuid::now_v7());
     let lc = lifecycle(&session, c, 1, false);
-    send(&t, &lc[0]).await;
+    // Two topics: wait on each write's own token.
+    let tc = send(&t, &lc[0]).await;
     let tok = send(&t, &la[2]).await;
+    let (s, _) = t
+        .get(&format!("/v1/sessions/{session}/cards?after={tc}"))
+        .await;
+    assert_eq!(s, 200);
     let (_, v) = t
         .get(&format!("/v1/sessions/{session}/cards?after={tok}"))
         .await;
