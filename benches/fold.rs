@@ -1,14 +1,19 @@
 //! Hot paths of the projector, without I/O: the poll fold alone (votes into
-//! tallies), decoding records off the wire, and a mini-batch through the
-//! embedded store. `cargo bench --bench fold`.
+//! tallies), the feed fold (likes and joins on a hot item), the cards merge
+//! (patches and coalescing), decoding records off the wire, and a
+//! mini-batch through the embedded store. `cargo bench --bench fold`.
 
 use std::hint::black_box;
 
 use atelier::event::wire::{decode, encode};
 use atelier::event::{
-    Event, EventData, EventId, PollCreated, PollId, Principal, Question, UserId, VoteCast,
+    Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, ModelVersion,
+    PollCreated, PollId, Principal, Question, SessionKey, Style, StyleTransferStarted, TransferRef,
+    UploadId, UserId, VoteCast,
 };
 use atelier::fold::Position;
+use atelier::fold::cards::{card_key, coalesce, patch, upload_key};
+use atelier::fold::feed::ItemAggregate;
 use atelier::fold::poll::{FoldConfig, PollAggregate};
 use atelier::view::{EmbeddedStore, ViewStore};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -100,6 +105,96 @@ fn fold(c: &mut Criterion) {
     g.finish();
 }
 
+fn feed(c: &mut Criterion) {
+    let item = FeedItemId(uuid::Uuid::from_u128(1));
+    let t = atelier::api::now();
+    let who = |i: usize| Principal {
+        id: UserId::parse(&format!("user-{i}")).unwrap(),
+        name: format!("User {i}"),
+        avatar_url: None,
+    };
+    let ev = |i: usize, data| Event {
+        id: EventId(uuid::Uuid::from_u128(10 + i as u128)),
+        time: t,
+        principal: who(i),
+        data,
+    };
+    let create = ev(
+        0,
+        EventData::FeedItemCreated(FeedItemCreated {
+            item_id: item,
+            content: FeedContent::Game {
+                name: "Chess".into(),
+                location: "Park".into(),
+            },
+        }),
+    );
+    // Distinct users: a like and a join each, as on a hot item.
+    let r = FeedItemRef { item_id: item };
+    let actions: Vec<Event> = (0..VOTES)
+        .map(|i| {
+            let data = if i % 2 == 0 {
+                EventData::FeedItemLiked(r.clone())
+            } else {
+                EventData::FeedItemJoined(r.clone())
+            };
+            ev(i / 2, data)
+        })
+        .collect();
+    let mut g = c.benchmark_group("fold");
+    g.throughput(Throughput::Elements(VOTES as u64));
+    g.bench_function("likes_and_joins_on_a_hot_item", |b| {
+        b.iter_batched(
+            || {
+                let mut agg = ItemAggregate::default();
+                agg.apply(pos(0), &create);
+                agg
+            },
+            |mut agg| {
+                for (i, a) in actions.iter().enumerate() {
+                    black_box(agg.apply(pos(i + 1), a));
+                }
+                agg
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn cards(c: &mut Criterion) {
+    let t = atelier::api::now();
+    let events: Vec<Event> = (0..10_000)
+        .map(|i| Event {
+            id: EventId(uuid::Uuid::from_u128(i as u128)),
+            time: t,
+            principal: Principal {
+                id: UserId::parse("worker").unwrap(),
+                name: "Worker".into(),
+                avatar_url: None,
+            },
+            data: EventData::StyleTransferStarted(StyleTransferStarted {
+                upload: TransferRef {
+                    upload_id: UploadId(uuid::Uuid::now_v7()),
+                    session_key: SessionKey::parse(&format!("s{}", i % 500)).unwrap(),
+                    slot: (i % 3) as u8 + 1,
+                    style: Style::parse("mosaic").unwrap(),
+                },
+                model_version: ModelVersion::parse("v1").unwrap(),
+            }),
+        })
+        .collect();
+    let mut g = c.benchmark_group("cards");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("patch_and_coalesce", |b| {
+        b.iter(|| {
+            let patches: Vec<_> = events.iter().filter_map(patch).collect();
+            black_box(coalesce(&patches, card_key).len() + coalesce(&patches, upload_key).len())
+        })
+    });
+    g.finish();
+}
+
 fn wire(c: &mut Criterion) {
     let (_, votes) = events();
     let recs: Vec<_> = votes
@@ -151,5 +246,5 @@ fn embedded_commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fold, wire, embedded_commit);
+criterion_group!(benches, fold, feed, cards, wire, embedded_commit);
 criterion_main!(benches);
