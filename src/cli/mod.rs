@@ -3,6 +3,7 @@
 
 pub mod app;
 mod bench;
+mod bench_reads;
 mod emit;
 mod loadgen;
 pub mod schemas;
@@ -70,7 +71,7 @@ enum Command {
     Schemas(schemas::SchemasCmd),
     /// Benchmarks that need running services (see also `cargo bench`).
     #[command(subcommand)]
-    Bench(bench::BenchCmd),
+    Bench(bench_reads::BenchCmd),
     /// Print the effective configuration (secrets redacted).
     Config,
 }
@@ -152,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schemas(c) => schemas::run(c),
-        Command::Bench(c) => bench::run(cfg, c).await,
+        Command::Bench(c) => bench_reads::run(cfg, c).await,
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())
