@@ -181,6 +181,12 @@ impl App {
                 if base.get("session.timeout.ms").is_none() {
                     base.set("session.timeout.ms", "6000");
                 }
+                // The mock cluster answers a fetch only when its wait runs
+                // out (a broker answers as soon as data arrives): with the
+                // default 500 ms, freshness was p50 279 ms; with 10 ms, 17 ms.
+                if cluster.is_some() && base.get("fetch.wait.max.ms").is_none() {
+                    base.set("fetch.wait.max.ms", "10");
+                }
                 let spec = ConsumerSpec {
                     group: cfg.kafka.group(group),
                     topics: topics.into_iter().map(|t| cfg.kafka.topic(t)).collect(),
@@ -321,7 +327,11 @@ impl App {
             }
         }
         let _ = self.producer.flush(Duration::from_secs(5));
-        drop(self.cluster.take());
+        // Clients first, the mock cluster last: a client outliving its
+        // cluster logs "all brokers down" on its way out.
+        let cluster = self.cluster.take();
+        drop(self);
+        drop(cluster);
         result
     }
 }

@@ -1118,36 +1118,41 @@ impl ViewStore for CqlStore {
         let st = self.st()?;
         let s = &c.state;
         let ts = write_timestamp(s.position.offset);
-        // Derived rows first (rule 3): the timelines' copies, or their removal.
+        // Derived rows first (rule 3): the timelines' copies, or their
+        // removal; the two timelines are independent, so written together.
         let row = TimelineRow::of(s);
-        for t in TimelineRow::timelines(s.kind) {
-            self.counters.write(1);
-            match s.deleted_at {
-                Some(_) => {
-                    self.run(&st.timeline_delete, (ts, t, us(s.created_at), s.item_id.0))
-                        .await?;
-                }
-                None => {
-                    self.run(
-                        &st.timeline_upsert,
-                        (
-                            t,
-                            us(row.created_at),
-                            row.item_id.0,
-                            row.kind.as_str(),
-                            json(&row.content),
-                            json(&row.author),
-                            row.likes as i64,
-                            row.joined as i64,
-                            row.position.partition,
-                            row.position.offset,
-                            ts,
-                        ),
-                    )
-                    .await?;
+        let derived = TimelineRow::timelines(s.kind).map(|t| {
+            let row = &row;
+            async move {
+                self.counters.write(1);
+                match s.deleted_at {
+                    Some(_) => {
+                        self.run(&st.timeline_delete, (ts, t, us(s.created_at), s.item_id.0))
+                            .await
+                    }
+                    None => {
+                        self.run(
+                            &st.timeline_upsert,
+                            (
+                                t,
+                                us(row.created_at),
+                                row.item_id.0,
+                                row.kind.as_str(),
+                                json(&row.content),
+                                json(&row.author),
+                                row.likes as i64,
+                                row.joined as i64,
+                                row.position.partition,
+                                row.position.offset,
+                                ts,
+                            ),
+                        )
+                        .await
+                    }
                 }
             }
-        }
+        });
+        futures::future::try_join_all(derived).await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_timestamp(Some(ts));
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> =
