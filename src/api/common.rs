@@ -102,27 +102,48 @@ pub(super) fn parse_after(
 
 /// Waits (bounded by the configured maximum) until `view` has applied the
 /// token's offset; `503 not_yet_applied` with `Retry-After` otherwise.
+///
+/// What this process's projectors (or its change follower) report is free
+/// to consult and wakes the wait; the view store's checkpoint is the truth
+/// when the partition is projected elsewhere (another process, or after a
+/// rebalance), so it is read too, but at most every [`CHECKPOINT_EVERY`]:
+/// hundreds of waiting readers must not turn every batch into a storm of
+/// checkpoint reads.
 pub(super) async fn wait_applied(st: &AppState, view: &str, t: &Token) -> Result<(), ApiError> {
     let deadline = Instant::now() + st.max_after_wait;
+    let mut next_read = Instant::now();
     loop {
         if st
             .watermarks
-            .reached(st.views.as_ref(), view, &t.topic, t.partition, t.offset)
-            .await
+            .local(&t.topic, t.partition)
+            .is_some_and(|o| o >= t.offset)
         {
             return Ok(());
+        }
+        let now = Instant::now();
+        if now >= next_read {
+            next_read = now + CHECKPOINT_EVERY;
+            if matches!(
+                st.views.checkpoint(view, &t.topic, t.partition).await,
+                Ok(Some(cp)) if cp.offset >= t.offset
+            ) {
+                return Ok(());
+            }
         }
         let now = Instant::now();
         if now >= deadline {
             return Err(not_yet(t));
         }
-        let wait = (deadline - now).min(std::time::Duration::from_millis(25));
+        let wait = (deadline - now).min(CHECKPOINT_EVERY);
         tokio::select! {
             _ = st.watermarks.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
+
+/// How often a waiting read consults the view store's checkpoint.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The answer when a token's offset is not applied in time.
 pub(super) fn not_yet(t: &Token) -> ApiError {

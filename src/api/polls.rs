@@ -10,14 +10,13 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::common::{
     AfterQuery, accepted, append, decode_text_cursor, decode_time_cursor, encode_text_cursor,
-    encode_time_cursor, etagged, fresh, page_limit,
+    encode_time_cursor, etagged, fresh, page_limit, parse_after, wait_applied,
 };
 use super::json::{JsonBody, QueryParams};
-use super::{ApiError, AppState, Authed, Token, new_id};
+use super::{ApiError, AppState, Authed, new_id};
 use crate::event::{
     EventData, PollClosed, PollCreated, PollId, Principal, Question, QuestionId, Topic, UserId,
     Validate, VoteCast, VoteRetracted,
@@ -113,48 +112,20 @@ async fn fresh_poll(
     id: PollId,
     after: Option<&str>,
 ) -> Result<Option<PollState>, ApiError> {
-    let after = after.map(Token::decode).transpose()?;
-    if let Some(t) = &after
-        && t.topic != st.producer.topic(Topic::Polls)
+    let token = parse_after(st, after, &[Topic::Polls], VIEW)?;
+    let poll = st.views.poll(id).await?;
+    let Some(t) = token else {
+        return Ok(poll);
+    };
+    // A token of this poll's own partition: its version answers at once.
+    if poll
+        .as_ref()
+        .is_some_and(|s| s.position.partition == t.partition && s.position.offset >= t.offset)
     {
-        return Err(ApiError::bad_request(
-            "invalid_token",
-            "the consistency token is for another topic than polls",
-        ));
+        return Ok(poll);
     }
-    let deadline = Instant::now() + st.max_after_wait;
-    loop {
-        let poll = st.views.poll(id).await?;
-        let Some(t) = &after else {
-            return Ok(poll);
-        };
-        let own = poll
-            .as_ref()
-            .is_some_and(|s| s.position.partition == t.partition && s.position.offset >= t.offset);
-        if own
-            || st
-                .watermarks
-                .reached(st.views.as_ref(), VIEW, &t.topic, t.partition, t.offset)
-                .await
-        {
-            return Ok(poll);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ApiError::unavailable(
-                "not_yet_applied",
-                format!(
-                    "the view has not applied offset {} of {}/{} yet; retry",
-                    t.offset, t.topic, t.partition
-                ),
-            ));
-        }
-        let wait = (deadline - now).min(std::time::Duration::from_millis(25));
-        tokio::select! {
-            _ = st.watermarks.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
+    wait_applied(st, VIEW, &t).await?;
+    Ok(st.views.poll(id).await?)
 }
 
 async fn open_poll(st: &AppState, id: &str, after: Option<&str>) -> Result<PollState, ApiError> {

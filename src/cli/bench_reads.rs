@@ -84,6 +84,11 @@ pub(super) struct ReadsArgs {
     /// Likes per second in the freshness phase (0: skip it).
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
+    /// Zipf exponent of which items the freshness likes go to (0: uniform,
+    /// every like on a different item: the least coalescing, the most
+    /// view writes per event).
+    #[arg(long, default_value_t = 0.0)]
+    skew: f64,
     /// Read back one in this many freshness events.
     #[arg(long, default_value_t = 50)]
     sample_every: u64,
@@ -187,6 +192,8 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Freshness {
     target_rate: u64,
+    /// Zipf exponent over items (0: uniform).
+    skew: f64,
     /// Seconds spent producing.
     secs: f64,
     produced: u64,
@@ -768,6 +775,7 @@ async fn freshness(
     let per_tick = a.rate as f64 * TICK.as_secs_f64();
     let mut interval = tokio::time::interval(TICK);
     let mut rng = SmallRng::seed_from_u64(99);
+    let zipf = (a.skew > 0.0).then(|| super::loadgen::Zipf::new(t.items.len(), a.skew));
     let mut tasks = JoinSet::new();
     let mut n = 0u64;
     let start = Instant::now();
@@ -775,7 +783,10 @@ async fn freshness(
         interval.tick().await;
         let due = (per_tick * k as f64).round() as u64;
         while n < due {
-            let item_id = t.items[rng.gen_range(0..t.items.len())];
+            let item_id = match &zipf {
+                Some(z) => t.items[z.sample(&mut rng)],
+                None => t.items[rng.gen_range(0..t.items.len())],
+            };
             let ev = event(
                 principal(&format!("fresh-{n}"), format!("Fresh {n}"))?,
                 EventData::FeedItemLiked(FeedItemRef { item_id }),
@@ -824,6 +835,7 @@ async fn freshness(
     vis.sort_unstable();
     Ok(Freshness {
         target_rate: a.rate,
+        skew: a.skew,
         secs,
         produced: n,
         produce_errors: tally.produce_errors.load(Ordering::Relaxed),
@@ -893,8 +905,14 @@ fn print_table(r: &Report) {
     println!("(q/req: view-store reads per request, warm-up included)");
     if let Some(f) = &r.freshness {
         println!(
-            "freshness: likes at {} events/s for {:.1} s: {} produced ({:.0}/s offered, {:.0}/s acked), {} produce errors",
-            f.target_rate, f.secs, f.produced, f.offered_rate, f.acked_rate, f.produce_errors
+            "freshness: likes at {} events/s (item skew {}) for {:.1} s: {} produced ({:.0}/s offered, {:.0}/s acked), {} produce errors",
+            f.target_rate,
+            f.skew,
+            f.secs,
+            f.produced,
+            f.offered_rate,
+            f.acked_rate,
+            f.produce_errors
         );
         println!(
             "{:<44} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}",

@@ -20,7 +20,9 @@ use super::{Change, Watermarks};
 use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
 use crate::config::ProjectorConfig;
 use crate::event::{Event, FeedItemId, Topic};
-use crate::fold::feed::{ItemAggregate, ItemCommit, ItemState, Rejection, item_id, member_key};
+use crate::fold::feed::{
+    ItemAggregate, ItemCommit, ItemState, Rejection, Relation, item_id, member_key,
+};
 use crate::fold::{Outcome, Position};
 use crate::telemetry::names;
 use crate::view::{Checkpoint, ViewError, ViewStore};
@@ -141,14 +143,22 @@ impl FeedProjector {
                         .into_iter()
                         .collect(),
                 };
+                // With no likes (or no joins) at all, there is no row to
+                // read: the first like of an item costs no read.
+                let (absent, stored): (Vec<_>, Vec<_>) =
+                    keys.into_iter().partition(|(rel, _)| match (&state, rel) {
+                        (Some(s), Relation::Like) => s.likes == 0,
+                        (Some(s), Relation::Join) => s.joined == 0,
+                        (None, _) => true,
+                    });
                 async move {
-                    let found = if keys.is_empty() {
+                    let found = if stored.is_empty() {
                         Vec::new()
                     } else {
-                        self.views.load_members(*id, &keys).await?
+                        self.views.load_members(*id, &stored).await?
                     };
                     let mut agg = ItemAggregate::from_state(state);
-                    for k in keys {
+                    for k in absent.into_iter().chain(stored) {
                         agg.load_member(k, None);
                     }
                     for (k, m) in found {

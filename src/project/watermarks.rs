@@ -9,8 +9,6 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 
-use crate::view::ViewStore;
-
 /// Applied offsets per `(topic, partition)`, with a wake-up for waiters,
 /// and the rows that changed (for live updates): the views' progress as the
 /// projectors of this process report it.
@@ -44,26 +42,6 @@ impl Watermarks {
             .read()
             .get(&(topic.to_owned(), partition))
             .copied()
-    }
-
-    /// Whether `offset` is applied: local knowledge first, else the view
-    /// store's checkpoint (the truth when another process projects, or when
-    /// local news lags).
-    pub async fn reached(
-        &self,
-        views: &dyn ViewStore,
-        view: &str,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-    ) -> bool {
-        if self.local(topic, partition).is_some_and(|o| o >= offset) {
-            return true;
-        }
-        matches!(
-            views.checkpoint(view, topic, partition).await,
-            Ok(Some(cp)) if cp.offset >= offset
-        )
     }
 
     /// Resolves at the next publish (or spuriously; callers re-check).

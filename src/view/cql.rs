@@ -1119,40 +1119,40 @@ impl ViewStore for CqlStore {
         let s = &c.state;
         let ts = write_timestamp(s.position.offset);
         // Derived rows first (rule 3): the timelines' copies, or their
-        // removal; the two timelines are independent, so written together.
+        // removal; both timelines in one request (an unlogged batch of two
+        // partitions: atomicity is not needed, a re-apply repairs them).
         let row = TimelineRow::of(s);
-        let derived = TimelineRow::timelines(s.kind).map(|t| {
-            let row = &row;
-            async move {
-                self.counters.write(1);
-                match s.deleted_at {
-                    Some(_) => {
-                        self.run(&st.timeline_delete, (ts, t, us(s.created_at), s.item_id.0))
-                            .await
-                    }
-                    None => {
-                        self.run(
-                            &st.timeline_upsert,
-                            (
-                                t,
-                                us(row.created_at),
-                                row.item_id.0,
-                                row.kind.as_str(),
-                                json(&row.content),
-                                json(&row.author),
-                                row.likes as i64,
-                                row.joined as i64,
-                                row.position.partition,
-                                row.position.offset,
-                                ts,
-                            ),
-                        )
-                        .await
-                    }
+        let mut derived = Batch::new(BatchType::Unlogged);
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::with_capacity(2);
+        for t in TimelineRow::timelines(s.kind) {
+            match s.deleted_at {
+                Some(_) => {
+                    derived.append_statement(st.timeline_delete.clone());
+                    values.push(Box::new((ts, t, us(s.created_at), s.item_id.0)));
+                }
+                None => {
+                    derived.append_statement(st.timeline_upsert.clone());
+                    values.push(Box::new((
+                        t,
+                        us(row.created_at),
+                        row.item_id.0,
+                        row.kind.as_str(),
+                        json(&row.content),
+                        json(&row.author),
+                        row.likes as i64,
+                        row.joined as i64,
+                        row.position.partition,
+                        row.position.offset,
+                        ts,
+                    )));
                 }
             }
-        });
-        futures::future::try_join_all(derived).await?;
+        }
+        self.counters.write(values.len() as u64);
+        self.session
+            .batch(&derived, values)
+            .await
+            .map_err(exec_err)?;
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_timestamp(Some(ts));
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> =

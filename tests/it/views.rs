@@ -316,7 +316,12 @@ async fn items_members_and_timelines(b: Backends) {
     })
     .await
     .unwrap();
-    assert_eq!(s.load_members(id, std::slice::from_ref(&bob)).await.unwrap(), vec![]);
+    assert_eq!(
+        s.load_members(id, std::slice::from_ref(&bob))
+            .await
+            .unwrap(),
+        vec![]
+    );
     assert_eq!(s.timeline(None, None, 10).await.unwrap()[0].likes, 0);
     let mut gone = st.clone();
     gone.deleted_at = Some(Utc.timestamp_opt(1_700_000_050, 0).unwrap());
