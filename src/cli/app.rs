@@ -15,11 +15,13 @@ use crate::api::{self, AppState, Auth};
 use crate::bus::PartitionHandler;
 use crate::bus::consumer::{self, ConsumerSpec};
 use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, ViewBackend};
 use crate::event::Topic;
 use crate::fold::poll::FoldConfig;
 use crate::project::{CardProjector, FeedProjector, PollProjector, Watermarks};
 use crate::view::{self, ViewStore};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 
 /// A projector consumer: task name, group suffix, topics, handler.
 type ConsumerRole = (
@@ -333,6 +335,53 @@ impl App {
         drop(self);
         drop(cluster);
         result
+    }
+}
+
+/// Deletes a run's topics (its namespace) and its keyspace on real
+/// services, best effort: for benchmarks and tests, which each use their own.
+pub async fn delete_run_data(cfg: &Config) {
+    if !cfg.kafka.is_embedded() {
+        let names: Vec<String> = Topic::ALL.iter().map(|&t| cfg.kafka.topic(t)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let deleted = match client_config(&cfg.kafka, &cfg.kafka.brokers)
+            .create::<AdminClient<DefaultClientContext>>()
+        {
+            Ok(admin) => admin
+                .delete_topics(&refs, &opts)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|rs| {
+                    rs.into_iter()
+                        .try_for_each(|r| r.map(drop).map_err(|(t, e)| format!("{t}: {e}")))
+                }),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = deleted {
+            eprintln!("warning: deleting the run's topics: {e}");
+        }
+    }
+    if cfg.views.backend == ViewBackend::Cql {
+        let mut b = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(&cfg.views.contact_points);
+        if !cfg.views.username.is_empty() {
+            b = b.user(&cfg.views.username, cfg.views.password.expose());
+        }
+        let dropped = match b.build().await {
+            Ok(s) => s
+                .query_unpaged(
+                    format!("DROP KEYSPACE IF EXISTS {}", cfg.views.keyspace),
+                    (),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = dropped {
+            eprintln!("warning: dropping keyspace {}: {e}", cfg.views.keyspace);
+        }
     }
 }
 

@@ -26,15 +26,12 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::app::{App, Roles};
 use crate::api::{Token, new_id, now};
 use crate::bus::Producer;
-use crate::bus::client_config;
 use crate::bus::producer::Appended;
 use crate::config::{Config, Secret, ViewBackend};
 use crate::event::{
@@ -280,7 +277,7 @@ async fn reads(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
         Ok(app) => app,
         Err(e) => {
             if !a.keep {
-                cleanup(&cfg).await;
+                super::app::delete_run_data(&cfg).await;
             }
             return Err(e);
         }
@@ -288,7 +285,7 @@ async fn reads(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     let result = bench(&app, kafka, &a).await;
     let stopped = app.stop().await;
     if !a.keep {
-        cleanup(&cfg).await;
+        super::app::delete_run_data(&cfg).await;
     }
     let report = result?;
     stopped?;
@@ -934,52 +931,6 @@ fn print_table(r: &Report) {
         );
         if !f.read_errors.is_empty() {
             println!("    errors: {}", kinds(&f.read_errors));
-        }
-    }
-}
-
-/// Deletes the run's topics and keyspace on real services (best effort).
-async fn cleanup(cfg: &Config) {
-    if !cfg.kafka.is_embedded() {
-        let names: Vec<String> = Topic::ALL.iter().map(|&t| cfg.kafka.topic(t)).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let deleted = match client_config(&cfg.kafka, &cfg.kafka.brokers)
-            .create::<AdminClient<DefaultClientContext>>()
-        {
-            Ok(admin) => admin
-                .delete_topics(&refs, &opts)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|rs| {
-                    rs.into_iter()
-                        .try_for_each(|r| r.map(drop).map_err(|(t, e)| format!("{t}: {e}")))
-                }),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = deleted {
-            eprintln!("warning: deleting the run's topics: {e}");
-        }
-    }
-    if cfg.views.backend == ViewBackend::Cql {
-        let mut b = scylla::client::session_builder::SessionBuilder::new()
-            .known_nodes(&cfg.views.contact_points);
-        if !cfg.views.username.is_empty() {
-            b = b.user(&cfg.views.username, cfg.views.password.expose());
-        }
-        let dropped = match b.build().await {
-            Ok(s) => s
-                .query_unpaged(
-                    format!("DROP KEYSPACE IF EXISTS {}", cfg.views.keyspace),
-                    (),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = dropped {
-            eprintln!("warning: dropping keyspace {}: {e}", cfg.views.keyspace);
         }
     }
 }

@@ -619,7 +619,8 @@ async fn stream_works_when_projectors_run_elsewhere() {
     })
     .await;
     assert_eq!(seen, Ok(true), "stream: {text}");
+    // The projector first: stopping the test app deletes the run's data.
+    projector.stop().await.unwrap();
     api.stop().await;
     drop(res);
-    projector.stop().await.unwrap();
 }

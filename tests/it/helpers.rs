@@ -145,8 +145,15 @@ impl TestApp {
         )
     }
 
+    /// Stops the app; on real services, deletes its topics and keyspace
+    /// too (a full run would otherwise leave hundreds of tables behind and
+    /// slow Cassandra for every later test).
     pub async fn stop(self) {
+        let cfg = self.app.config.clone();
         self.app.stop().await.expect("clean stop");
+        if !cfg.kafka.is_embedded() {
+            atelier::cli::app::delete_run_data(&cfg).await;
+        }
     }
 }
 
