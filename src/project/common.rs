@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
 use super::dlq;
@@ -177,5 +178,55 @@ impl Assigned {
         tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Writes each aggregate's commits in order, aggregates concurrently (at
+/// most `concurrency` at once), then the checkpoint: offsets move only
+/// after every write of the batch is durable.
+pub(crate) async fn write_commits<'a, K, C, F, Fut>(
+    views: &dyn ViewStore,
+    groups: &'a [(K, Vec<C>)],
+    concurrency: usize,
+    commit: F,
+    cp: &Checkpoint,
+) -> Result<(), ViewError>
+where
+    F: Fn(&'a C) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ViewError>> + 'a,
+{
+    let commit = &commit;
+    // Collected first: a lazy map here trips the compiler's lifetime
+    // inference for the `Send` future of the handler.
+    let writes: Vec<_> = groups
+        .iter()
+        .map(|(_, cs)| async move {
+            for c in cs {
+                commit(c).await?;
+            }
+            Ok::<_, ViewError>(())
+        })
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    views.save_checkpoint(cp).await
+}
+
+/// Drops every cached aggregate of one partition (it was just assigned:
+/// another process may have written it meanwhile).
+pub(crate) fn evict_partition<K: Copy + std::hash::Hash + Eq, V>(
+    cache: &Mutex<lru::LruCache<(i32, K), V>>,
+    partition: i32,
+) {
+    let mut cache = cache.lock();
+    let stale: Vec<_> = cache
+        .iter()
+        .filter(|((p, _), _)| *p == partition)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in stale {
+        cache.pop(&k);
     }
 }

@@ -21,7 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::common::{Assigned, BatchStats, Checkpoints, decode, view_err};
+use super::common::{
+    Assigned, BatchStats, Checkpoints, decode, evict_partition, view_err, write_commits,
+};
 use super::{Change, Watermarks};
 use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
 use crate::config::ProjectorConfig;
@@ -99,20 +101,15 @@ impl PollProjector {
         commits: &[(PollId, Vec<PollCommit>)],
         cp: &Checkpoint,
     ) -> Result<(), ViewError> {
-        let writes: Vec<_> = commits
-            .iter()
-            .map(|(_, cs)| async move {
-                for c in cs {
-                    self.views.commit_poll(c).await?;
-                }
-                Ok::<_, ViewError>(())
-            })
-            .collect();
-        futures::stream::iter(writes)
-            .buffer_unordered(self.cfg.write_concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        self.views.save_checkpoint(cp).await
+        let views = self.views.as_ref();
+        write_commits(
+            views,
+            commits,
+            self.cfg.write_concurrency,
+            |c| views.commit_poll(c),
+            cp,
+        )
+        .await
     }
 
     /// Processes one batch; see the module docs for the steps.
@@ -302,15 +299,7 @@ impl PartitionHandler for PollProjector {
         // Another process may have written this partition meanwhile: forget
         // everything cached about it.
         self.checkpoints.forget(topic, partition);
-        let mut cache = self.cache.lock();
-        let stale: Vec<_> = cache
-            .iter()
-            .filter(|((p, _), _)| *p == partition)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            cache.pop(&k);
-        }
+        evict_partition(&self.cache, partition);
     }
 
     async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
