@@ -145,6 +145,37 @@ pub(super) async fn wait_applied(st: &AppState, view: &str, t: &Token) -> Result
 /// How often a waiting read consults the view store's checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Reads one aggregate's row honouring `?after`: a token of the row's own
+/// partition is answered by the row's version at once; any other waits for
+/// the view (bounded), then reads again.
+pub(super) async fn fresh_row<T, F, Fut>(
+    st: &AppState,
+    after: Option<&str>,
+    topic: Topic,
+    view: &str,
+    read: F,
+    version: fn(&T) -> crate::fold::Position,
+) -> Result<Option<T>, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, crate::view::ViewError>>,
+{
+    let token = parse_after(st, after, &[topic], view)?;
+    let row = read().await?;
+    let Some(t) = token else {
+        return Ok(row);
+    };
+    if row
+        .as_ref()
+        .map(version)
+        .is_some_and(|p| p.partition == t.partition && p.offset >= t.offset)
+    {
+        return Ok(row);
+    }
+    wait_applied(st, view, &t).await?;
+    Ok(read().await?)
+}
+
 /// The answer when a token's offset is not applied in time.
 pub(super) fn not_yet(t: &Token) -> ApiError {
     ApiError::unavailable(

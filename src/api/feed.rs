@@ -15,8 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AfterQuery, accepted, append, decode_time_cursor, encode_time_cursor, etagged, fresh,
-    parse_after, wait_applied,
+    AfterQuery, accepted, append, decode_time_cursor, encode_time_cursor, etagged, fresh, fresh_row,
 };
 use super::json::{JsonBody, QueryParams};
 use super::{ApiError, AppState, Authed, new_id};
@@ -87,26 +86,21 @@ async fn create(
     ))
 }
 
-/// Reads an item, after `?after` when given: for a token of this item's
-/// own partition the item's version answers at once.
+/// Reads an item, after `?after` when given.
 async fn fresh_item(
     st: &AppState,
     id: FeedItemId,
     after: Option<&str>,
 ) -> Result<Option<ItemState>, ApiError> {
-    let token = parse_after(st, after, &[Topic::Feed], VIEW)?;
-    let item = st.views.item(id).await?;
-    let Some(t) = token else {
-        return Ok(item);
-    };
-    if item
-        .as_ref()
-        .is_some_and(|s| s.position.partition == t.partition && s.position.offset >= t.offset)
-    {
-        return Ok(item);
-    }
-    wait_applied(st, VIEW, &t).await?;
-    Ok(st.views.item(id).await?)
+    fresh_row(
+        st,
+        after,
+        Topic::Feed,
+        VIEW,
+        || st.views.item(id),
+        |s| s.position,
+    )
+    .await
 }
 
 /// The live item an action is about, or the 4xx that explains why not.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     AfterQuery, accepted, append, decode_text_cursor, decode_time_cursor, encode_text_cursor,
-    encode_time_cursor, etagged, fresh, page_limit, parse_after, wait_applied,
+    encode_time_cursor, etagged, fresh, fresh_row, page_limit,
 };
 use super::json::{JsonBody, QueryParams};
 use super::{ApiError, AppState, Authed, new_id};
@@ -112,20 +112,15 @@ async fn fresh_poll(
     id: PollId,
     after: Option<&str>,
 ) -> Result<Option<PollState>, ApiError> {
-    let token = parse_after(st, after, &[Topic::Polls], VIEW)?;
-    let poll = st.views.poll(id).await?;
-    let Some(t) = token else {
-        return Ok(poll);
-    };
-    // A token of this poll's own partition: its version answers at once.
-    if poll
-        .as_ref()
-        .is_some_and(|s| s.position.partition == t.partition && s.position.offset >= t.offset)
-    {
-        return Ok(poll);
-    }
-    wait_applied(st, VIEW, &t).await?;
-    Ok(st.views.poll(id).await?)
+    fresh_row(
+        st,
+        after,
+        Topic::Polls,
+        VIEW,
+        || st.views.poll(id),
+        |s| s.position,
+    )
+    .await
 }
 
 async fn open_poll(st: &AppState, id: &str, after: Option<&str>) -> Result<PollState, ApiError> {

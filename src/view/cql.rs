@@ -519,6 +519,20 @@ fn set(v: CqlValue) -> PatchValue {
     MaybeUnset::Set(Some(v))
 }
 
+/// Runs reads at most [`FANOUT`] at a time and concatenates what they found
+/// (an `Option` or a `Vec` each).
+async fn fan_out<F, I>(reads: Vec<F>) -> Result<Vec<I::Item>, ViewError>
+where
+    F: std::future::Future<Output = Result<I, ViewError>>,
+    I: IntoIterator,
+{
+    let found: Vec<I> = futures::stream::iter(reads)
+        .buffer_unordered(FANOUT)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ViewError {
     ViewError::Unavailable(e.to_string())
 }
@@ -861,11 +875,7 @@ impl ViewStore for CqlStore {
 
     async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
         let reads: Vec<_> = ids.iter().map(|&id| self.load_poll(id)).collect();
-        let found: Vec<Option<PollState>> = futures::stream::iter(reads)
-            .buffer_unordered(FANOUT)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        fan_out(reads).await
     }
 
     async fn load_ballots(
@@ -898,11 +908,7 @@ impl ViewStore for CqlStore {
                 Ok::<_, ViewError>(out)
             })
             .collect();
-        let chunks: Vec<Vec<(VoterKey, Ballot)>> = futures::stream::iter(reads)
-            .buffer_unordered(FANOUT)
-            .try_collect()
-            .await?;
-        Ok(chunks.into_iter().flatten().collect())
+        fan_out(reads).await
     }
 
     async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
@@ -1061,11 +1067,7 @@ impl ViewStore for CqlStore {
 
     async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
         let reads: Vec<_> = ids.iter().map(|&id| self.item(id)).collect();
-        let found: Vec<Option<ItemState>> = futures::stream::iter(reads)
-            .buffer_unordered(FANOUT)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        fan_out(reads).await
     }
 
     async fn load_members(
@@ -1107,11 +1109,7 @@ impl ViewStore for CqlStore {
                 Ok::<_, ViewError>(out)
             })
             .collect();
-        let chunks: Vec<Vec<(MemberKey, Member)>> = futures::stream::iter(reads)
-            .buffer_unordered(FANOUT)
-            .try_collect()
-            .await?;
-        Ok(chunks.into_iter().flatten().collect())
+        fan_out(reads).await
     }
 
     async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
