@@ -57,6 +57,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Projector tuning.
     pub projector: ProjectorConfig,
+    /// Image uploads at the edge.
+    pub uploads: UploadsConfig,
+    /// Inference workers.
+    pub infer: InferConfig,
 }
 
 impl Default for Config {
@@ -69,6 +73,8 @@ impl Default for Config {
             blobs: BlobConfig::default(),
             auth: AuthConfig::default(),
             projector: ProjectorConfig::default(),
+            uploads: UploadsConfig::default(),
+            infer: InferConfig::default(),
         }
     }
 }
@@ -266,6 +272,124 @@ impl Default for ProjectorConfig {
             cache_polls: 100_000,
             commit_rows: 2_000,
             write_concurrency: 128,
+        }
+    }
+}
+
+/// What the upload edge accepts. Everything is checked before a byte is
+/// stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Largest image, in bytes (larger: 413).
+    pub max_bytes: usize,
+    /// Largest width or height, read from the header (larger: 422, never
+    /// decoded).
+    pub max_side: u32,
+    /// Most pixels (width × height), read from the header.
+    pub max_pixels: u64,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 * 1024 * 1024,
+            max_side: 12_000,
+            max_pixels: 50_000_000,
+        }
+    }
+}
+
+/// Where models run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InferDevice {
+    /// CUDA when a GPU is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device (an error without one).
+    Cuda,
+}
+
+/// Whether completions and offsets commit in one Kafka transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transactions {
+    /// On real Kafka, off on the embedded mock cluster (which fakes them).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: completions are at least once (the card merge is idempotent).
+    Off,
+}
+
+/// Inference worker tuning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferConfig {
+    /// CPU or CUDA.
+    pub device: InferDevice,
+    /// Intra-op threads of the model (0: every core).
+    pub threads: usize,
+    /// Most images in one model call.
+    pub max_batch: usize,
+    /// Longest an image waits for its batch to fill, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Most pixels in one model call (bounds activation memory whatever the
+    /// batch size).
+    pub max_batch_pixels: u64,
+    /// Images are scaled to fit this side before inference.
+    pub max_side: u32,
+    /// Shape buckets: sides are padded up to a multiple of this.
+    pub bucket: u32,
+    /// Uploads between consume and commit; beyond it the partitions pause.
+    pub in_flight: usize,
+    /// Concurrent fetch-and-decode tasks.
+    pub fetch_concurrency: usize,
+    /// Concurrent encode-and-store tasks.
+    pub store_concurrency: usize,
+    /// Output JPEG quality, 1 to 100.
+    pub jpeg_quality: u8,
+    /// Attempts of a transient failure (S3, model) before the upload fails.
+    pub attempts: u32,
+    /// First retry delay, in milliseconds (doubles, capped at 5 s).
+    pub retry_base_ms: u64,
+    /// How often finished uploads are committed, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Completions and offsets in one transaction.
+    pub transactions: Transactions,
+    /// This worker's stable name (its transactional id). Keep it across
+    /// restarts, distinct per worker: a restarted worker then aborts its
+    /// predecessor's open transaction at once. Empty: the host name.
+    pub instance: String,
+    /// A directory of `{style}.pt` files published at start when their
+    /// style has no model yet (the embedded default exports them there).
+    pub models_dir: String,
+}
+
+impl Default for InferConfig {
+    fn default() -> Self {
+        Self {
+            device: InferDevice::Auto,
+            threads: 0,
+            max_batch: 8,
+            max_delay_ms: 20,
+            max_batch_pixels: 8 * 1024 * 1024,
+            max_side: 1024,
+            bucket: 64,
+            in_flight: 32,
+            fetch_concurrency: 4,
+            store_concurrency: 4,
+            jpeg_quality: 90,
+            attempts: 5,
+            retry_base_ms: 200,
+            commit_interval_ms: 50,
+            transactions: Transactions::Auto,
+            instance: String::new(),
+            models_dir: String::new(),
         }
     }
 }

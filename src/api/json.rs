@@ -58,3 +58,28 @@ where
         }
     }
 }
+
+/// `Multipart` with API errors: a body that is not a multipart form is a
+/// 415 with a JSON reason.
+#[derive(Debug)]
+pub struct MultipartForm(pub axum::extract::Multipart);
+
+impl<S> FromRequest<S> for MultipartForm
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Multipart::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|r| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("send a multipart/form-data body ({})", r.body_text()),
+                )
+            })
+    }
+}

@@ -12,6 +12,7 @@ pub mod openapi;
 mod polls;
 mod stream;
 pub mod token;
+mod uploads;
 
 pub use auth::{Auth, Authed, Claims, mint};
 pub use error::ApiError;
@@ -27,8 +28,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::blob::BlobStore;
 use crate::bus::Producer;
-use crate::config::Config;
+use crate::config::{Config, UploadsConfig};
+use crate::infer::registry::Catalog;
 use crate::project::Watermarks;
 use crate::telemetry::names;
 use crate::view::ViewStore;
@@ -61,6 +64,12 @@ pub struct AppState {
     pub max_after_wait: Duration,
     /// Fires at shutdown: long-lived answers (SSE) end so the server can.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Images (uploads in, outputs out).
+    pub blobs: Arc<dyn BlobStore>,
+    /// Styles with a published model.
+    pub catalog: Arc<Catalog>,
+    /// What uploads may be.
+    pub uploads: UploadsConfig,
 }
 
 impl AppState {
@@ -71,8 +80,13 @@ impl AppState {
         views: Arc<dyn ViewStore>,
         auth: Auth,
         watermarks: Arc<Watermarks>,
+        blobs: Arc<dyn BlobStore>,
+        catalog: Arc<Catalog>,
     ) -> Self {
         Self {
+            blobs,
+            catalog,
+            uploads: cfg.uploads.clone(),
             producer,
             views,
             auth: Arc::new(auth),
@@ -85,7 +99,9 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    let upload_limit = state.uploads.max_bytes;
     Router::new()
+        .merge(uploads::routes(upload_limit))
         .merge(polls::routes())
         .merge(feed::routes())
         .merge(cards::routes())

@@ -52,10 +52,11 @@ enum QueryParam {
     Poll,
     Session,
     Upload,
+    Variant,
 }
 
 impl QueryParam {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::After,
         Self::Cursor,
         Self::Limit,
@@ -63,6 +64,7 @@ impl QueryParam {
         Self::Poll,
         Self::Session,
         Self::Upload,
+        Self::Variant,
     ];
 
     fn name(self) -> &'static str {
@@ -74,6 +76,7 @@ impl QueryParam {
             Self::Poll => "poll",
             Self::Session => "session",
             Self::Upload => "upload",
+            Self::Variant => "variant",
         }
     }
 
@@ -111,6 +114,11 @@ impl QueryParam {
                 "Subscribe to this upload's status; the stream starts with its current state.",
                 json!({"type": "string", "format": "uuid"}),
             ),
+            Self::Variant => (
+                "Which image: what was uploaded, or the stylized output (404 `not_ready` \
+                 until the job completed).",
+                json!({"type": "string", "enum": ["input", "output"], "default": "input"}),
+            ),
         };
         json!({
             "name": self.name(),
@@ -137,6 +145,16 @@ enum Success {
     Text(&'static str, Option<&'static str>),
     /// `200` this document.
     Document,
+    /// `200` image bytes (JPEG, PNG or WebP), cacheable for good.
+    Image,
+}
+
+/// A request body: a component schema, sent as JSON or as a multipart
+/// form.
+#[derive(Clone, Copy, Debug)]
+enum RequestBody {
+    Json(&'static str),
+    Multipart(&'static str),
 }
 
 /// One operation of the API: a row of [`OPERATIONS`].
@@ -155,8 +173,8 @@ struct Operation {
     path_params: &'static [(&'static str, PathParam)],
     /// Query parameters (any adds 400 for a bad query string).
     query: &'static [QueryParam],
-    /// Component schema of the JSON request body (adds 400, 413, 415, 422).
-    body: Option<&'static str>,
+    /// The request body (adds 400, 413, 415, 422).
+    body: Option<RequestBody>,
     success: Success,
     /// Further error statuses, each answered with an `Error` body.
     errors: &'static [u16],
@@ -164,6 +182,7 @@ struct Operation {
 
 use PathParam as P;
 use QueryParam as Q;
+use RequestBody as B;
 
 /// Every route of the router, the single source of the document.
 const OPERATIONS: &[Operation] = &[
@@ -177,7 +196,7 @@ const OPERATIONS: &[Operation] = &[
         auth: true,
         path_params: &[],
         query: &[],
-        body: Some("CreatePoll"),
+        body: Some(B::Json("CreatePoll")),
         success: Success::Accepted {
             about: "poll_id",
             location: true,
@@ -211,7 +230,7 @@ const OPERATIONS: &[Operation] = &[
         auth: true,
         path_params: &[("id", P::Poll)],
         query: &[Q::After],
-        body: Some("CastVote"),
+        body: Some(B::Json("CastVote")),
         success: Success::Accepted {
             about: "poll_id",
             location: false,
@@ -293,7 +312,7 @@ const OPERATIONS: &[Operation] = &[
         auth: true,
         path_params: &[],
         query: &[],
-        body: Some("CreateFeedItem"),
+        body: Some(B::Json("CreateFeedItem")),
         success: Success::Accepted {
             about: "item_id",
             location: true,
@@ -434,6 +453,61 @@ const OPERATIONS: &[Operation] = &[
         errors: &[503],
     },
     Operation {
+        method: "post",
+        path: "/v1/uploads",
+        operation_id: "createUpload",
+        tag: "uploads",
+        summary: "Upload an image for stylization",
+        description: "A multipart form: `image` (the file), `session_key`, `slot` (1 to 3) and \
+                      `style`. Checked before anything is stored: over `uploads.max_bytes` is \
+                      413 `image_too_large`; a type other than JPEG, PNG or WebP (sniffed from \
+                      the bytes, never the file name) 415 `unsupported_image_type`; an empty \
+                      file 422 `empty_image`, an unreadable header 422 `corrupt_image`, a \
+                      header claiming more pixels than `uploads.max_side` / \
+                      `uploads.max_pixels` 422 `too_many_pixels` (never decoded), a truncated \
+                      file 422 `truncated_image`, a style without a published model 422 \
+                      `unknown_style`. Then the image is stored under an unguessable key and \
+                      `UploadReceived` appended; follow the job at `Location` or on \
+                      `/v1/stream?upload=`.",
+        auth: true,
+        path_params: &[],
+        query: &[],
+        body: Some(B::Multipart("UploadForm")),
+        success: Success::Accepted {
+            about: "upload_id",
+            location: true,
+        },
+        errors: &[503],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/uploads/{id}/image",
+        operation_id: "readUploadImage",
+        tag: "uploads",
+        summary: "An upload's input or stylized output image",
+        description: "One view query (the upload's keys), then the bytes from the blob store.",
+        auth: false,
+        path_params: &[("id", P::Upload)],
+        query: &[Q::Variant],
+        body: None,
+        success: Success::Image,
+        errors: &[404, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/styles",
+        operation_id: "listStyles",
+        tag: "uploads",
+        summary: "The styles on offer",
+        description: "Every style with a published model, and its current version.",
+        auth: false,
+        path_params: &[],
+        query: &[],
+        body: None,
+        success: Success::Read("Styles"),
+        errors: &[],
+    },
+    Operation {
         method: "get",
         path: "/v1/uploads/{id}",
         operation_id: "readUpload",
@@ -522,7 +596,8 @@ const ERRORS: &[(u16, &str, &str)] = &[
         "Bad request: malformed JSON (`malformed_json`), query string (`invalid_query`), \
          cursor (`invalid_cursor`), limit (`invalid_limit`), kind (`invalid_kind`), \
          consistency token (`invalid_token`), user id (`invalid_user`), session key \
-         (`invalid_session`) or stream filter (`invalid_poll`, `invalid_upload`).",
+         (`invalid_session`), stream filter (`invalid_poll`, `invalid_upload`) or multipart \
+         form (`invalid_multipart`).",
     ),
     (
         401,
@@ -538,7 +613,8 @@ const ERRORS: &[(u16, &str, &str)] = &[
         404,
         "NotFound",
         "No such poll, question, item or upload (`unknown_poll`, `unknown_question`, \
-         `unknown_item`, `unknown_upload`).",
+         `unknown_item`, `unknown_upload`), or no such image yet (`not_ready`, \
+         `image_missing`).",
     ),
     (
         409,
@@ -554,25 +630,29 @@ const ERRORS: &[(u16, &str, &str)] = &[
     (
         413,
         "PayloadTooLarge",
-        "The body is over `http.body_limit` (`body_too_large`).",
+        "The body is over `http.body_limit` (`body_too_large`), an image over \
+         `uploads.max_bytes` (`image_too_large`).",
     ),
     (
         415,
         "UnsupportedMediaType",
-        "The body is not `application/json` (`unsupported_media_type`).",
+        "The body is not `application/json` (`unsupported_media_type`), an image not JPEG, \
+         PNG or WebP by its bytes (`unsupported_image_type`).",
     ),
     (
         422,
         "UnprocessableEntity",
         "Wrong shape, unknown field (`invalid_body`) or invalid value (`invalid_field`, with \
-         `field`; `too_many_choices`, `unknown_question`).",
+         `field`; `too_many_choices`, `unknown_question`), or an image refused for what it \
+         is (`empty_image`, `corrupt_image`, `too_many_pixels`, `truncated_image`, \
+         `unknown_style`).",
     ),
     (
         503,
         "ServiceUnavailable",
         "Retry (after `Retry-After` seconds): the view has not applied `?after` yet \
          (`not_yet_applied`), or the view store or event log is unavailable \
-         (`views_unavailable`, `log_unavailable`).",
+         (`views_unavailable`, `log_unavailable`, `blobs_unavailable`).",
     ),
 ];
 
@@ -612,6 +692,7 @@ pub fn document() -> Value {
             {"name": "polls", "description": "Polls: create, vote, retract, close; reads."},
             {"name": "feed", "description": "Posts, games and teams: create, like, join, delete; reads."},
             {"name": "cards", "description": "Session cards and upload job status."},
+            {"name": "uploads", "description": "Image uploads, their images, the styles on offer."},
             {"name": "stream", "description": "Live view changes as Server-Sent Events."},
             {"name": "ops", "description": "Liveness, metrics and this document."},
         ],
@@ -759,6 +840,17 @@ fn operation(op: &Operation) -> Value {
                 );
             }
         }
+        Success::Image => {
+            let bytes = json!({"schema": {"type": "string", "contentMediaType": "application/octet-stream"}});
+            responses.insert(
+                "200".into(),
+                json!({
+                    "description": "The image. Keys never change meaning (an output names its \
+                                    model version): `Cache-Control: immutable`.",
+                    "content": {"image/jpeg": bytes, "image/png": bytes, "image/webp": bytes},
+                }),
+            );
+        }
         Success::Document => {
             responses.insert(
                 "200".into(),
@@ -801,11 +893,15 @@ fn operation(op: &Operation) -> Value {
         o.insert("parameters".into(), Value::Array(parameters));
     }
     if let Some(body) = op.body {
+        let (media, schema) = match body {
+            RequestBody::Json(s) => ("application/json", s),
+            RequestBody::Multipart(s) => ("multipart/form-data", s),
+        };
         o.insert(
             "requestBody".into(),
             json!({
                 "required": true,
-                "content": {"application/json": {"schema": schema_ref(body)}},
+                "content": {media: {"schema": schema_ref(schema)}},
             }),
         );
     }
@@ -1251,6 +1347,37 @@ fn schemas() -> Value {
                 "timings": schema_ref("Timings"),
                 "error": {"type": "string", "description": "Why it failed."},
                 "retriable": {"type": "boolean", "description": "Whether retrying may help."},
+            },
+        }),
+    );
+    m.insert(
+        "UploadForm".into(),
+        json!({
+            "type": "object",
+            "description": "The multipart form of an upload.",
+            "required": ["image", "session_key", "slot", "style"],
+            "properties": {
+                "image": {"type": "string", "contentMediaType": "application/octet-stream", "description": "A JPEG, PNG or WebP file."},
+                "session_key": text_id(64, "The session whose cards show it."),
+                "slot": {"type": "integer", "minimum": 1, "maximum": 3, "description": "Card slot."},
+                "style": text_id(40, "A style from `GET /v1/styles`."),
+            },
+        }),
+    );
+    m.insert(
+        "Styles".into(),
+        json!({
+            "type": "object",
+            "required": ["styles"],
+            "properties": {
+                "styles": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["style", "version"],
+                    "properties": {
+                        "style": text_id(40, "The style."),
+                        "version": text_id(40, "Its current model version."),
+                    },
+                }},
             },
         }),
     );

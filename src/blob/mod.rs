@@ -87,7 +87,11 @@ pub async fn open(
 ) -> Result<Arc<dyn BlobStore>, BlobError> {
     Ok(match cfg.backend {
         BlobBackend::Local => Arc::new(LocalBlobs::new(data_dir.join("blobs"))?),
-        BlobBackend::S3 => Arc::new(S3Blobs::connect(cfg).await?),
+        BlobBackend::S3 => {
+            let s3 = S3Blobs::connect(cfg).await?;
+            s3.ensure_bucket().await?;
+            Arc::new(s3)
+        }
     })
 }
 

@@ -151,13 +151,18 @@ pub struct ConsumerSpec {
     pub drain_timeout: Duration,
 }
 
-enum Rebalanced {
+/// A rebalance, as the consumer loops see it.
+pub(crate) enum Rebalanced {
+    /// Partitions now owned.
     Assigned(Vec<(String, i32)>),
+    /// Partitions about to be given away.
     Revoked(Vec<(String, i32)>),
 }
 
-struct Ctx {
-    tx: mpsc::UnboundedSender<Rebalanced>,
+/// A consumer context that forwards rebalances to the consumer's loop.
+pub(crate) struct Ctx {
+    /// Where rebalances go.
+    pub(crate) tx: mpsc::UnboundedSender<Rebalanced>,
 }
 
 impl ClientContext for Ctx {}

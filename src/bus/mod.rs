@@ -8,7 +8,7 @@ pub mod topics;
 
 pub use consumer::{Batch, HandlerError, PartitionHandler, Record};
 pub use embedded::EmbeddedCluster;
-pub use producer::Producer;
+pub use producer::{Appended, Producer};
 
 use rdkafka::ClientConfig;
 

@@ -12,16 +12,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth};
+use crate::blob::BlobStore;
 use crate::bus::PartitionHandler;
 use crate::bus::consumer::{self, ConsumerSpec};
 use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
 use crate::config::{Config, Secret, ViewBackend};
+use crate::event::Style;
 use crate::event::Topic;
 use crate::fold::poll::FoldConfig;
+use crate::infer::registry::{self, Catalog, Registry};
+use crate::infer::worker::InferWorker;
+use crate::infer::{model, publish};
 use crate::project::{CardProjector, FeedProjector, PollProjector, Watermarks};
 use crate::view::{self, ViewStore};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
+use tokio::sync::watch;
 
 /// A projector consumer: task name, group suffix, topics, handler.
 type ConsumerRole = (
@@ -38,13 +44,23 @@ pub struct Roles {
     pub api: bool,
     /// Projector consumers.
     pub projector: bool,
+    /// Inference workers.
+    pub infer: bool,
 }
 
 impl Roles {
-    /// Everything (`atelier up`).
+    /// Everything (`atelier up`); inference only in builds with a model
+    /// engine.
     pub const ALL: Roles = Roles {
         api: true,
         projector: true,
+        infer: crate::infer::model::HAS_ENGINE,
+    };
+    /// Nothing but the log, views and blobs (tests add their own parts).
+    pub const NONE: Roles = Roles {
+        api: false,
+        projector: false,
+        infer: false,
     };
 }
 
@@ -69,6 +85,14 @@ pub struct App {
     pub feed: Option<Arc<FeedProjector>>,
     /// The cards projector (when it runs).
     pub cards: Option<Arc<CardProjector>>,
+    /// Images and models.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Styles with a published model.
+    pub catalog: Arc<Catalog>,
+    /// Loaded models (when inference runs).
+    pub registry: Option<Arc<Registry>>,
+    /// True once the models topic was read (and, with inference, loaded).
+    pub models_ready: watch::Receiver<bool>,
     /// Fires to stop everything.
     pub shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -139,6 +163,66 @@ impl App {
         let watermarks = Watermarks::new();
         let shutdown = CancellationToken::new();
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+        let blobs = crate::blob::open(&cfg.blobs, &cfg.data_dir)
+            .await
+            .context("opening the blob store")?;
+
+        // Models: the catalog (what the edge accepts) everywhere, the loaded
+        // models where inference runs.
+        let catalog = Catalog::new();
+        let engine = if roles.infer {
+            Some(model::engine(&cfg.infer).context("the inference role")?)
+        } else {
+            None
+        };
+        let registry = engine
+            .as_ref()
+            .map(|e| Registry::new(e.clone(), blobs.clone()));
+        let (ready_tx, models_ready) = watch::channel(false);
+        {
+            let (kafka, brokers, catalog, registry, token) = (
+                cfg.kafka.clone(),
+                brokers.clone(),
+                catalog.clone(),
+                registry.clone(),
+                shutdown.clone(),
+            );
+            tasks.push((
+                "models follower",
+                tokio::spawn(async move {
+                    registry::follow(&kafka, &brokers, catalog, registry, ready_tx, token)
+                        .await
+                        .context("models follower")
+                }),
+            ));
+        }
+        if !cfg.infer.models_dir.is_empty() {
+            bootstrap_models(
+                &cfg,
+                engine.as_ref(),
+                blobs.as_ref(),
+                &producer,
+                &catalog,
+                models_ready.clone(),
+            )
+            .await?;
+        }
+        if let Some(registry) = &registry {
+            let worker = InferWorker {
+                cfg: cfg.infer.clone(),
+                uploads: cfg.uploads.clone(),
+                kafka: cfg.kafka.clone(),
+                brokers: brokers.clone(),
+                registry: registry.clone(),
+                blobs: blobs.clone(),
+                models_ready: models_ready.clone(),
+            };
+            let token = shutdown.clone();
+            tasks.push((
+                "inference worker",
+                tokio::spawn(async move { worker.run(token).await.context("inference worker") }),
+            ));
+        }
 
         let (projector, feed, cards) = if roles.projector {
             let dlq = Producer::new(&cfg.kafka, &brokers, "atelier/projector")?;
@@ -252,6 +336,8 @@ impl App {
                 views.clone(),
                 auth,
                 watermarks.clone(),
+                blobs.clone(),
+                catalog.clone(),
             );
             state.shutdown = shutdown.clone();
             let app = api::router(state, cfg.http.body_limit);
@@ -284,6 +370,10 @@ impl App {
             projector,
             feed,
             cards,
+            blobs,
+            catalog,
+            registry,
+            models_ready,
             shutdown,
             tasks,
             cluster,
@@ -336,6 +426,58 @@ impl App {
         drop(cluster);
         result
     }
+}
+
+/// Publishes every `{style}.pt` of `infer.models_dir` whose style has no
+/// model with the same bytes yet (the embedded log starts empty on every
+/// `atelier up`; on real Kafka this is a no-op after the first start).
+async fn bootstrap_models(
+    cfg: &Config,
+    engine: Option<&Arc<dyn model::Engine>>,
+    blobs: &dyn BlobStore,
+    producer: &Producer,
+    catalog: &Catalog,
+    mut ready: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let dir = Path::new(&cfg.infer.models_dir);
+    let Some(engine) = engine else {
+        tracing::warn!(
+            dir = %dir.display(),
+            "infer.models_dir is set but this process runs no model engine; not publishing"
+        );
+        return Ok(());
+    };
+    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
+        .await
+        .context("reading the models topic")?
+        .context("reading the models topic")?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("infer.models_dir {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pt"))
+        .collect();
+    files.sort();
+    for path in files {
+        let Some(style) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| Style::parse(s).ok())
+        else {
+            continue;
+        };
+        let bytes = bytes::Bytes::from(std::fs::read(&path)?);
+        let sha = registry::sha256_hex(&bytes);
+        if catalog.get(&style).is_some_and(|p| p.sha256 == sha) {
+            continue;
+        }
+        let (p, _) = publish::publish(engine, blobs, producer, style, None, bytes)
+            .await
+            .with_context(|| format!("publishing {}", path.display()))?;
+        // Known at once (the follower will say the same a moment later).
+        catalog.publish(&p);
+    }
+    Ok(())
 }
 
 /// Deletes a run's topics (its namespace) and its keyspace on real

@@ -107,6 +107,26 @@ pub(super) enum EmitCmd {
     Leave(ItemAction),
     /// Delete a feed item (author only).
     Delete(ItemAction),
+    /// Upload an image for stylization and follow its job until it is
+    /// done (its card is printed at the end).
+    Upload {
+        /// Session whose cards show it.
+        #[arg(long)]
+        session: String,
+        /// Card slot, 1 to 3.
+        #[arg(long, default_value_t = 1)]
+        slot: u8,
+        /// Style (see `GET /v1/styles`).
+        #[arg(long)]
+        style: String,
+        /// JPEG, PNG or WebP file; without one, a generated test picture.
+        file: Option<std::path::PathBuf>,
+        /// Seconds to wait for the job to finish (0: do not wait).
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+        #[command(flatten)]
+        who: Who,
+    },
 }
 
 /// An action on one feed item.
@@ -169,6 +189,25 @@ impl Client {
         let v: Value = res.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             bail!("{status}: {}", v);
+        }
+        Ok(v)
+    }
+
+    /// Posts a multipart form.
+    async fn upload(&self, form: reqwest::multipart::Form) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/uploads", self.base);
+        let res = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .multipart(form)
+            .send()
+            .await
+            .with_context(|| format!("calling {url} (is `atelier up` running?)"))?;
+        let status = res.status();
+        let v: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{status}: {v}");
         }
         Ok(v)
     }
@@ -291,6 +330,14 @@ pub(super) async fn run(cfg: Config, cmd: EmitCmd) -> anyhow::Result<()> {
         EmitCmd::Unlike(a) => item_action(&cfg, a, Method::DELETE, "likes").await,
         EmitCmd::Join(a) => item_action(&cfg, a, Method::POST, "members").await,
         EmitCmd::Leave(a) => item_action(&cfg, a, Method::DELETE, "members").await,
+        EmitCmd::Upload {
+            session,
+            slot,
+            style,
+            file,
+            wait,
+            who,
+        } => upload(&cfg, &who, session, slot, style, file, wait).await,
         EmitCmd::Delete(a) => {
             let c = Client::new(&cfg, &a.who)?;
             let v = c
@@ -318,4 +365,96 @@ async fn item_action(
         field(&v, "token")?
     ))
     .await
+}
+
+async fn upload(
+    cfg: &Config,
+    who: &Who,
+    session: String,
+    slot: u8,
+    style: String,
+    file: Option<std::path::PathBuf>,
+    wait: u64,
+) -> anyhow::Result<()> {
+    use crate::infer::codec;
+    let (bytes, name) = match &file {
+        Some(f) => (
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+            f.file_name()
+                .map_or("image".into(), |n| n.to_string_lossy().into_owned()),
+        ),
+        None => {
+            let img = codec::test_pattern(640, 480, u32::from(slot));
+            let jpeg = codec::encode_jpeg(img.as_raw(), 640, 480, 90)?;
+            (jpeg, "test-pattern.jpg".into())
+        }
+    };
+    let c = Client::new(cfg, who)?;
+    let form = reqwest::multipart::Form::new()
+        .text("session_key", session.clone())
+        .text("slot", slot.to_string())
+        .text("style", style)
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
+    let v = c.upload(form).await?;
+    let id = field(&v, "upload_id")?.to_owned();
+    eprintln!("uploaded {id}");
+    if wait == 0 {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    // Follow the job on the live stream (no status polling): it starts with
+    // the upload's current state, then each change.
+    let url = format!("{}/v1/stream?upload={id}", c.base);
+    let mut res = c
+        .http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("calling {url}"))?
+        .error_for_status()?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let (mut buf, mut last) = (String::new(), String::new());
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, res.chunk())
+            .await
+            .with_context(|| format!("upload {id} not done after {wait} s"))??
+            .with_context(|| format!("the stream ended before upload {id} was done"))?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let data: String = frame
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            let is_upload = frame.lines().any(|l| l.trim() == "event: upload");
+            let Ok(card) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            if !is_upload {
+                continue;
+            }
+            let status = card
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("pending");
+            if status != last {
+                eprintln!("  {status}");
+                last = status.to_owned();
+            }
+            if matches!(status, "completed" | "failed") {
+                println!("{}", serde_json::to_string_pretty(&card)?);
+                if status == "completed" {
+                    eprintln!(
+                        "output: {}/v1/uploads/{id}/image?variant=output\ncards:  {}/v1/sessions/{session}/cards",
+                        c.base, c.base
+                    );
+                }
+                return Ok(());
+            }
+        }
+    }
 }

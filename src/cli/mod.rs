@@ -6,6 +6,7 @@ mod bench;
 mod bench_reads;
 mod emit;
 mod loadgen;
+mod models;
 pub mod schemas;
 mod topics;
 
@@ -45,6 +46,12 @@ enum Command {
     },
     /// Run the projector consumers only.
     Project,
+    /// Run the inference workers only: a consumer group on the uploads
+    /// topic (needs a build with `--features torch`).
+    Infer,
+    /// Style models: publish a TorchScript file, list what is published.
+    #[command(subcommand)]
+    Models(models::ModelsCmd),
     /// Topics as code: apply `topics/*.toml` to Kafka, or list the specs.
     #[command(subcommand)]
     Topics(topics::TopicsCmd),
@@ -114,6 +121,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = listen {
                 cfg.http.listen = l;
             }
+            // The models `scripts/up` exports, unless configured otherwise.
+            let exported = cfg.data_dir.join("models");
+            if cfg.infer.models_dir.is_empty() && exported.is_dir() {
+                cfg.infer.models_dir = exported.to_string_lossy().into_owned();
+            }
             up(cfg, app::Roles::ALL).await
         }
         Command::Serve { listen } => {
@@ -126,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 app::Roles {
                     api: true,
                     projector: false,
+                    infer: false,
                 },
             )
             .await
@@ -136,10 +149,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 app::Roles {
                     api: false,
                     projector: true,
+                    infer: false,
                 },
             )
             .await
         }
+        Command::Infer => {
+            up(
+                cfg,
+                app::Roles {
+                    api: false,
+                    projector: false,
+                    infer: true,
+                },
+            )
+            .await
+        }
+        Command::Models(c) => models::run(cfg, c).await,
         Command::Topics(c) => topics::run(cfg, c).await,
         Command::Emit(c) => emit::run(cfg, c).await,
         Command::Loadgen(a) => loadgen::run(cfg, a).await,
@@ -169,19 +195,38 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
     // server down: the banner ignores write errors.
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    let styles: Vec<String> = app
+        .catalog
+        .all()
+        .iter()
+        .map(|p| p.style.to_string())
+        .collect();
+    let inference = match &app.registry {
+        Some(r) => format!("libtorch on {}", r.engine().device()),
+        None if crate::infer::model::HAS_ENGINE => "not in this process".to_owned(),
+        None => "off: this build has no model engine (use scripts/up)".to_owned(),
+    };
     let banner = match app.addr {
         Some(addr) => format!(
             "atelier is up\n  API        http://{addr}\n  log        {}\n  views      {}\n  \
+             inference  {inference}\n  styles     {}\n  \
              try        atelier emit poll --head 'Lunch?' --question Pizza --question Sushi\n  \
+             upload     atelier emit upload --session demo --style {} [IMAGE]\n  \
              stop       Ctrl-C\n",
             if embedded {
                 "embedded Kafka (mock cluster, in memory)"
             } else {
                 "Kafka"
             },
-            app.views.backend()
+            app.views.backend(),
+            if styles.is_empty() {
+                "none published".to_owned()
+            } else {
+                styles.join(", ")
+            },
+            styles.first().map_or("STYLE", String::as_str),
         ),
-        None => "atelier projector running (Ctrl-C to stop)\n".to_owned(),
+        None => format!("atelier running; inference: {inference} (Ctrl-C to stop)\n"),
     };
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     drop(out);

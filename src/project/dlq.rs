@@ -22,6 +22,41 @@ pub mod header {
     pub const ATTEMPTS: &str = "dlq_attempts";
 }
 
+/// The headers of `rec`'s dead letter: its own (earlier `dlq_` ones
+/// dropped), then where it came from and why it failed.
+pub fn headers(
+    stage: &str,
+    topic: &str,
+    partition: i32,
+    rec: &Record,
+    error: &str,
+    attempts: u32,
+) -> Vec<(String, Vec<u8>)> {
+    let mut hs: Vec<(String, Vec<u8>)> = rec
+        .header_pairs()
+        .filter(|(k, _)| !k.starts_with("dlq_"))
+        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+    hs.extend([
+        (header::STAGE.to_owned(), stage.as_bytes().to_vec()),
+        (header::ERROR.to_owned(), error.as_bytes().to_vec()),
+        (header::TOPIC.to_owned(), topic.as_bytes().to_vec()),
+        (
+            header::PARTITION.to_owned(),
+            partition.to_string().into_bytes(),
+        ),
+        (
+            header::OFFSET.to_owned(),
+            rec.offset.to_string().into_bytes(),
+        ),
+        (
+            header::ATTEMPTS.to_owned(),
+            attempts.to_string().into_bytes(),
+        ),
+    ]);
+    hs
+}
+
 /// Appends `rec` (from `topic`/`partition`) to the DLQ and waits for the
 /// broker's acknowledgement: the caller stores its offset only after that.
 pub async fn send(
@@ -33,26 +68,16 @@ pub async fn send(
     error: &str,
     attempts: u32,
 ) -> Result<(), BusError> {
-    let partition_s = partition.to_string();
-    let offset_s = rec.offset.to_string();
-    let attempts_s = attempts.to_string();
-    let mut headers: Vec<(&str, &[u8])> = rec
-        .header_pairs()
-        .filter(|(k, _)| !k.starts_with("dlq_"))
+    let owned = headers(stage, topic, partition, rec, error, attempts);
+    let hs: Vec<(&str, &[u8])> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
-    headers.extend([
-        (header::STAGE, stage.as_bytes()),
-        (header::ERROR, error.as_bytes()),
-        (header::TOPIC, topic.as_bytes()),
-        (header::PARTITION, partition_s.as_bytes()),
-        (header::OFFSET, offset_s.as_bytes()),
-        (header::ATTEMPTS, attempts_s.as_bytes()),
-    ]);
     producer
         .send_raw(
             &producer.topic(Topic::Dlq),
             rec.key.as_deref(),
-            &headers,
+            &hs,
             rec.payload.as_deref(),
         )
         .await?;

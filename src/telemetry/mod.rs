@@ -39,6 +39,22 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "atelier_http_requests_total";
     /// HTTP latency, seconds, by `route`.
     pub const HTTP_SECONDS: &str = "atelier_http_seconds";
+    /// Model calls, seconds, by `style`.
+    pub const INFER_SECONDS: &str = "atelier_infer_seconds";
+    /// Images per model call, by `style`.
+    pub const INFER_BATCH: &str = "atelier_infer_batch_images";
+    /// Time per pipeline stage and image, seconds, by `stage` (decode,
+    /// queue, encode) .
+    pub const INFER_STAGE_SECONDS: &str = "atelier_infer_stage_seconds";
+    /// Uploads finished by the inference workers, by `outcome`
+    /// (completed, failed).
+    pub const INFER_DONE: &str = "atelier_infer_uploads_total";
+    /// Transient failures retried, by `stage`.
+    pub const INFER_RETRIES: &str = "atelier_infer_retries_total";
+    /// Models loaded into memory, by `style`.
+    pub const MODEL_LOADS: &str = "atelier_model_loads_total";
+    /// Uploads accepted at the edge, by `content_type`.
+    pub const UPLOADS: &str = "atelier_uploads_total";
 }
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -69,6 +69,7 @@ async fn setup(b: Backends) -> Option<(App, String, HashMap<i32, i64>)> {
         Roles {
             api: false,
             projector: false,
+            infer: false,
         },
     )
     .await

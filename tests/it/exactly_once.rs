@@ -479,6 +479,7 @@ async fn exactly_once(b: Backends) {
         Roles {
             api: false,
             projector: false,
+            infer: false,
         },
     )
     .await

@@ -186,6 +186,7 @@ async fn likes_and_joins_exactly_once(b: Backends) {
         Roles {
             api: false,
             projector: false,
+            infer: false,
         },
     )
     .await
@@ -565,6 +566,7 @@ async fn stream_works_when_projectors_run_elsewhere() {
         Roles {
             api: false,
             projector: true,
+            infer: false,
         },
     )
     .await
@@ -574,6 +576,7 @@ async fn stream_works_when_projectors_run_elsewhere() {
         Roles {
             api: true,
             projector: false,
+            infer: false,
         },
     )
     .await;

@@ -1,0 +1,295 @@
+//! Image uploads: `POST /v1/uploads` (multipart), the images themselves,
+//! and the styles on offer.
+//!
+//! Everything is checked before a byte is stored: the size while the body
+//! streams in (413 past `uploads.max_bytes`), the type from the bytes (415
+//! unless JPEG, PNG or WebP, whatever the file name says), the pixel
+//! dimensions from the header against the caps (422: a decompression bomb
+//! is never decoded), that the file is complete (422 for a truncated one),
+//! and that the style has a published model (422). Then the image goes to
+//! the blob store under a key with 128 random bits, `UploadReceived` is
+//! appended, and the answer is 202 with the upload id and a token.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::multipart::MultipartError;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::common::{accepted, append, etagged};
+use super::json::{MultipartForm, QueryParams};
+use super::{ApiError, AppState, Authed, new_id};
+use crate::event::{EventData, ModelVersion, SessionKey, Style, UploadId, UploadReceived};
+use crate::infer::codec::{self, Caps, Rejection};
+use crate::infer::registry::sha256_hex;
+use crate::telemetry::names;
+
+/// Multipart overhead allowed beyond the image (boundaries, text fields).
+const FORM_OVERHEAD: usize = 64 * 1024;
+/// Longest text field.
+const MAX_TEXT: usize = 256;
+
+pub(super) fn routes(max_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/uploads",
+            post(create).layer(DefaultBodyLimit::max(max_bytes + FORM_OVERHEAD)),
+        )
+        .route("/v1/uploads/{id}/image", get(image))
+        .route("/v1/styles", get(styles))
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "image_too_large",
+        format!("the image is larger than {max} bytes"),
+    )
+}
+
+fn multipart_error(e: MultipartError, max: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(max)
+    } else {
+        ApiError::bad_request("invalid_multipart", e.body_text())
+    }
+}
+
+fn rejection(r: Rejection) -> ApiError {
+    let (status, code) = match r {
+        Rejection::Empty => (StatusCode::UNPROCESSABLE_ENTITY, "empty_image"),
+        Rejection::UnsupportedType => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image_type")
+        }
+        Rejection::BadHeader(..) => (StatusCode::UNPROCESSABLE_ENTITY, "corrupt_image"),
+        Rejection::TooManyPixels { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels"),
+        Rejection::Truncated(_) => (StatusCode::UNPROCESSABLE_ENTITY, "truncated_image"),
+    };
+    let mut e = ApiError::new(status, code, r.to_string());
+    e.field = Some("image".into());
+    e
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    let mut e = ApiError::unprocessable("invalid_field", reason);
+    e.field = Some(field.into());
+    e
+}
+
+/// The form's fields, read in any order.
+#[derive(Default)]
+struct Form {
+    image: Option<Vec<u8>>,
+    session_key: Option<String>,
+    slot: Option<String>,
+    style: Option<String>,
+}
+
+async fn read_form(mut mp: Multipart, max: usize) -> Result<Form, ApiError> {
+    let mut form = Form::default();
+    while let Some(mut field) = mp.next_field().await.map_err(|e| multipart_error(e, max))? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let limit = if name == "image" { max } else { MAX_TEXT };
+        let mut buf = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+            if buf.len() + chunk.len() > limit {
+                return Err(if name == "image" {
+                    too_large(max)
+                } else {
+                    invalid(&name, format!("longer than {MAX_TEXT} bytes"))
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let text =
+            |buf: Vec<u8>| String::from_utf8(buf).map_err(|_| invalid(&name, "must be UTF-8 text"));
+        let slot = match name.as_str() {
+            "image" => {
+                form.image = Some(buf);
+                continue;
+            }
+            "session_key" => &mut form.session_key,
+            "slot" => &mut form.slot,
+            "style" => &mut form.style,
+            _ => {
+                return Err(invalid(
+                    &name,
+                    "unknown field; the form has image, session_key, slot and style",
+                ));
+            }
+        };
+        *slot = Some(text(buf)?);
+    }
+    Ok(form)
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, ApiError> {
+    v.ok_or_else(|| invalid(field, format!("the form needs a {field} field")))
+}
+
+async fn create(
+    State(st): State<AppState>,
+    Authed(principal): Authed,
+    MultipartForm(mp): MultipartForm,
+) -> Result<Response, ApiError> {
+    let max = st.uploads.max_bytes;
+    let form = read_form(mp, max).await?;
+    let image = required(form.image, "image")?;
+    let session_key = SessionKey::parse(required(form.session_key, "session_key")?.trim())?;
+    let slot: u8 = required(form.slot, "slot")?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s| (1..=3).contains(s))
+        .ok_or_else(|| invalid("slot", "must be 1, 2 or 3"))?;
+    let style = Style::parse(required(form.style, "style")?.trim())?;
+    if st.catalog.get(&style).is_none() {
+        let known: Vec<String> = st
+            .catalog
+            .all()
+            .iter()
+            .map(|p| p.style.to_string())
+            .collect();
+        let mut e = ApiError::unprocessable(
+            "unknown_style",
+            format!(
+                "no model for style {:?}; styles: {}",
+                style.as_str(),
+                known.join(", ")
+            ),
+        );
+        e.field = Some("style".into());
+        return Err(e);
+    }
+    let info = codec::inspect(&image, Caps::from(&st.uploads)).map_err(rejection)?;
+
+    let upload_id = UploadId(new_id());
+    // 128 random bits in the key: knowing an upload id is not enough to
+    // guess where its bytes lie.
+    let secret = uuid::Uuid::new_v4().simple();
+    let object_key = format!(
+        "uploads/{upload_id}/{secret}/original.{}",
+        info.kind.extension()
+    );
+    let sha256 = sha256_hex(&image);
+    let bytes = image.len() as u64;
+    st.blobs
+        .put(&object_key, Bytes::from(image), info.kind.content_type())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "storing an upload failed");
+            ApiError::unavailable("blobs_unavailable", "the image store is unavailable; retry")
+        })?;
+    let data = UploadReceived {
+        upload_id,
+        session_key,
+        slot,
+        style,
+        object_key,
+        content_type: info.kind.content_type().to_owned(),
+        bytes,
+        width: info.width,
+        height: info.height,
+        sha256,
+    };
+    let (event_id, token) = append(&st, principal, EventData::UploadReceived(data)).await?;
+    metrics::counter!(names::UPLOADS, "content_type" => info.kind.content_type()).increment(1);
+    Ok(accepted(
+        event_id,
+        Some(("upload_id", upload_id.to_string())),
+        token,
+        Some(format!("/v1/uploads/{upload_id}")),
+    ))
+}
+
+/// Which image of an upload.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Variant {
+    /// What was uploaded.
+    #[default]
+    Input,
+    /// The stylized output (404 `not_ready` until it exists).
+    Output,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageQuery {
+    #[serde(default)]
+    variant: Variant,
+}
+
+/// `GET /v1/uploads/{id}/image?variant=input|output`: one view query for
+/// the upload's keys, then the bytes. Keys never change meaning (an output
+/// key names its model version), so answers are cacheable for good.
+async fn image(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<ImageQuery>,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found("unknown_upload", format!("no upload {id:?}"));
+    let upload_id = UploadId::parse(&id).map_err(|_| unknown())?;
+    let card = st.views.upload(upload_id).await?.ok_or_else(unknown)?;
+    let (key, content_type) = match q.variant {
+        Variant::Input => (card.input_key, card.content_type),
+        Variant::Output => (card.output_key, Some("image/jpeg".to_owned())),
+    };
+    let key = key.ok_or_else(|| {
+        ApiError::not_found("not_ready", format!("upload {upload_id} has no output yet"))
+    })?;
+    let bytes = st.blobs.get(&key).await.map_err(|e| match e {
+        crate::blob::BlobError::NotFound(_) => ApiError::not_found(
+            "image_missing",
+            format!("the image of upload {upload_id} is gone"),
+        ),
+        e => {
+            tracing::warn!(error = %e, "reading an image failed");
+            ApiError::unavailable("blobs_unavailable", "the image store is unavailable; retry")
+        }
+    })?;
+    let mut res = Body::from(bytes).into_response();
+    let h = res.headers_mut();
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(res)
+}
+
+/// A style on offer.
+#[derive(Debug, Serialize)]
+struct StyleInfo {
+    style: Style,
+    version: ModelVersion,
+}
+
+/// The styles with a published model.
+#[derive(Debug, Serialize)]
+struct Styles {
+    styles: Vec<StyleInfo>,
+}
+
+async fn styles(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let styles = st
+        .catalog
+        .all()
+        .into_iter()
+        .map(|p| StyleInfo {
+            style: p.style,
+            version: p.version,
+        })
+        .collect();
+    etagged(&headers, &Styles { styles })
+}
