@@ -361,6 +361,10 @@ pub struct InferConfig {
     pub commit_interval_ms: u64,
     /// Completions and offsets in one transaction.
     pub transactions: Transactions,
+    /// Fault injection: hold every commit open this long after its records
+    /// are sent, so that a kill lands between records and offsets (the
+    /// exactly-once test uses it; 0 in production).
+    pub commit_delay_ms: u64,
     /// This worker's stable name (its transactional id). Keep it across
     /// restarts, distinct per worker: a restarted worker then aborts its
     /// predecessor's open transaction at once. Empty: the host name.
@@ -388,6 +392,7 @@ impl Default for InferConfig {
             retry_base_ms: 200,
             commit_interval_ms: 50,
             transactions: Transactions::Auto,
+            commit_delay_ms: 0,
             instance: String::new(),
             models_dir: String::new(),
         }

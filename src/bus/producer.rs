@@ -14,7 +14,7 @@ use crate::event::wire::{self, WireRecord};
 use crate::event::{Event, Topic};
 
 /// Properties that only mean something to a consumer.
-fn is_consumer_only(k: &str) -> bool {
+pub(crate) fn is_consumer_only(k: &str) -> bool {
     [
         "group.",
         "session.timeout.ms",

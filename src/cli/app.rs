@@ -190,9 +190,10 @@ impl App {
             tasks.push((
                 "models follower",
                 tokio::spawn(async move {
-                    registry::follow(&kafka, &brokers, catalog, registry, ready_tx, token)
-                        .await
-                        .context("models follower")
+                    Ok(
+                        registry::follow(&kafka, &brokers, catalog, registry, ready_tx, token)
+                            .await?,
+                    )
                 }),
             ));
         }
@@ -220,7 +221,7 @@ impl App {
             let token = shutdown.clone();
             tasks.push((
                 "inference worker",
-                tokio::spawn(async move { worker.run(token).await.context("inference worker") }),
+                tokio::spawn(async move { Ok(worker.run(token).await?) }),
             ));
         }
 

@@ -218,6 +218,7 @@ impl InferWorker {
                 out,
                 transactional,
                 interval: Duration::from_millis(self.cfg.commit_interval_ms.max(1)),
+                delay: Duration::from_millis(self.cfg.commit_delay_ms),
                 parts: HashMap::new(),
             };
             let fatal = fatal.clone();
@@ -380,9 +381,11 @@ fn out_producer(
     transactional: bool,
     instance: &str,
 ) -> Result<FutureProducer, InferError> {
-    let mut c = base.clone();
-    for k in ["session.timeout.ms", "fetch.wait.max.ms"] {
-        c.remove(k);
+    let mut c = ClientConfig::new();
+    for (k, v) in base.config_map() {
+        if !crate::bus::producer::is_consumer_only(k) {
+            c.set(k, v);
+        }
     }
     c.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -400,7 +403,8 @@ fn out_producer(
             "transactional.id",
             format!("{}.{instance}", kafka.group(GROUP)),
         )
-        .set("transaction.timeout.ms", "20000");
+        .set("transaction.timeout.ms", "20000")
+        .set("message.timeout.ms", "15000");
     }
     let p: FutureProducer = c.create()?;
     if transactional {
@@ -846,6 +850,7 @@ struct Committer {
     out: FutureProducer,
     transactional: bool,
     interval: Duration,
+    delay: Duration,
     parts: HashMap<Tp, PartState>,
 }
 
@@ -1007,6 +1012,8 @@ impl Committer {
         let attempt = || -> Result<(), KafkaError> {
             self.out.begin_transaction()?;
             drop(self.send_all(outs)?);
+            self.out.flush(t)?;
+            std::thread::sleep(self.delay);
             let meta = self
                 .consumer
                 .group_metadata()
@@ -1048,6 +1055,7 @@ impl Committer {
                 Err(_) => return Err(Fatal::No("delivery cancelled".into())),
             }
         }
+        std::thread::sleep(self.delay);
         self.consumer
             .commit(offsets, CommitMode::Sync)
             .map_err(|e| Fatal::No(e.to_string()))

@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use atelier::blob::{BlobError, BlobStore, LocalBlobs, S3Blobs};
-use atelier::config::{BlobBackend, BlobConfig, Secret};
 use bytes::Bytes;
 
-use crate::helpers::{Backends, real, unique};
+use crate::helpers::{Backends, unique};
 
 async fn store(b: Backends) -> Option<(Arc<dyn BlobStore>, String)> {
     let prefix = format!("t{}/", unique());
@@ -17,18 +16,7 @@ async fn store(b: Backends) -> Option<(Arc<dyn BlobStore>, String)> {
             (Arc::new(LocalBlobs::new(dir).unwrap()), prefix)
         }
         Backends::Real => {
-            let endpoint = real("ATELIER_IT_S3_ENDPOINT")?;
-            let cfg = BlobConfig {
-                backend: BlobBackend::S3,
-                endpoint,
-                bucket: std::env::var("ATELIER_IT_S3_BUCKET")
-                    .unwrap_or_else(|_| "atelier-test".into()),
-                region: std::env::var("ATELIER_IT_S3_REGION")
-                    .unwrap_or_else(|_| "us-east-1".into()),
-                access_key: std::env::var("ATELIER_IT_S3_ACCESS_KEY").unwrap_or_default(),
-                secret_key: Secret(std::env::var("ATELIER_IT_S3_SECRET_KEY").unwrap_or_default()),
-                force_path_style: true,
-            };
+            let cfg = crate::helpers::s3_blobs()?;
             let s = S3Blobs::connect(&cfg).await.unwrap();
             s.ensure_bucket().await.unwrap();
             (Arc::new(s), prefix)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use atelier::cli::app::{App, Roles};
-use atelier::config::{Config, Secret, ViewBackend, ViewsConfig};
+use atelier::config::{BlobBackend, BlobConfig, Config, Secret, ViewBackend, ViewsConfig};
 use serde_json::Value;
 
 pub const SECRET: &str = "test-secret";
@@ -54,6 +54,24 @@ pub fn cql_views(contact: &str) -> ViewsConfig {
     }
 }
 
+/// The real S3 server's bucket.
+pub fn s3_blobs() -> Option<BlobConfig> {
+    Some(BlobConfig {
+        backend: BlobBackend::S3,
+        endpoint: real("ATELIER_IT_S3_ENDPOINT")?,
+        // A bucket per test: listings in one test never see another's.
+        bucket: format!(
+            "{}-{}",
+            env("ATELIER_IT_S3_BUCKET").unwrap_or_else(|| "atelier-test".into()),
+            unique()
+        ),
+        region: env("ATELIER_IT_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        access_key: env("ATELIER_IT_S3_ACCESS_KEY").unwrap_or_default(),
+        secret_key: Secret(env("ATELIER_IT_S3_SECRET_KEY").unwrap_or_default()),
+        force_path_style: true,
+    })
+}
+
 /// A configuration for `b`, or `None` when the real services are absent.
 pub async fn config(b: Backends) -> Option<Config> {
     let mut cfg = Config {
@@ -71,6 +89,7 @@ pub async fn config(b: Backends) -> Option<Config> {
         let cql = real("ATELIER_IT_CQL")?;
         cfg.kafka.brokers = kafka.clone();
         cfg.views = cql_views(&cql);
+        cfg.blobs = s3_blobs()?;
         atelier::bus::topics::apply(&cfg.kafka, &kafka, false)
             .await
             .expect("topics apply");
@@ -86,9 +105,19 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// API and projectors (inference tests add the worker themselves).
     pub async fn spawn(b: Backends) -> Option<TestApp> {
         let cfg = config(b).await?;
-        Some(Self::start(cfg, Roles::ALL).await)
+        Some(
+            Self::start(
+                cfg,
+                Roles {
+                    infer: false,
+                    ..Roles::ALL
+                },
+            )
+            .await,
+        )
     }
 
     pub async fn start(cfg: Config, roles: Roles) -> TestApp {

@@ -27,6 +27,8 @@ mod consumer;
 mod exactly_once;
 mod feed;
 mod helpers;
+#[cfg(feature = "torch")]
+mod infer;
 mod kill;
 mod one_query;
 mod openapi;
