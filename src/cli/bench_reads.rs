@@ -273,7 +273,15 @@ async fn reads(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
             .context("creating the run's topics")?;
         "Kafka"
     };
-    let app = match App::start(cfg.clone(), Roles::ALL).await {
+    let app = match App::start(
+        cfg.clone(),
+        Roles {
+            infer: false,
+            ..Roles::ALL
+        },
+    )
+    .await
+    {
         Ok(app) => app,
         Err(e) => {
             if !a.keep {
