@@ -1392,6 +1392,7 @@ fn schemas() -> Value {
                 "decode_ms": count("Fetch and decode."),
                 "infer_ms": count("Model execution (the batch's share)."),
                 "encode_ms": count("Encode and store."),
+                "batch": {"type": "integer", "minimum": 1, "description": "Images in the model call that ran it."},
             },
         }),
     );

@@ -94,16 +94,22 @@ async fn read_form(mut mp: Multipart, max: usize) -> Result<Form, ApiError> {
     while let Some(mut field) = mp.next_field().await.map_err(|e| multipart_error(e, max))? {
         let name = field.name().unwrap_or_default().to_owned();
         let limit = if name == "image" { max } else { MAX_TEXT };
-        let mut buf = Vec::new();
+        let (mut buf, mut seen) = (Vec::new(), 0usize);
         while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
-            if buf.len() + chunk.len() > limit {
-                return Err(if name == "image" {
-                    too_large(max)
-                } else {
-                    invalid(&name, format!("longer than {MAX_TEXT} bytes"))
-                });
+            // Past the limit, keep reading (up to the body limit) without
+            // keeping: a client still writing its body then reads the 413
+            // instead of a reset connection.
+            seen += chunk.len();
+            if seen <= limit {
+                buf.extend_from_slice(&chunk);
             }
-            buf.extend_from_slice(&chunk);
+        }
+        if seen > limit {
+            return Err(if name == "image" {
+                too_large(max)
+            } else {
+                invalid(&name, format!("longer than {MAX_TEXT} bytes"))
+            });
         }
         let text =
             |buf: Vec<u8>| String::from_utf8(buf).map_err(|_| invalid(&name, "must be UTF-8 text"));

@@ -48,6 +48,13 @@ pub(super) enum BenchCmd {
     /// Read latency and throughput per endpoint, and produce-to-visible
     /// freshness, against the configured (or given) backends.
     Reads(ReadsArgs),
+    /// Inference: images/s and latency against Python in-process and one
+    /// Python process per image, a batch-size sweep, and (--memory)
+    /// resident memory with 1 and 8 uploads in flight.
+    Infer(super::bench_infer::InferArgs),
+    /// One memory measurement of `bench infer --memory` (run as a child).
+    #[command(hide = true)]
+    InferMemoryProbe(super::bench_infer::MemoryProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +128,8 @@ pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Other(c) => super::bench::run(cfg, c).await,
         BenchCmd::Reads(a) => reads(cfg, a).await,
+        BenchCmd::Infer(a) => super::bench_infer::run(cfg, a).await,
+        BenchCmd::InferMemoryProbe(a) => super::bench_infer::memory_probe(cfg, a).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod app;
 mod bench;
+mod bench_infer;
 mod bench_reads;
 mod emit;
 mod loadgen;

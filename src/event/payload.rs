@@ -268,6 +268,13 @@ pub struct Timings {
     pub infer_ms: u64,
     /// Encode and store.
     pub encode_ms: u64,
+    /// Images in the model call that ran it (0: not recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The stylized image is stored.

@@ -378,6 +378,7 @@ mod tests {
                     decode_ms: 2,
                     infer_ms: 3,
                     encode_ms: 4,
+                    batch: 0,
                 },
             })),
         ]

@@ -112,6 +112,7 @@ struct Inferred {
     pixels: Vec<u8>,
     queue_ms: u64,
     infer_ms: u64,
+    batch: u32,
 }
 
 /// A record the committer appends with the offsets.
@@ -181,9 +182,21 @@ impl InferWorker {
         }
     }
 
+    /// The batch size: configured, or 8 on CUDA and 1 on the CPU, where
+    /// larger batches measured slower (`atelier bench infer`) and hold
+    /// every image's activations at once.
+    pub fn max_batch(&self) -> usize {
+        match self.cfg.max_batch {
+            0 if self.registry.engine().device().starts_with("cuda") => 8,
+            0 => 1,
+            n => n,
+        }
+    }
+
     /// Runs until `shutdown` (then drains what is in flight, briefly) or a
     /// fatal error.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), InferError> {
+        self.cfg.max_batch = self.max_batch();
         // Models first: an upload must not fail for a model still loading.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -723,6 +736,7 @@ fn model_loop(sh: &Shared, mut rx: mpsc::Receiver<Vec<Ready>>, tx: mpsc::Sender<
             .record(elapsed.as_secs_f64());
         metrics::histogram!(names::INFER_BATCH, "style" => style).record(batch.len() as f64);
         let infer_ms = elapsed.as_millis() as u64 / batch.len() as u64;
+        let size = batch.len() as u32;
         match result {
             Ok(out) => {
                 let per = (h * w * 3) as usize;
@@ -736,6 +750,7 @@ fn model_loop(sh: &Shared, mut rx: mpsc::Receiver<Vec<Ready>>, tx: mpsc::Sender<
                         ready,
                         queue_ms,
                         infer_ms,
+                        batch: size,
                     };
                     if tx.blocking_send(item).is_err() {
                         return;
@@ -773,6 +788,7 @@ async fn encode_and_store(sh: Arc<Shared>, item: Inferred) {
         pixels,
         queue_ms,
         infer_ms,
+        batch,
     } = item;
     let img = &ready.image;
     let (bw, w, h, q) = (img.bucket_w, img.width, img.height, sh.cfg.jpeg_quality);
@@ -825,6 +841,7 @@ async fn encode_and_store(sh: Arc<Shared>, item: Inferred) {
                 decode_ms: ready.decode_ms,
                 infer_ms,
                 encode_ms,
+                batch,
             },
         },
     )));

@@ -48,6 +48,7 @@ fn lifecycle(session: &SessionKey, upload: UploadId, slot: u8, fail: bool) -> Ve
                 decode_ms: 2,
                 infer_ms: 3,
                 encode_ms: 4,
+                batch: 0,
             },
         })
     };

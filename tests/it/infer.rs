@@ -269,7 +269,7 @@ async fn bad_uploads_are_refused_at_the_edge(b: Backends) {
             "over the limit",
             {
                 let mut big = jpeg(64, 64, 2);
-                big.resize(400_000, 0);
+                big.resize(330_000, 0);
                 big
             },
             413,
@@ -557,6 +557,10 @@ async fn one_model_copy_and_a_swap_without_dropping_work() {
         return;
     };
     let dir = PathBuf::from(&cfg.infer.models_dir);
+    // Batches of up to four, waiting up to 300 ms to fill.
+    let mut cfg = cfg;
+    cfg.infer.max_batch = 4;
+    cfg.infer.max_delay_ms = 300;
     let t = spawn(cfg).await;
     let registry = t.app.registry.clone().expect("inference runs");
     eventually(30, "both models to load", || async {
@@ -583,12 +587,20 @@ async fn one_model_copy_and_a_swap_without_dropping_work() {
     )
     .await
     .unwrap();
+    let mut batched = 0;
     for id in &ids {
         let job = finished(&t, id, 60).await;
         assert_eq!(job["status"], "completed", "{job}");
         let v = job["model_version"].as_str().unwrap();
         assert!(v == first.version.as_str() || v == "v2", "{job}");
+        let batch = job["timings"]["batch"].as_u64().unwrap();
+        assert!((1..=4).contains(&batch), "{job}");
+        batched += usize::from(batch > 1);
     }
+    assert!(
+        batched > 0,
+        "16 uploads within 300 ms of each other formed no batch"
+    );
     eventually(30, "the new version to load", || async {
         (registry
             .get(&Style::parse("sketch").unwrap())?
