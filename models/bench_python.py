@@ -6,8 +6,12 @@
 
 Modes:
 
-- ``forward``: fixed-seed random float tensors B×3×S×S in [0, 255]; times
-  ceil(N/B) forward calls after W warm-up calls. Latency is per batch.
+- ``forward``: the model alone, ceil(N/B) calls after W warm-up calls;
+  latency is per batch. With ``--inputs DIR`` the batches are those JPEGs,
+  decoded before timing, and each timed call converts uint8 RGB to float,
+  runs the model and converts back to uint8, exactly as the Rust engine's
+  call does (the model's speed can depend on the pixels, so both sides run
+  the same ones). Without it: fixed-seed random float tensors.
 - ``pipeline``: JPEG files from ``--inputs DIR`` (all S×S; reused in a cycle
   when there are fewer than N). The file bytes are read into memory before
   timing; per batch of B the timed work is PIL decode → float tensor →
@@ -48,18 +52,38 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def bench_forward(model: torch.jit.ScriptModule, args: argparse.Namespace) -> tuple[float, list[float]]:
-    """Time forward calls on random batches: (wall seconds, per-batch latencies)."""
-    gen = torch.Generator().manual_seed(INPUT_SEED)
-    # A few distinct batches, made before timing so generation is not measured.
-    pool = [torch.rand(args.batch, 3, args.size, args.size, generator=gen) * 255.0 for _ in range(4)]
+    """Time forward calls: (wall seconds, per-batch latencies)."""
+    if args.inputs is not None:
+        images = []
+        for blob in load_jpegs(args.inputs, args.size):
+            with Image.open(io.BytesIO(blob)) as img:
+                images.append(np.asarray(img.convert("RGB")))
+        # Batches of B consecutive images (cycling), decoded before timing.
+        pool_u8 = [
+            np.stack([images[(i * args.batch + j) % len(images)] for j in range(args.batch)])
+            for i in range(max(1, len(images) // args.batch))
+        ]
+
+        def call(i: int) -> None:
+            batch = torch.from_numpy(pool_u8[i % len(pool_u8)]).permute(0, 3, 1, 2).to(torch.float32)
+            model(batch).clamp(0.0, 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    else:
+        gen = torch.Generator().manual_seed(INPUT_SEED)
+        # A few distinct batches, made before timing so generation is not measured.
+        pool = [torch.rand(args.batch, 3, args.size, args.size, generator=gen) * 255.0 for _ in range(4)]
+
+        def call(i: int) -> None:
+            model(pool[i % len(pool)])
+
     for i in range(args.warmup):
-        model(pool[i % len(pool)])
+        call(i)
     calls = math.ceil(args.images / args.batch)
     latencies: list[float] = []
     begin = time.perf_counter()
     for i in range(calls):
         start = time.perf_counter()
-        model(pool[i % len(pool)])
+        call(i)
         latencies.append(time.perf_counter() - start)
     return time.perf_counter() - begin, latencies
 

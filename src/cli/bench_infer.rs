@@ -7,7 +7,7 @@
 //! Rows:
 //! - `rust forward`: the engine alone (tch), `batch` images per call.
 //! - `python forward`: `models/bench_python.py --mode forward`, same model,
-//!   threads and batch.
+//!   threads, batch and pixels (uint8 in and out, as the engine's call).
 //! - `rust pipeline`: the whole worker on the embedded log and blob store:
 //!   JPEGs appended as uploads, timed until their cards say `completed`
 //!   (throughput with all images queued; latency with one in flight).
@@ -195,7 +195,7 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
             std::fs::write(inputs.join(format!("img{i:03}.jpg")), j)?;
         }
         for &batch in &a.batches {
-            let r = rust_forward(&loaded, size, batch, n)?;
+            let r = rust_forward(&loaded, size, batch, n, &jpegs)?;
             print(&r, a.json);
             rows.push(r);
             if let Some(py) = &python {
@@ -238,10 +238,19 @@ fn rust_forward(
     size: u32,
     batch: usize,
     n: usize,
+    jpegs: &[Vec<u8>],
 ) -> anyhow::Result<Row> {
-    let data: Vec<u8> = (0..batch * (size * size * 3) as usize)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
+    // The same pictures as every other row (a model's speed can depend on
+    // the pixels), decoded before timing: the timed call converts, runs
+    // and converts back, as the worker's model thread does.
+    let caps = codec::Caps {
+        max_side: size,
+        max_pixels: u64::from(size) * u64::from(size),
+    };
+    let mut data = Vec::with_capacity(batch * (size * size * 3) as usize);
+    for i in 0..batch {
+        data.extend_from_slice(codec::decode(&jpegs[i % jpegs.len()], caps)?.as_raw());
+    }
     let input = Pixels {
         n: batch,
         height: size,

@@ -873,21 +873,40 @@ struct Committer {
 
 impl Committer {
     fn run(mut self, rx: std_mpsc::Receiver<ToCommitter>) -> Result<(), InferError> {
-        let mut next = Instant::now() + self.interval;
+        // Commit as soon as a partition has a finished prefix, but at most
+        // once per interval (each commit is a transaction: a few round
+        // trips), and block without a timer while nothing is ready.
+        let mut last = Instant::now() - self.interval;
         loop {
-            let wait = next.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(ToCommitter::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    return self.commit();
+            let msg = if self.ready() {
+                let wait = (last + self.interval).saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(ToCommitter::Stop),
                 }
-                Ok(msg) => self.apply(msg),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            } else {
+                Some(rx.recv().unwrap_or(ToCommitter::Stop))
+            };
+            match msg {
+                Some(ToCommitter::Stop) => return self.commit(),
+                Some(m) => self.apply(m),
+                None => {}
             }
-            if Instant::now() >= next {
+            if self.ready() && Instant::now() >= last + self.interval {
                 self.commit()?;
-                next = Instant::now() + self.interval;
+                last = Instant::now();
             }
         }
+    }
+
+    /// Whether some partition's lowest registered offset is finished.
+    fn ready(&self) -> bool {
+        self.parts.values().any(|p| {
+            p.offsets
+                .first_key_value()
+                .is_some_and(|(_, d)| d.is_some())
+        })
     }
 
     fn apply(&mut self, msg: ToCommitter) {
