@@ -53,6 +53,9 @@ pub(super) struct InferArgs {
     /// at least 2).
     #[arg(long, default_value_t = 16)]
     images: usize,
+    /// Rounds of the forward rows (Rust and Python in turn; medians shown).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Images run as one Python process each.
     #[arg(long, default_value_t = 4)]
     subprocess_images: usize,
@@ -111,6 +114,13 @@ impl Row {
             "p99_ms": round2(self.p99_ms),
         })
     }
+}
+
+/// The row with the median throughput (`None` for no rows).
+fn median(mut rows: Vec<Row>) -> Option<Row> {
+    rows.sort_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s));
+    let mid = rows.len() / 2;
+    (!rows.is_empty()).then(|| rows.swap_remove(mid))
 }
 
 fn round2(x: f64) -> f64 {
@@ -195,11 +205,18 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
             std::fs::write(inputs.join(format!("img{i:03}.jpg")), j)?;
         }
         for &batch in &a.batches {
-            let r = rust_forward(&loaded, size, batch, n, &jpegs)?;
-            print(&r, a.json);
-            rows.push(r);
-            if let Some(py) = &python {
-                let r = python_bench(py, &a, &file, threads, "forward", batch, size, n, &inputs)?;
+            // Rust and Python in turn, `repeat` times: the median of each
+            // (this machine's speed drifts by tens of percent in minutes).
+            let (mut rs, mut ps) = (Vec::new(), Vec::new());
+            for _ in 0..a.repeat.max(1) {
+                rs.push(rust_forward(&loaded, size, batch, n, &jpegs)?);
+                if let Some(py) = &python {
+                    ps.push(python_bench(
+                        py, &a, &file, threads, "forward", batch, size, n, &inputs,
+                    )?);
+                }
+            }
+            for r in [median(rs), median(ps)].into_iter().flatten() {
                 print(&r, a.json);
                 rows.push(r);
             }
@@ -257,7 +274,11 @@ fn rust_forward(
         width: size,
         data: &data,
     };
-    m.run(input)?; // warm-up
+    // Warm-up: TorchScript's profiling executor optimizes the graph after
+    // its first runs.
+    for _ in 0..3 {
+        m.run(input)?;
+    }
     let calls = n.div_ceil(batch);
     let mut lat = Vec::with_capacity(calls);
     let t0 = Instant::now();
@@ -299,7 +320,7 @@ fn python_bench(
         .args(["--batch", &batch.to_string()])
         .args(["--size", &size.to_string()])
         .args(["--images", &n.to_string()])
-        .args(["--warmup", "1"])
+        .args(["--warmup", "3"])
         .args(["--inputs", &inputs.to_string_lossy()])
         .output()
         .with_context(|| format!("running {py} {}", a.scripts.display()))?;

@@ -87,6 +87,13 @@ impl From<KafkaError> for InferError {
 
 type Tp = (String, i32);
 
+/// How long a full in-flight window may last before the partitions are
+/// paused. A pause and resume restarts the fetch (measured ~0.7 s a cycle
+/// on the mock cluster: one upload at a time ran at 1 image/s with an
+/// immediate pause, against 3.6 without); meanwhile librdkafka's prefetch
+/// stays bounded by `queued.max.messages.kbytes`.
+const PAUSE_GRACE: Duration = Duration::from_millis(500);
+
 /// One consumed upload record on its way through the stages.
 struct Job {
     tp: Tp,
@@ -278,10 +285,12 @@ impl InferWorker {
         let mut failure = None;
         loop {
             if permit.is_none() {
-                permit = match in_flight.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
+                let quick = tokio::time::timeout(PAUSE_GRACE, in_flight.clone().acquire_owned());
+                permit = match quick.await {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(_)) => break,
                     Err(_) => {
-                        // Full: stop fetching rather than buffer.
+                        // Full for a while: stop fetching rather than buffer.
                         let assigned = consumer.assignment()?;
                         consumer.pause(&assigned)?;
                         metrics::gauge!(names::PAUSED).increment(assigned.count() as f64);
