@@ -70,7 +70,8 @@ impl Record {
         r
     }
 
-    fn of(m: &BorrowedMessage<'_>) -> Self {
+    /// Owns a consumed message.
+    pub fn of(m: &BorrowedMessage<'_>) -> Self {
         match m.headers() {
             Some(hs) => Self::new(
                 m.offset(),

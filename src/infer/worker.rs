@@ -330,7 +330,7 @@ impl InferWorker {
                             next_gen += 1;
                             next_gen
                         });
-                        let rec = record_of(&m);
+                        let rec = Record::of(&m);
                         metrics::counter!(names::CONSUMED, "topic" => tp.0.clone(), "stage" => STAGE)
                             .increment(1);
                         let _ = commit_tx.send(ToCommitter::Register(tp.clone(), generation, rec.offset));
@@ -381,19 +381,6 @@ impl InferWorker {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-}
-
-fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-    use rdkafka::message::Headers;
-    match m.headers() {
-        Some(hs) => Record::new(
-            m.offset(),
-            m.key(),
-            hs.iter().map(|h| (h.key, h.value.unwrap_or_default())),
-            m.payload(),
-        ),
-        None => Record::new(m.offset(), m.key(), [], m.payload()),
     }
 }
 
