@@ -149,6 +149,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--images", type=int, required=True, help="images to time (rounded up to whole batches)")
     parser.add_argument("--warmup", type=int, required=True, help="untimed batches first")
     parser.add_argument("--inputs", type=Path, help="directory of S×S JPEG files (pipeline mode)")
+    parser.add_argument(
+        "--grad-mode",
+        choices=("inference", "no_grad"),
+        default="inference",
+        help="torch.inference_mode() (default) or torch.no_grad(), which is what tch offers",
+    )
     args = parser.parse_args(argv)
     for name in ("threads", "batch", "size", "images"):
         if getattr(args, name) < 1:
@@ -167,7 +173,8 @@ def main(argv: Sequence[str]) -> int:
     log(f"{args.model} mode={args.mode} threads={args.threads} batch={args.batch} size={args.size}")
 
     # `seconds` covers the timed batches only, not loading or warm-up.
-    with torch.inference_mode():
+    grad_mode = torch.inference_mode() if args.grad_mode == "inference" else torch.no_grad()
+    with grad_mode:
         if args.mode == "forward":
             seconds, latencies = bench_forward(model, args)
             images = len(latencies) * args.batch
