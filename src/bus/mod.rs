@@ -42,3 +42,21 @@ pub fn client_config(cfg: &KafkaConfig, brokers: &str) -> ClientConfig {
     }
     c
 }
+
+/// The configuration of a private tail consumer: a fresh group of its own
+/// that commits nothing and reads only committed records, starting at
+/// `reset` (`earliest` or `latest`).
+pub fn tail_config(cfg: &KafkaConfig, brokers: &str, name: &str, reset: &str) -> ClientConfig {
+    let mut c = client_config(cfg, brokers);
+    c.set(
+        "group.id",
+        cfg.group(&format!("{name}.{}", uuid::Uuid::new_v4().simple())),
+    )
+    .set("enable.auto.commit", "false")
+    .set("auto.offset.reset", reset)
+    .set("isolation.level", "read_committed");
+    if c.get("session.timeout.ms").is_none() {
+        c.set("session.timeout.ms", "6000");
+    }
+    c
+}

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::model::{Engine, Model, ModelError};
 use crate::blob::BlobStore;
-use crate::bus::{BusError, client_config};
+use crate::bus::{BusError, Record, tail_config};
 use crate::config::KafkaConfig;
 use crate::event::{EventData, ModelPublished, ModelVersion, Style, Topic, wire};
 
@@ -201,17 +201,7 @@ pub async fn follow(
     ready: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let mut cfg = client_config(kafka, brokers);
-    cfg.set(
-        "group.id",
-        kafka.group(&format!("models.{}", uuid::Uuid::new_v4().simple())),
-    )
-    .set("enable.auto.commit", "false")
-    .set("auto.offset.reset", "earliest")
-    .set("isolation.level", "read_committed");
-    if cfg.get("session.timeout.ms").is_none() {
-        cfg.set("session.timeout.ms", "6000");
-    }
+    let cfg = tail_config(kafka, brokers, "models", "earliest");
     let consumer: StreamConsumer = cfg.create()?;
     let topic = kafka.topic(Topic::Models);
     // The end of the topic now: what "caught up" means.
@@ -239,18 +229,12 @@ pub async fn follow(
             }
         };
         let (partition, offset) = (m.partition(), m.offset());
-        let headers = m.headers().map(|hs| {
-            use rdkafka::message::Headers;
-            hs.iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                .collect::<Vec<_>>()
-        });
-        let pairs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        match wire::decode(pairs, m.payload().unwrap_or_default(), Some(Topic::Models)) {
+        let rec = Record::of(&m);
+        match wire::decode(
+            rec.header_pairs(),
+            rec.payload.as_deref().unwrap_or_default(),
+            Some(Topic::Models),
+        ) {
             Ok(ev) => {
                 if let EventData::ModelPublished(p) = ev.data {
                     catalog.publish(&p);

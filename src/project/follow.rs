@@ -17,7 +17,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
 use super::{Change, Watermarks};
-use crate::bus::{BusError, client_config};
+use crate::bus::{BusError, tail_config};
 use crate::config::KafkaConfig;
 use crate::event::{EventData, Topic, wire};
 use crate::fold::Position;
@@ -72,17 +72,7 @@ pub async fn follow(
     watermarks: Arc<Watermarks>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let mut cfg = client_config(kafka, brokers);
-    cfg.set(
-        "group.id",
-        kafka.group(&format!("follow.{}", uuid::Uuid::new_v4().simple())),
-    )
-    .set("enable.auto.commit", "false")
-    .set("auto.offset.reset", "latest")
-    .set("isolation.level", "read_committed");
-    if cfg.get("session.timeout.ms").is_none() {
-        cfg.set("session.timeout.ms", "6000");
-    }
+    let cfg = tail_config(kafka, brokers, "follow", "latest");
     let consumer: StreamConsumer = cfg.create()?;
     let names: BTreeMap<String, Topic> = [
         Topic::Polls,

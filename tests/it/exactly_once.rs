@@ -28,7 +28,7 @@ use futures::StreamExt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -301,20 +301,7 @@ pub fn read_all(
         );
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            let headers: Vec<(&str, &[u8])> = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key, h.value.unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.entry(m.partition()).or_default().push(Record::new(
-                m.offset(),
-                m.key(),
-                headers,
-                m.payload(),
-            ));
+            out.entry(m.partition()).or_default().push(Record::of(&m));
         }
     }
     out

@@ -204,3 +204,25 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `atelier <role>` as a child process with `envs`, its output
+/// appended to `log` (kill tests: the process under test must be killable).
+pub fn spawn_atelier(
+    role: &str,
+    envs: &[(&str, String)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .arg(role)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("atelier binary runs")
+}

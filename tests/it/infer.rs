@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -403,16 +403,9 @@ fn read_topic(
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while std::time::Instant::now() < deadline && !done(&events) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let headers: Vec<(&str, &[u8])> = m
-                .headers()
-                .map(|hs| {
-                    use rdkafka::message::Headers;
-                    hs.iter()
-                        .map(|h| (h.key, h.value.unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Ok(e) = wire::decode(headers, m.payload().unwrap_or_default(), Some(topic)) {
+            let rec = atelier::bus::Record::of(&m);
+            let body = rec.payload.as_deref().unwrap_or_default();
+            if let Ok(e) = wire::decode(rec.header_pairs(), body, Some(topic)) {
                 events.push(e);
             }
             raw.push(m.detach());
@@ -626,34 +619,35 @@ async fn one_model_copy_and_a_swap_without_dropping_work() {
 }
 
 fn spawn_worker(cfg: &Config, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_atelier"))
-        .arg("infer")
-        .env("ATELIER_KAFKA__BROKERS", &cfg.kafka.brokers)
-        .env("ATELIER_KAFKA__NAMESPACE", &cfg.kafka.namespace)
-        .env("ATELIER_KAFKA_PROP_GROUP_INSTANCE_ID", "infer-kill-test")
-        .env("ATELIER_BLOBS__BACKEND", "s3")
-        .env("ATELIER_BLOBS__ENDPOINT", &cfg.blobs.endpoint)
-        .env("ATELIER_BLOBS__BUCKET", &cfg.blobs.bucket)
-        .env("ATELIER_BLOBS__REGION", &cfg.blobs.region)
-        .env("ATELIER_BLOBS__ACCESS_KEY", &cfg.blobs.access_key)
-        .env("ATELIER_BLOBS__SECRET_KEY", cfg.blobs.secret_key.expose())
-        .env("ATELIER_INFER__INSTANCE", "kill-test")
+    let envs = [
+        ("ATELIER_KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("ATELIER_KAFKA__NAMESPACE", cfg.kafka.namespace.clone()),
+        (
+            "ATELIER_KAFKA_PROP_GROUP_INSTANCE_ID",
+            "infer-kill-test".into(),
+        ),
+        ("ATELIER_BLOBS__BACKEND", "s3".into()),
+        ("ATELIER_BLOBS__ENDPOINT", cfg.blobs.endpoint.clone()),
+        ("ATELIER_BLOBS__BUCKET", cfg.blobs.bucket.clone()),
+        ("ATELIER_BLOBS__REGION", cfg.blobs.region.clone()),
+        ("ATELIER_BLOBS__ACCESS_KEY", cfg.blobs.access_key.clone()),
+        (
+            "ATELIER_BLOBS__SECRET_KEY",
+            cfg.blobs.secret_key.expose().to_owned(),
+        ),
+        ("ATELIER_INFER__INSTANCE", "kill-test".into()),
         // Records sent, offsets not yet: where a kill hurts.
-        .env("ATELIER_INFER__COMMIT_DELAY_MS", "300")
-        .env("ATELIER_INFER__MODELS_DIR", &cfg.infer.models_dir)
-        .env("ATELIER_INFER__MAX_BATCH", "4")
-        .env("ATELIER_INFER__THREADS", "2")
-        .env("ATELIER_DATA_DIR", &cfg.data_dir)
-        .env("ATELIER_LOG", "info,atelier=info")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("atelier binary runs")
+        ("ATELIER_INFER__COMMIT_DELAY_MS", "300".into()),
+        ("ATELIER_INFER__MODELS_DIR", cfg.infer.models_dir.clone()),
+        ("ATELIER_INFER__MAX_BATCH", "4".into()),
+        ("ATELIER_INFER__THREADS", "2".into()),
+        (
+            "ATELIER_DATA_DIR",
+            cfg.data_dir.to_string_lossy().into_owned(),
+        ),
+        ("ATELIER_LOG", "info,atelier=info".into()),
+    ];
+    helpers::spawn_atelier("infer", &envs, log)
 }
 
 /// SIGKILL the worker while batches run (the slow TransformerNet makes

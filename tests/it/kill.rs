@@ -3,7 +3,7 @@
 //! restart it each time, and end with every poll and every feed item (and
 //! its timeline rows) equal to the reference fold.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use atelier::event::Topic;
@@ -16,32 +16,33 @@ use crate::feed::{assert_feed_matches_reference, feed_workload};
 use crate::helpers::{self, Backends};
 
 fn spawn(cfg: &atelier::config::Config, log: &std::path::Path, run: usize) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_atelier"))
-        .arg("project")
-        .env("ATELIER_KAFKA__BROKERS", &cfg.kafka.brokers)
-        .env("ATELIER_KAFKA__NAMESPACE", &cfg.kafka.namespace)
+    let envs = [
+        ("ATELIER_KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("ATELIER_KAFKA__NAMESPACE", cfg.kafka.namespace.clone()),
         // Static membership: a restarted process takes its partitions back
         // at once instead of waiting out the dead member's session.
-        .env("ATELIER_KAFKA_PROP_GROUP_INSTANCE_ID", "kill-test")
-        .env("ATELIER_VIEWS__BACKEND", "cql")
-        .env(
+        ("ATELIER_KAFKA_PROP_GROUP_INSTANCE_ID", "kill-test".into()),
+        ("ATELIER_VIEWS__BACKEND", "cql".into()),
+        (
             "ATELIER_VIEWS__CONTACT_POINTS",
             format!("[\"{}\"]", cfg.views.contact_points[0]),
-        )
-        .env("ATELIER_VIEWS__KEYSPACE", &cfg.views.keyspace)
-        .env("ATELIER_AUTH__JWT_SECRET", cfg.auth.jwt_secret.expose())
-        .env("ATELIER_AUTH__VOTER_KEY", cfg.auth.voter_key.expose())
-        .env("ATELIER_DATA_DIR", &cfg.data_dir)
-        .env("ATELIER_LOG", format!("info,atelier=info,run={run}"))
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("atelier binary runs")
+        ),
+        ("ATELIER_VIEWS__KEYSPACE", cfg.views.keyspace.clone()),
+        (
+            "ATELIER_AUTH__JWT_SECRET",
+            cfg.auth.jwt_secret.expose().to_owned(),
+        ),
+        (
+            "ATELIER_AUTH__VOTER_KEY",
+            cfg.auth.voter_key.expose().to_owned(),
+        ),
+        (
+            "ATELIER_DATA_DIR",
+            cfg.data_dir.to_string_lossy().into_owned(),
+        ),
+        ("ATELIER_LOG", format!("info,atelier=info,run={run}")),
+    ];
+    helpers::spawn_atelier("project", &envs, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
