@@ -231,7 +231,7 @@ pub struct ApiKeyPrincipal {
 }
 
 /// Authentication settings.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret for bearer JWTs (`sub`, `name`, optional `picture`, `exp`).
@@ -242,7 +242,25 @@ pub struct AuthConfig {
     /// Key for pseudonymous voter ids of anonymous polls. Must be stable for
     /// the life of the views (replays derive the same pseudonyms from it).
     pub voter_key: Secret,
+    /// User ids (token subjects or API-key principals) allowed to call the
+    /// operations routes under `/v1/admin` (replay, DLQ, export).
+    pub admins: Vec<String>,
 }
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            api_keys: BTreeMap::new(),
+            voter_key: Secret::default(),
+            admins: vec![ADMIN.to_owned()],
+        }
+    }
+}
+
+/// The user id the CLI's operations commands sign their tokens for, and the
+/// default (only) member of `auth.admins`.
+pub const ADMIN: &str = "admin";
 
 /// Projector tuning.
 #[derive(Clone, Debug, Serialize, Deserialize)]

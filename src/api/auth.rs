@@ -36,6 +36,8 @@ pub struct Auth {
     jwt: Option<DecodingKey>,
     /// API keys by SHA-256 of the key, so the keys themselves are not kept.
     keys: HashMap<[u8; 32], Principal>,
+    /// Who may call the operations routes.
+    admins: Vec<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("jwt", &self.jwt.is_some())
             .field("api_keys", &self.keys.len())
+            .field("admins", &self.admins)
             .finish()
     }
 }
@@ -68,7 +71,11 @@ impl Auth {
                 .map_err(|e| format!("api key principal: {e}"))?;
             keys.insert(digest(key), principal);
         }
-        Ok(Self { jwt, keys })
+        Ok(Self {
+            jwt,
+            keys,
+            admins: cfg.admins.clone(),
+        })
     }
 
     /// The principal a bearer token stands for.
@@ -144,6 +151,27 @@ impl FromRequestParts<AppState> for Authed {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
         state.auth.verify(token).map(Authed)
+    }
+}
+
+/// An authenticated caller listed in `auth.admins`: the operations routes
+/// (replay, DLQ, export) take this instead of [`Authed`].
+#[derive(Clone, Debug)]
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Authed(p) = Authed::from_request_parts(parts, state).await?;
+        if state.auth.admins.iter().any(|a| a == p.id.as_str()) {
+            Ok(Admin(p))
+        } else {
+            Err(ApiError::forbidden(
+                "not_admin",
+                format!("{} is not in auth.admins", p.id),
+            ))
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! events, and read routes that answer from one view query each, with
 //! `?after=<token>` read-your-writes.
 
+mod admin;
 mod auth;
 mod cards;
 mod common;
@@ -14,7 +15,7 @@ mod stream;
 pub mod token;
 mod uploads;
 
-pub use auth::{Auth, Authed, Claims, mint};
+pub use auth::{Admin, Auth, Authed, Claims, mint};
 pub use error::ApiError;
 pub use token::Token;
 
@@ -106,6 +107,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(feed::routes())
         .merge(cards::routes())
         .merge(stream::routes())
+        .merge(admin::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))

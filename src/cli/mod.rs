@@ -5,9 +5,13 @@ pub mod app;
 mod bench;
 mod bench_infer;
 mod bench_reads;
+mod dlq;
 mod emit;
+mod export;
 mod loadgen;
 mod models;
+mod ops;
+mod replay;
 pub mod schemas;
 mod topics;
 
@@ -77,6 +81,14 @@ enum Command {
     /// Event schemas: write `schemas/` from the types, or check them.
     #[command(subcommand)]
     Schemas(schemas::SchemasCmd),
+    /// Rebuild views from the log into a new generation, swapped in with no
+    /// downtime; rewind inference; show progress; drop old generations.
+    Replay(replay::ReplayArgs),
+    /// Dead letters: list, show, replay (corrected) records.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
+    /// Stream a view out (JSON lines or CSV) to a file or S3.
+    Export(export::ExportArgs),
     /// Benchmarks that need running services (see also `cargo bench`).
     #[command(subcommand)]
     Bench(bench_reads::BenchCmd),
@@ -180,6 +192,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schemas(c) => schemas::run(c),
+        Command::Replay(a) => replay::run(cfg, a).await,
+        Command::Dlq(c) => dlq::run(cfg, c).await,
+        Command::Export(a) => export::run(cfg, a).await,
         Command::Bench(c) => bench_reads::run(cfg, c).await,
         Command::Config => {
             println!("{cfg:#?}");

@@ -1,0 +1,19 @@
+//! Operations routes under `/v1/admin`, for callers in `auth.admins` (the
+//! CLI's `replay`, `dlq` and `export` commands talk to these, so they work
+//! the same against the embedded default and against real services):
+//! view generations and rebuilds, dead letters, exports.
+
+mod dlq;
+mod export;
+mod replay;
+
+use axum::Router;
+
+use super::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(replay::routes())
+        .merge(dlq::routes())
+        .merge(export::routes())
+}

@@ -1,0 +1,9 @@
+//! `/v1/admin` routes: replay.
+
+use axum::Router;
+
+use crate::api::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+}
