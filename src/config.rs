@@ -89,6 +89,9 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// Longest wait for `?after=<token>` reads, in milliseconds.
     pub max_after_wait_ms: u64,
+    /// `/readyz` answers ready only while the views lag the log by at most
+    /// this many records.
+    pub ready_lag: u64,
 }
 
 impl Default for HttpConfig {
@@ -97,6 +100,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: 64 * 1024,
             max_after_wait_ms: 2_000,
+            ready_lag: 1_000,
         }
     }
 }
@@ -280,6 +284,9 @@ pub struct ProjectorConfig {
     /// traffic (likes spread over many items) is bound by round trips: on
     /// Cassandra, 32 → 128 halved produce-to-visible at 5,000 likes/s.
     pub write_concurrency: usize,
+    /// A rebuild is swapped in once its generation is within this many
+    /// records of the log's head (the last stretch runs with reads frozen).
+    pub swap_lag: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -290,6 +297,7 @@ impl Default for ProjectorConfig {
             cache_polls: 100_000,
             commit_rows: 2_000,
             write_concurrency: 128,
+            swap_lag: 1_000,
         }
     }
 }

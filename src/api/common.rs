@@ -49,6 +49,16 @@ pub(super) async fn append(
     event.validate()?;
     let at = st.producer.send(&event).await?;
     metrics::counter!(names::INGEST_EVENTS, "type" => event.data.type_name()).increment(1);
+    // Inside the request's span: the line carries the request id too.
+    tracing::info!(
+        event_id = %event.id.0,
+        event_type = event.data.type_name(),
+        principal = %event.principal.id,
+        topic = %at.topic,
+        partition = at.partition,
+        offset = at.offset,
+        "event appended"
+    );
     Ok((event.id, Token::from(&at)))
 }
 

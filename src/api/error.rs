@@ -43,6 +43,12 @@ impl ApiError {
         }
     }
 
+    /// Names the field the error is about.
+    pub fn field(mut self, name: &str) -> Self {
+        self.field = Some(name.to_owned());
+        self
+    }
+
     /// 400.
     pub fn bad_request(code: &'static str, reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, reason)

@@ -249,7 +249,7 @@ struct TimelineQuery {
 
 /// A timeline row as a page shows it.
 #[derive(Debug, Serialize)]
-struct TimelineItem {
+pub(super) struct TimelineItem {
     item_id: FeedItemId,
     /// The kind's fields, with `kind` itself.
     #[serde(flatten)]

@@ -6,10 +6,12 @@ mod admin;
 mod auth;
 mod cards;
 mod common;
+mod dashboard;
 mod error;
 mod feed;
 mod json;
 pub mod openapi;
+mod pipeline;
 mod polls;
 mod stream;
 pub mod token;
@@ -31,7 +33,7 @@ use axum::routing::get;
 
 use crate::blob::BlobStore;
 use crate::bus::Producer;
-use crate::config::{Config, UploadsConfig};
+use crate::config::{Config, KafkaConfig, UploadsConfig};
 use crate::infer::registry::Catalog;
 use crate::project::Watermarks;
 use crate::telemetry::names;
@@ -71,6 +73,17 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// What uploads may be.
     pub uploads: UploadsConfig,
+    /// The log's configuration (namespace, properties), for the operations
+    /// routes that open their own clients (DLQ reads and replays).
+    pub kafka: KafkaConfig,
+    /// Bootstrap servers of the log (the embedded cluster's when embedded).
+    pub brokers: String,
+    /// View generations (replay routes, pipeline health); set by the app.
+    pub gens: Option<Arc<crate::view::Generations>>,
+    /// Where the topics end (lag, replay progress, readiness).
+    pub heads: Option<crate::bus::Heads>,
+    /// Most records the views may lag for `/readyz` to answer ready.
+    pub ready_lag: u64,
 }
 
 impl AppState {
@@ -88,6 +101,13 @@ impl AppState {
             blobs,
             catalog,
             uploads: cfg.uploads.clone(),
+            kafka: cfg.kafka.clone(),
+            // The embedded cluster's address is known only once it runs:
+            // the app sets it, as it sets the generations.
+            brokers: cfg.kafka.brokers.clone(),
+            gens: None,
+            heads: None,
+            ready_lag: cfg.http.ready_lag,
             producer,
             views,
             auth: Arc::new(auth),
@@ -108,6 +128,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(cards::routes())
         .merge(stream::routes())
         .merge(admin::routes())
+        .merge(dashboard::routes())
+        .merge(pipeline::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
@@ -126,16 +148,46 @@ async fn metrics(State(_): State<AppState>) -> Response {
     }
 }
 
+/// The request id header: taken from the caller when it is a sane token
+/// (a proxy's), otherwise minted; echoed on the answer and carried by every
+/// log line of the request.
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// Records latency and status by route template (never by raw path, which
-/// would explode label cardinality).
+/// would explode label cardinality), and runs the request in a span with
+/// its request id.
 async fn observe(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), route = %route);
     let started = Instant::now();
-    let res = next.run(req).await;
+    let mut res = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = res.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "request served"
+        )
+    });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
     metrics::histogram!(names::HTTP_SECONDS, "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(names::HTTP_REQUESTS, "route" => route, "status" => res.status().as_u16().to_string())

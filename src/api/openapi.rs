@@ -22,6 +22,9 @@ enum PathParam {
     Upload,
     Session,
     Question,
+    Asset,
+    DlqPartition,
+    DlqOffset,
 }
 
 impl PathParam {
@@ -38,6 +41,22 @@ impl PathParam {
                 "maximum": 19,
                 "description": "The question's id: its position in the poll (out of range: 404 `unknown_question`)."
             }),
+            Self::Asset => json!({
+                "type": "string",
+                "enum": super::dashboard::ASSETS.iter().map(|(name, _, _)| *name).collect::<Vec<_>>(),
+                "description": "A file of the dashboard (another name: 404 `unknown_asset`)."
+            }),
+            Self::DlqPartition => json!({
+                "type": "integer",
+                "minimum": 0,
+                "description": "A partition of the DLQ topic (with the offset, a dead letter's position; none there: 404 `unknown_dead_letter`)."
+            }),
+            Self::DlqOffset => json!({
+                "type": "integer",
+                "format": "int64",
+                "minimum": 0,
+                "description": "An offset in that DLQ partition."
+            }),
         }
     }
 }
@@ -53,10 +72,16 @@ enum QueryParam {
     Session,
     Upload,
     Variant,
+    Stage,
+    Topic,
+    Error,
+    View,
+    Format,
+    Page,
 }
 
 impl QueryParam {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 14] = [
         Self::After,
         Self::Cursor,
         Self::Limit,
@@ -65,6 +90,12 @@ impl QueryParam {
         Self::Session,
         Self::Upload,
         Self::Variant,
+        Self::Stage,
+        Self::Topic,
+        Self::Error,
+        Self::View,
+        Self::Format,
+        Self::Page,
     ];
 
     fn name(self) -> &'static str {
@@ -77,6 +108,12 @@ impl QueryParam {
             Self::Session => "session",
             Self::Upload => "upload",
             Self::Variant => "variant",
+            Self::Stage => "stage",
+            Self::Topic => "topic",
+            Self::Error => "error",
+            Self::View => "view",
+            Self::Format => "format",
+            Self::Page => "page",
         }
     }
 
@@ -119,6 +156,33 @@ impl QueryParam {
                  until the job completed).",
                 json!({"type": "string", "enum": ["input", "output"], "default": "input"}),
             ),
+            Self::Stage => (
+                "Dead letters refused by this stage (`project.polls`, `project.feed`, \
+                 `project.cards`, `infer`).",
+                json!({"type": "string"}),
+            ),
+            Self::Topic => (
+                "Dead letters from this source topic: its full name, or its name without the \
+                 deployment's namespace (`atelier.polls.v1`).",
+                json!({"type": "string"}),
+            ),
+            Self::Error => (
+                "Dead letters whose error contains this text.",
+                json!({"type": "string"}),
+            ),
+            Self::View => (
+                "What to export: every poll, or every live feed item (otherwise: 400 \
+                 `invalid_query`).",
+                json!({"type": "string", "enum": ["polls", "feed"]}),
+            ),
+            Self::Format => (
+                "JSON Lines or CSV (otherwise: 400 `invalid_query`).",
+                json!({"type": "string", "enum": ["json", "csv"], "default": "json"}),
+            ),
+            Self::Page => (
+                "Rows read from the view store at a time (otherwise: 400 `invalid_page`).",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 500}),
+            ),
         };
         json!({
             "name": self.name(),
@@ -147,6 +211,17 @@ enum Success {
     Document,
     /// `200` image bytes (JPEG, PNG or WebP), cacheable for good.
     Image,
+    /// `200` JSON of this component schema, not cached (an operations
+    /// answer, computed per request).
+    Json(&'static str),
+    /// `200` a file of the dashboard in one of these media types,
+    /// revalidated on every load.
+    Static(&'static [&'static str]),
+    /// `202` JSON of this component schema (`200` for a dry run).
+    JsonAccepted(&'static str),
+    /// `200` a whole view streamed as JSON Lines or CSV; a failure midway
+    /// cuts the body short.
+    Export,
 }
 
 /// A request body: a component schema, sent as JSON or as a multipart
@@ -556,6 +631,88 @@ const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/readyz",
+        operation_id: "readyz",
+        tag: "ops",
+        summary: "Readiness",
+        description: "Ready when the view store and the log answer and the views lag the log by \
+                      at most `http.ready_lag` records (otherwise 503 `not_ready`, \
+                      `views_unavailable` or `log_unavailable`). `/healthz` is liveness only.",
+        auth: false,
+        path_params: &[],
+        query: &[],
+        body: None,
+        success: Success::Json("Ready"),
+        errors: &[503],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/pipeline",
+        operation_id: "pipeline",
+        tag: "ops",
+        summary: "Pipeline health",
+        description: "Per topic, the records the active generation of its view has applied (a \
+                      counter: its rate is the throughput) and its lag; the records in the DLQ \
+                      topic; each view's generations. The dashboard charts this.",
+        auth: false,
+        path_params: &[],
+        query: &[],
+        body: None,
+        success: Success::Json("Pipeline"),
+        errors: &[503],
+    },
+    Operation {
+        method: "post",
+        path: "/v1/admin/replay",
+        operation_id: "startReplay",
+        tag: "admin",
+        summary: "Rebuild views, or re-run inference",
+        description: "With `view`: rebuilds the view (or `all`) from its topics into a new \
+                      generation while the active one keeps serving reads; the projector \
+                      supervisors swap it in atomically once it has caught up (202). With \
+                      `stage: infer`: moves the inference workers to a new consumer group, so \
+                      every upload from `from` on is stylized again with the current models. \
+                      `dry_run` answers 200 with what would be replayed. A rebuild under way: \
+                      409 `rebuild_in_progress`.",
+        auth: true,
+        path_params: &[],
+        query: &[],
+        body: Some(B::Json("StartReplay")),
+        success: Success::JsonAccepted("Rebuilds"),
+        errors: &[403, 409, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/admin/replay",
+        operation_id: "replayStatus",
+        tag: "admin",
+        summary: "Where rebuilds stand",
+        description: "Every view's control row (active, building, phase, retired generations) \
+                      with per-partition progress of the active and the building generation, \
+                      and the inference stage's generation.",
+        auth: true,
+        path_params: &[],
+        query: &[],
+        body: None,
+        success: Success::Json("ReplayStatus"),
+        errors: &[403, 503],
+    },
+    Operation {
+        method: "post",
+        path: "/v1/admin/replay/gc",
+        operation_id: "replayGc",
+        tag: "admin",
+        summary: "Drop retired generations",
+        description: "Deletes the data of every generation a swap retired.",
+        auth: true,
+        path_params: &[],
+        query: &[],
+        body: None,
+        success: Success::Json("GcResult"),
+        errors: &[403, 503],
+    },
+    Operation {
+        method: "get",
         path: "/metrics",
         operation_id: "metrics",
         tag: "ops",
@@ -585,6 +742,115 @@ const OPERATIONS: &[Operation] = &[
         success: Success::Document,
         errors: &[],
     },
+    Operation {
+        method: "get",
+        path: "/",
+        operation_id: "dashboard",
+        tag: "ops",
+        summary: "The live dashboard",
+        description: "An HTML page over the public reads: the feed (paged, live), an owner's \
+                      polls with live tallies, a session's cards with their images, and \
+                      pipeline health from `/v1/pipeline`. Parameters, read by the page: \
+                      `?owner=`, `?session=`, `?poll=` or `#poll=`.",
+        auth: false,
+        path_params: &[],
+        query: &[],
+        body: None,
+        success: Success::Static(&["text/html"]),
+        errors: &[],
+    },
+    Operation {
+        method: "get",
+        path: "/dashboard/{file}",
+        operation_id: "dashboardAsset",
+        tag: "ops",
+        summary: "A script or style sheet of the dashboard",
+        description: "The ES modules and the style sheet the page loads, built into the binary.",
+        auth: false,
+        path_params: &[("file", P::Asset)],
+        query: &[],
+        body: None,
+        success: Success::Static(&["text/javascript", "text/css"]),
+        errors: &[404],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/admin/dlq",
+        operation_id: "listDeadLetters",
+        tag: "admin",
+        summary: "List dead letters",
+        description: "Records the pipeline could not process (undecodable, schema-invalid, failed \
+                      inference), oldest first: the stage that refused each, why, where it came \
+                      from, and where a replay re-published it (`replayed`). Reads the DLQ topic \
+                      to its end as of the request, bounded in time (503 `dlq_timeout`).",
+        auth: true,
+        path_params: &[],
+        query: &[Q::Stage, Q::Topic, Q::Error, Q::Limit, Q::Cursor],
+        body: None,
+        success: Success::Json("DeadLetterPage"),
+        errors: &[403, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/admin/dlq/{partition}/{offset}",
+        operation_id: "readDeadLetter",
+        tag: "admin",
+        summary: "Read a dead letter in full",
+        description: "Every header, the key and the body: UTF-8 text, or base64 where \
+                      `payload_base64` (`key_base64`, a header's `base64`) says so.",
+        auth: true,
+        path_params: &[("partition", P::DlqPartition), ("offset", P::DlqOffset)],
+        query: &[],
+        body: None,
+        success: Success::Json("DeadLetterRecord"),
+        errors: &[403, 404, 503],
+    },
+    Operation {
+        method: "post",
+        path: "/v1/admin/dlq/replay",
+        operation_id: "replayDeadLetters",
+        tag: "admin",
+        summary: "Replay dead letters",
+        description: "Re-publishes a dead letter to its source topic with its key and headers \
+                      (less `dlq_*`, plus `dlq_replay_of`), optionally with a corrected body or \
+                      headers; or, unchanged, every one matching `filter` (at most 200 a call: \
+                      `truncated`). A replay marker appended to the DLQ makes it idempotent: a \
+                      dead letter replayed before is 409 `already_replayed` unless `force` (a \
+                      filtered replay skips it). On Kafka the copy and its marker commit in one \
+                      transaction. `dry_run` answers what would be published.",
+        auth: true,
+        path_params: &[],
+        query: &[],
+        body: Some(B::Json("ReplayDeadLetters")),
+        success: Success::Json("ReplayResult"),
+        errors: &[403, 404, 409, 500, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/v1/admin/export",
+        operation_id: "exportView",
+        tag: "admin",
+        summary: "Export a whole view (JSON Lines or CSV)",
+        description: "Streams every poll (in the store's scan order) or every live feed item \
+                      (newest first), reading the view store a page at a time. JSON Lines: \
+                      one object per line, a poll as `GET /v1/polls/{id}` answers it, an item \
+                      as a `GET /v1/feed` page lists it. CSV: a header, then for polls one \
+                      record per question (`poll_id, head, message, owner_id, owner_name, \
+                      created_at, ends_at, closed, closed_at, anonymous, multiple_choice, \
+                      voters` repeated, then `question_id, question, votes`; a poll's records \
+                      are consecutive), for items one record each (`item_id, kind, title, \
+                      body, name, location, room, author_id, author_name, created_at, likes, \
+                      joined`, the fields of other kinds empty). User text that a spreadsheet \
+                      would run as a formula (starting `=`, `+`, `-`, `@`) is prefixed with \
+                      `'` in CSV. Not a snapshot: what exists for the whole export appears \
+                      exactly once; what is created meanwhile may not.",
+        auth: true,
+        path_params: &[],
+        query: &[Q::View, Q::Format, Q::Page],
+        body: None,
+        success: Success::Export,
+        errors: &[403, 503],
+    },
 ];
 
 /// The error answers, as shared response components: status, component
@@ -594,9 +860,9 @@ const ERRORS: &[(u16, &str, &str)] = &[
         400,
         "BadRequest",
         "Bad request: malformed JSON (`malformed_json`), query string (`invalid_query`), \
-         cursor (`invalid_cursor`), limit (`invalid_limit`), kind (`invalid_kind`), \
-         consistency token (`invalid_token`), user id (`invalid_user`), session key \
-         (`invalid_session`), stream filter (`invalid_poll`, `invalid_upload`) or multipart \
+         cursor (`invalid_cursor`), limit (`invalid_limit`), page (`invalid_page`), kind \
+         (`invalid_kind`), consistency token (`invalid_token`), user id (`invalid_user`), \
+         session key (`invalid_session`), stream filter (`invalid_poll`, `invalid_upload`) or multipart \
          form (`invalid_multipart`).",
     ),
     (
@@ -607,20 +873,23 @@ const ERRORS: &[(u16, &str, &str)] = &[
     (
         403,
         "Forbidden",
-        "Only the owner or author may do this (`not_owner`, `not_author`).",
+        "Only the owner or author may do this (`not_owner`, `not_author`); only callers in \
+         `auth.admins` may use operations routes (`not_admin`).",
     ),
     (
         404,
         "NotFound",
         "No such poll, question, item or upload (`unknown_poll`, `unknown_question`, \
          `unknown_item`, `unknown_upload`), or no such image yet (`not_ready`, \
-         `image_missing`).",
+         `image_missing`); no such dashboard file (`unknown_asset`); no dead letter at that \
+         position (`unknown_dead_letter`).",
     ),
     (
         409,
         "Conflict",
         "The aggregate's state refuses the action (`poll_closed`, `poll_ended`, \
-         `not_joinable`).",
+         `not_joinable`), the dead letter was replayed before (`already_replayed`, saying \
+         where it went), or a rebuild of the view is under way (`rebuild_in_progress`).",
     ),
     (
         410,
@@ -645,14 +914,25 @@ const ERRORS: &[(u16, &str, &str)] = &[
         "Wrong shape, unknown field (`invalid_body`) or invalid value (`invalid_field`, with \
          `field`; `too_many_choices`, `unknown_question`), or an image refused for what it \
          is (`empty_image`, `corrupt_image`, `too_many_pixels`, `truncated_image`, \
-         `unknown_style`).",
+         `unknown_style`), or a dead letter that cannot be replayed as asked \
+         (`not_replayable`, `invalid_header`).",
     ),
     (
         503,
         "ServiceUnavailable",
         "Retry (after `Retry-After` seconds): the view has not applied `?after` yet \
          (`not_yet_applied`), or the view store or event log is unavailable \
-         (`views_unavailable`, `log_unavailable`, `blobs_unavailable`).",
+         (`views_unavailable`, `log_unavailable`, `blobs_unavailable`); the views lag more than \
+         `http.ready_lag` (`not_ready`, on `/readyz`); the DLQ was not \
+         read to its end in time (`dlq_timeout`); a replay failed, publishing none or only \
+         some (those are marked replayed: a retry skips them) (`replay_failed`).",
+    ),
+    (
+        500,
+        "InternalServerError",
+        "Stopped midway, saying what was done: a replay's copy was published but its \
+         marker was not (`replay_marker_lost`; only without transactions, on the embedded \
+         log): replaying it again would publish it twice.",
     ),
 ];
 
@@ -694,7 +974,8 @@ pub fn document() -> Value {
             {"name": "cards", "description": "Session cards and upload job status."},
             {"name": "uploads", "description": "Image uploads, their images, the styles on offer."},
             {"name": "stream", "description": "Live view changes as Server-Sent Events."},
-            {"name": "ops", "description": "Liveness, metrics and this document."},
+            {"name": "ops", "description": "Liveness, metrics, this document and the dashboard."},
+            {"name": "admin", "description": "Operations, for callers in `auth.admins` (otherwise 403 `not_admin`): dead letters, view rebuilds, exports."},
         ],
         "paths": paths,
         "components": components(),
@@ -848,6 +1129,65 @@ fn operation(op: &Operation) -> Value {
                     "description": "The image. Keys never change meaning (an output names its \
                                     model version): `Cache-Control: immutable`.",
                     "content": {"image/jpeg": bytes, "image/png": bytes, "image/webp": bytes},
+                }),
+            );
+        }
+        Success::Static(media) => {
+            let content: Map<String, Value> = media
+                .iter()
+                .map(|m| ((*m).to_owned(), json!({"schema": {"type": "string"}})))
+                .collect();
+            responses.insert(
+                "200".into(),
+                json!({
+                    "description": "The file.",
+                    "headers": {"Cache-Control": {
+                        "description": "`no-cache`: a new binary's files are never mixed with old ones.",
+                        "schema": {"type": "string"},
+                    }},
+                    "content": content,
+                }),
+            );
+        }
+        Success::Json(schema) => {
+            responses.insert(
+                "200".into(),
+                json!({
+                    "description": "The answer.",
+                    "content": {"application/json": {"schema": schema_ref(schema)}},
+                }),
+            );
+        }
+        Success::JsonAccepted(schema) => {
+            for (code, what) in [("202", "Started."), ("200", "A dry run: what would start.")] {
+                responses.insert(
+                    code.into(),
+                    json!({
+                        "description": what,
+                        "content": {"application/json": {"schema": schema_ref(schema)}},
+                    }),
+                );
+            }
+        }
+        Success::Export => {
+            responses.insert(
+                "200".into(),
+                json!({
+                    "description": "The whole view, sent as it is read. A failure after the \
+                                    first byte ends the body with an error (the chunked \
+                                    transfer is cut short, never closed cleanly): a body \
+                                    that ended cleanly is complete.",
+                    "headers": {"Content-Disposition": {
+                        "description": "`attachment; filename=\"polls.jsonl\"` (`feed`, `.csv`).",
+                        "schema": {"type": "string"},
+                    }},
+                    "content": {
+                        "application/x-ndjson": {
+                            "schema": {"type": "string"},
+                            "x-ndjson-rows": {"oneOf": [schema_ref("Poll"), schema_ref("TimelineItem")]},
+                        },
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
                 }),
             );
         }
@@ -1396,7 +1736,334 @@ fn schemas() -> Value {
             },
         }),
     );
+    dlq_schemas(&mut m);
+    ops_schemas(&mut m);
     Value::Object(m)
+}
+
+/// Schemas of the replay and pipeline-health routes.
+fn ops_schemas(m: &mut Map<String, Value>) {
+    let int = |d: &str| json!({"type": "integer", "description": d});
+    let nullable_int = |d: &str| json!({"type": ["integer", "null"], "description": d});
+    let view = || json!({"type": "string", "enum": ["polls", "feed", "cards", "infer"]});
+    m.insert(
+        "Ready".into(),
+        json!({
+            "type": "object",
+            "required": ["ready", "lag"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "lag": int("Records the views have yet to apply."),
+            },
+        }),
+    );
+    m.insert(
+        "Pipeline".into(),
+        json!({
+            "type": "object",
+            "required": ["at_ms", "topics", "lag", "dlq", "views"],
+            "properties": {
+                "at_ms": int("When this was measured (ms since the epoch)."),
+                "topics": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["topic", "consumed", "lag"],
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "consumed": int("Records applied so far (a counter)."),
+                        "lag": int("Records not applied yet."),
+                    },
+                }},
+                "lag": int("Sum of the topics' lag."),
+                "dlq": int("Records in the DLQ topic (replay markers included)."),
+                "views": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["view", "active", "phase"],
+                    "properties": {
+                        "view": view(),
+                        "active": int("Generation serving reads."),
+                        "building": nullable_int("Generation being rebuilt."),
+                        "phase": {"type": "string", "enum": ["idle", "building", "swapping"]},
+                    },
+                }},
+            },
+        }),
+    );
+    m.insert(
+        "StartReplay".into(),
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "view": {"type": "string", "enum": ["polls", "feed", "cards", "all"]},
+                "stage": {"type": "string", "enum": ["infer"]},
+                "from": {
+                    "description": "`earliest` (default), an RFC 3339 time, or ms since the epoch.",
+                    "oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}, {"type": "null"}],
+                },
+                "dry_run": {"type": "boolean", "default": false},
+            },
+        }),
+    );
+    m.insert(
+        "Rebuilds".into(),
+        json!({
+            "type": "object",
+            "required": ["rebuilds"],
+            "properties": {"rebuilds": {"type": "array", "items": {
+                "type": "object",
+                "required": ["view", "active", "building", "records", "dry_run"],
+                "properties": {
+                    "view": view(),
+                    "active": int("Generation serving reads now."),
+                    "building": int("The new generation."),
+                    "records": int("Records to replay."),
+                    "dry_run": {"type": "boolean"},
+                },
+            }}},
+        }),
+    );
+    m.insert(
+        "ReplayStatus".into(),
+        json!({
+            "type": "object",
+            "required": ["views", "infer"],
+            "properties": {
+                "views": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["view", "active", "phase", "retired", "partitions", "lag"],
+                    "properties": {
+                        "view": view(),
+                        "active": int("Generation serving reads."),
+                        "building": nullable_int("Generation being rebuilt."),
+                        "phase": {"type": "string", "enum": ["idle", "building", "swapping"]},
+                        "retired": {"type": "array", "items": {"type": "integer"}},
+                        "lag": int("Records the active generation has yet to apply."),
+                        "building_applied": int("Records the new generation has applied."),
+                        "building_remaining": int("Records it has yet to apply."),
+                        "partitions": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["topic", "partition", "head", "active"],
+                            "properties": {
+                                "topic": {"type": "string"},
+                                "partition": int("Partition."),
+                                "head": int("The log's next offset."),
+                                "active": int("Last offset applied by the active generation."),
+                                "building": int("Last offset applied by the new generation."),
+                            },
+                        }},
+                    },
+                }},
+                "infer": {"type": "object", "required": ["generation", "group"], "properties": {
+                    "generation": int("The inference stage's generation."),
+                    "group": {"type": "string", "description": "Its consumer group."},
+                }},
+            },
+        }),
+    );
+    m.insert(
+        "GcResult".into(),
+        json!({
+            "type": "object",
+            "required": ["dropped"],
+            "properties": {"dropped": {"type": "array", "items": {
+                "type": "object",
+                "required": ["view", "generation"],
+                "properties": {"view": view(), "generation": int("Generation dropped.")},
+            }}},
+        }),
+    );
+}
+
+/// Schemas of the dead-letter routes (`/v1/admin/dlq`).
+fn dlq_schemas(m: &mut Map<String, Value>) {
+    let nullable = |s: Value| json!({"oneOf": [s, {"type": "null"}]});
+    let partition = || json!({"type": "integer", "minimum": 0, "description": "Partition."});
+    let place = |description: &str| {
+        json!({
+            "type": "object",
+            "description": description,
+            "required": ["topic", "partition", "offset"],
+            "properties": {
+                "topic": {"type": "string", "description": "Full topic name."},
+                "partition": partition(),
+                "offset": count("Offset."),
+            },
+        })
+    };
+    let text_or_base64 = |what: &str| json!({"type": ["string", "null"], "description": format!("{what}: UTF-8 text, or base64 where the flag beside it says so; `null` when absent.")});
+    let flag = |what: &str| json!({"type": "boolean", "description": format!("{what} is base64 (its bytes are not UTF-8).")});
+    m.insert(
+        "DlqSource".into(),
+        place("Where a dead letter came from: its record in the source topic."),
+    );
+    m.insert(
+        "DlqReplayed".into(),
+        json!({
+            "type": "object",
+            "description": "The latest replay of a dead letter: where the copy went, when, by whom.",
+            "required": ["topic", "partition", "offset", "at", "by"],
+            "properties": {
+                "topic": {"type": "string", "description": "The source topic the copy went to."},
+                "partition": partition(),
+                "offset": count("The copy's offset."),
+                "at": {"type": ["string", "null"], "format": "date-time", "description": "When it was replayed."},
+                "by": {"type": ["string", "null"], "description": "The admin who replayed it."},
+            },
+        }),
+    );
+    m.insert(
+        "DlqHeader".into(),
+        json!({
+            "type": "object",
+            "description": "A record header, in order (names may repeat).",
+            "required": ["name", "value", "base64"],
+            "properties": {
+                "name": {"type": "string"},
+                "value": {"type": "string", "description": "UTF-8 text, or base64 when `base64`."},
+                "base64": {"type": "boolean"},
+            },
+        }),
+    );
+    m.insert(
+        "DeadLetter".into(),
+        json!({
+            "type": "object",
+            "description": "A record the pipeline could not process, as the DLQ holds it.",
+            "required": ["partition", "offset", "stage", "error", "source", "attempts", "key",
+                         "key_base64", "type", "id", "at", "replayed"],
+            "properties": {
+                "partition": partition(),
+                "offset": count("Its offset in that DLQ partition: with `partition`, its position."),
+                "stage": {"type": "string", "description": "The stage that refused it (`project.polls`, `infer`, ...)."},
+                "error": {"type": "string", "description": "Why."},
+                "source": nullable(schema_ref("DlqSource")),
+                "attempts": {"type": ["integer", "null"], "minimum": 0, "description": "Attempts made before giving up."},
+                "key": text_or_base64("The record's key"),
+                "key_base64": flag("`key`"),
+                "type": {"type": ["string", "null"], "description": "The event type (`ce_type`), when the header is there."},
+                "id": {"type": ["string", "null"], "description": "The event id (`ce_id`), when the header is there."},
+                "at": {"type": ["string", "null"], "format": "date-time", "description": "When it was dead-lettered (the DLQ record's time)."},
+                "replayed": nullable(schema_ref("DlqReplayed")),
+            },
+        }),
+    );
+    m.insert(
+        "DeadLetterPage".into(),
+        json!({
+            "type": "object",
+            "description": "Dead letters, oldest first.",
+            "required": ["dead_letters"],
+            "properties": {
+                "dead_letters": {"type": "array", "items": schema_ref("DeadLetter")},
+                "next_cursor": next_cursor(),
+            },
+        }),
+    );
+    m.insert(
+        "DeadLetterRecord".into(),
+        json!({
+            "description": "A dead letter in full.",
+            "allOf": [
+                schema_ref("DeadLetter"),
+                {
+                    "type": "object",
+                    "required": ["headers", "payload", "payload_base64"],
+                    "properties": {
+                        "headers": {"type": "array", "items": schema_ref("DlqHeader")},
+                        "payload": text_or_base64("The body"),
+                        "payload_base64": flag("`payload`"),
+                    },
+                },
+            ],
+        }),
+    );
+    let dlq_offset = json!({"type": "integer", "format": "int64", "minimum": 0});
+    m.insert(
+        "ReplayDeadLetters".into(),
+        json!({
+            "type": "object",
+            "description": "One dead letter by position, optionally corrected; or every dead \
+                letter matching `filter`, unchanged (those replayed before are skipped).",
+            "additionalProperties": false,
+            "oneOf": [{"required": ["partition", "offset"]}, {"required": ["filter"]}],
+            "properties": {
+                "partition": {"type": "integer", "minimum": 0, "description": "The dead letter's DLQ partition."},
+                "offset": dlq_offset,
+                "payload": {"description": "A corrected body: a string is sent as it is, any other JSON value as its JSON text."},
+                "headers": {
+                    "type": "object",
+                    "description": "Headers to set on the copy; `null` removes one. `dlq_*` are the DLQ's own (422 `invalid_header`).",
+                    "additionalProperties": {"type": ["string", "null"]},
+                },
+                "force": {"type": "boolean", "default": false, "description": "Replay even if it was replayed before."},
+                "dry_run": {"type": "boolean", "default": false, "description": "Answer what would be published; publish nothing."},
+                "filter": {
+                    "type": "object",
+                    "description": "At least one of these.",
+                    "additionalProperties": false,
+                    "minProperties": 1,
+                    "properties": {
+                        "stage": {"type": "string", "description": "Exactly this stage."},
+                        "topic": {"type": "string", "description": "This source topic (full name or without the namespace)."},
+                        "error": {"type": "string", "description": "The error contains this text."},
+                    },
+                },
+            },
+        }),
+    );
+    m.insert(
+        "DeadLetterReplay".into(),
+        json!({
+            "type": "object",
+            "description": "What one replay published (or would publish).",
+            "required": ["partition", "offset", "topic", "to", "marker", "key", "key_base64",
+                         "headers", "payload", "payload_base64"],
+            "properties": {
+                "partition": partition(),
+                "offset": count("The dead letter's DLQ offset."),
+                "topic": {"type": "string", "description": "The source topic the copy goes to."},
+                "to": nullable(place("Where the copy landed (`null` on a dry run).")),
+                "marker": nullable(json!({
+                    "type": "object",
+                    "description": "The replay marker in the DLQ (`null` on a dry run).",
+                    "required": ["partition", "offset"],
+                    "properties": {"partition": partition(), "offset": count("Offset.")},
+                })),
+                "key": text_or_base64("The key"),
+                "key_base64": flag("`key`"),
+                "headers": {"type": "array", "items": schema_ref("DlqHeader")},
+                "payload": text_or_base64("The body"),
+                "payload_base64": flag("`payload`"),
+            },
+        }),
+    );
+    m.insert(
+        "ReplayResult".into(),
+        json!({
+            "type": "object",
+            "description": "What a replay did (or, on a dry run, would do).",
+            "required": ["dry_run", "replayed", "skipped", "truncated"],
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "replayed": {"type": "array", "items": schema_ref("DeadLetterReplay")},
+                "skipped": {
+                    "type": "array",
+                    "description": "Matching dead letters left alone, and why (at most 200 listed).",
+                    "items": {
+                        "type": "object",
+                        "required": ["partition", "offset", "reason", "replayed"],
+                        "properties": {
+                            "partition": partition(),
+                            "offset": count("Offset."),
+                            "reason": {"type": "string"},
+                            "replayed": nullable(schema_ref("DlqReplayed")),
+                        },
+                    },
+                },
+                "truncated": {"type": "boolean", "description": "More matched than one call replays: call again for the rest."},
+            },
+        }),
+    );
 }
 
 fn schema_ref(name: &str) -> Value {

@@ -6,7 +6,7 @@ mod local;
 mod s3;
 
 pub use local::LocalBlobs;
-pub use s3::S3Blobs;
+pub use s3::{MIN_PART, S3Blobs, S3Upload};
 
 use std::sync::Arc;
 

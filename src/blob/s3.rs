@@ -7,7 +7,8 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
-use bytes::Bytes;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
 
 use super::{BlobError, BlobMeta, BlobStore, check_key};
 use crate::config::BlobConfig;
@@ -168,5 +169,180 @@ impl BlobStore for S3Blobs {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// The smallest part S3 accepts in a multipart upload (the last excepted).
+pub const MIN_PART: usize = 5 * 1024 * 1024;
+/// The most parts one multipart upload may have.
+const MAX_PARTS: usize = 10_000;
+
+impl S3Blobs {
+    /// Starts streaming an object of unknown size into `key`, in parts of
+    /// `part_size` bytes (at least [`MIN_PART`]). Nothing is sent yet.
+    pub fn upload(
+        &self,
+        key: &str,
+        content_type: &str,
+        part_size: usize,
+    ) -> Result<S3Upload, BlobError> {
+        check_key(key)?;
+        Ok(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            content_type: content_type.to_owned(),
+            part_size: part_size.max(MIN_PART),
+            buf: BytesMut::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            bytes: 0,
+        })
+    }
+}
+
+/// An object written as a stream: bytes are buffered up to a part and each
+/// full part goes up as a part of a multipart upload, so memory holds about
+/// one part whatever the object's size. The multipart upload starts with
+/// the first full part: a small object is one plain PUT at `finish`. After
+/// any error, `abort` leaves neither an object nor stored parts behind.
+#[derive(Debug)]
+pub struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: String,
+    content_type: String,
+    part_size: usize,
+    buf: BytesMut,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    bytes: u64,
+}
+
+impl S3Upload {
+    /// The multipart upload under way, once the first part went up (what
+    /// an operator needs to clean up by hand if `abort` failed).
+    pub fn upload_id(&self) -> Option<&str> {
+        self.upload_id.as_deref()
+    }
+
+    /// Appends bytes; sends every part that is full.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), BlobError> {
+        self.buf.extend_from_slice(data);
+        loop {
+            // Parts grow by a step every thousand, so the 10,000-part limit
+            // is 55 thousand base parts away (440 GiB at 8 MiB), not 10.
+            let size = self.part_size * (1 + self.parts.len() / 1000);
+            if self.buf.len() < size {
+                return Ok(());
+            }
+            let part = self.buf.split_to(size).freeze();
+            self.send_part(part).await?;
+        }
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> Result<(), BlobError> {
+        if self.parts.len() == MAX_PARTS {
+            return Err(BlobError::Unavailable(format!(
+                "{}: over {MAX_PARTS} parts; use larger parts",
+                self.key
+            )));
+        }
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let out = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .content_type(&self.content_type)
+                    .send()
+                    .await
+                    .map_err(|e| sdk(&self.key, e))?;
+                let id = out
+                    .upload_id()
+                    .map(str::to_owned)
+                    .ok_or_else(|| BlobError::Unavailable(format!("{}: no upload id", self.key)))?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let len = body.len() as u64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| sdk(&self.key, e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// Sends what is buffered and makes the object visible; the size.
+    pub async fn finish(&mut self) -> Result<u64, BlobError> {
+        let rest = self.buf.split().freeze();
+        let Some(upload_id) = self.upload_id.clone() else {
+            let len = rest.len() as u64;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .content_type(&self.content_type)
+                .body(ByteStream::from(rest))
+                .send()
+                .await
+                .map_err(|e| sdk(&self.key, e))?;
+            return Ok(len);
+        };
+        if !rest.is_empty() {
+            self.send_part(rest).await?;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(std::mem::take(&mut self.parts)))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk(&self.key, e))?;
+        // Completed: nothing is left to abort.
+        self.upload_id = None;
+        Ok(self.bytes)
+    }
+
+    /// Drops the parts sent so far (S3 keeps, and bills, the parts of an
+    /// upload that is neither completed nor aborted).
+    pub async fn abort(&mut self) -> Result<(), BlobError> {
+        self.buf.clear();
+        let Some(upload_id) = self.upload_id.take() else {
+            return Ok(());
+        };
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| sdk(&self.key, e))?;
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -196,7 +197,23 @@ impl ConsumerContext for Ctx {
 type Consumer_ = StreamConsumer<Ctx>;
 type Tp = (String, i32);
 
+/// What the lag sampler needs to know of one partition.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The next offset to apply (the last durable one + 1), -1 before any.
+    next: AtomicI64,
+    /// Records taken from the log and not yet durable (pending, queued or
+    /// being handled).
+    inside: AtomicUsize,
+}
+
+type Parts = Arc<parking_lot::Mutex<HashMap<Tp, Arc<Progress>>>>;
+
+/// How often each consumer measures its partitions' lag.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 struct Worker {
+    progress: Arc<Progress>,
     tx: mpsc::Sender<Batch>,
     task: JoinHandle<()>,
     pending: Vec<Record>,
@@ -237,8 +254,20 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     let worker_stop = CancellationToken::new();
     let mut failure = None;
 
+    let parts: Parts = Default::default();
+    let sampler = tokio::spawn(sample_lag(
+        consumer.clone(),
+        spec.group.clone(),
+        parts.clone(),
+        shutdown.clone(),
+    ));
     let spawn = |tp: &Tp, workers: &mut HashMap<Tp, Worker>| {
         let (tx, rx) = mpsc::channel(spec.queue_depth.max(1));
+        let progress = Arc::new(Progress {
+            next: AtomicI64::new(-1),
+            inside: AtomicUsize::new(0),
+        });
+        parts.lock().insert(tp.clone(), progress.clone());
         let task = tokio::spawn(worker(
             handler.clone(),
             consumer.clone(),
@@ -246,10 +275,12 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             rx,
             worker_stop.child_token(),
             fatal_tx.clone(),
+            progress.clone(),
         ));
         workers.insert(
             tp.clone(),
             Worker {
+                progress,
                 tx,
                 task,
                 pending: Vec::new(),
@@ -280,6 +311,8 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                         if let Some(w) = workers.remove(&tp) {
                             w.task.abort();
                         }
+                        parts.lock().remove(&tp);
+                        crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
                     }
                 }
             },
@@ -291,6 +324,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     }
                     let w = workers.get_mut(&tp).expect("worker exists");
                     w.pending.push(Record::of(&m));
+                    w.progress.inside.fetch_add(1, Ordering::Relaxed);
                     w.first_pending.get_or_insert_with(Instant::now);
                     if w.pending.len() >= spec.max_batch {
                         dispatch(&consumer, &tp, w)?;
@@ -324,6 +358,10 @@ pub async fn run<H: PartitionHandler + ?Sized>(
         }
     }
     worker_stop.cancel();
+    sampler.abort();
+    for tp in parts.lock().keys() {
+        crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
+    }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last commit is a normal outcome.
         tracing::debug!(error = %e, "final commit");
@@ -383,6 +421,7 @@ async fn worker<H: PartitionHandler + ?Sized>(
     mut rx: mpsc::Receiver<Batch>,
     stop: CancellationToken,
     fatal: mpsc::Sender<String>,
+    progress: Arc<Progress>,
 ) {
     handler.assigned(&tp.0, tp.1).await;
     while let Some(batch) = rx.recv().await {
@@ -390,8 +429,12 @@ async fn worker<H: PartitionHandler + ?Sized>(
             continue;
         };
         let mut backoff = Duration::from_millis(100);
+        // Every log line of the batch (dead letters, retries) says where
+        // in the log it was.
+        let span = tracing::info_span!("batch", topic = %tp.0, partition = tp.1,
+            first = batch.records.first().map_or(last, |r| r.offset), last);
         loop {
-            match handler.handle(&batch).await {
+            match tracing::Instrument::instrument(handler.handle(&batch), span.clone()).await {
                 Ok(()) => break,
                 Err(e) if e.retriable => {
                     tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, ?backoff, "retrying batch");
@@ -412,6 +455,77 @@ async fn worker<H: PartitionHandler + ?Sized>(
         // commits `last + 1`).
         if let Err(e) = consumer.store_offset(&tp.0, tp.1, last) {
             tracing::debug!(error = %e, "store_offset (partition revoked?)");
+        }
+        progress.next.store(last + 1, Ordering::Relaxed);
+        progress
+            .inside
+            .fetch_sub(batch.records.len(), Ordering::Relaxed);
+    }
+}
+
+/// Measures each partition's lag every [`LAG_EVERY`]: the head minus the
+/// next offset to apply. When nothing is inside the process, the consumer's
+/// position counts instead: it has moved past transaction markers, which
+/// are never delivered (so a transactional topic reads 0 when idle).
+async fn sample_lag(
+    consumer: Arc<Consumer_>,
+    group: String,
+    parts: Parts,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LAG_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot: Vec<(Tp, Arc<Progress>)> = parts
+            .lock()
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.clone()))
+            .collect();
+        if snapshot.is_empty() {
+            continue;
+        }
+        let c = consumer.clone();
+        let tps: Vec<Tp> = snapshot.iter().map(|(tp, _)| tp.clone()).collect();
+        let measured = tokio::task::spawn_blocking(move || {
+            let positions = c.position().ok();
+            tps.into_iter()
+                .map(|tp| {
+                    let head = c
+                        .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2))
+                        .ok()
+                        .map(|(_, h)| h);
+                    let pos = positions
+                        .as_ref()
+                        .and_then(|l| l.find_partition(&tp.0, tp.1))
+                        .and_then(|e| match e.offset() {
+                            rdkafka::Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                    (tp, head, pos)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(measured) = measured else { continue };
+        for ((tp, head, pos), (_, progress)) in measured.into_iter().zip(&snapshot) {
+            let Some(head) = head else { continue };
+            let next = progress.next.load(Ordering::Relaxed);
+            let idle = progress.inside.load(Ordering::Relaxed) == 0;
+            let done = match pos {
+                Some(p) if idle => p.max(next),
+                _ => next,
+            };
+            // Before the first record, an empty partition has no lag.
+            let lag = if done < 0 {
+                head.max(0)
+            } else {
+                (head - done).max(0)
+            };
+            crate::telemetry::lag::record(&group, &tp.0, tp.1, head, lag);
         }
     }
 }

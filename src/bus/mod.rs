@@ -3,11 +3,13 @@
 
 pub mod consumer;
 pub mod embedded;
+pub mod heads;
 pub mod producer;
 pub mod topics;
 
 pub use consumer::{Batch, HandlerError, PartitionHandler, Record};
 pub use embedded::EmbeddedCluster;
+pub use heads::Heads;
 pub use producer::{Appended, Producer};
 
 use rdkafka::ClientConfig;

@@ -13,29 +13,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth};
 use crate::blob::BlobStore;
-use crate::bus::PartitionHandler;
-use crate::bus::consumer::{self, ConsumerSpec};
 use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
 use crate::config::{Config, Secret, ViewBackend};
 use crate::event::Style;
 use crate::event::Topic;
-use crate::fold::poll::FoldConfig;
 use crate::infer::registry::{self, Catalog, Registry};
 use crate::infer::worker::InferWorker;
 use crate::infer::{model, publish};
+use crate::project::supervisor::{Projector, Supervisor};
 use crate::project::{CardProjector, FeedProjector, PollProjector, Watermarks};
-use crate::view::{self, ViewStore};
+use crate::view::{self, Generations, RoutedStore, ViewStore};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use tokio::sync::watch;
-
-/// A projector consumer: task name, group suffix, topics, handler.
-type ConsumerRole = (
-    &'static str,
-    &'static str,
-    Vec<Topic>,
-    Arc<dyn PartitionHandler>,
-);
 
 /// Which parts run in this process.
 #[derive(Clone, Copy, Debug)]
@@ -73,8 +63,10 @@ pub struct App {
     pub brokers: String,
     /// The effective configuration (with generated dev secrets).
     pub config: Config,
-    /// The view store.
+    /// The view store (reads go to each view's active generation).
     pub views: Arc<dyn ViewStore>,
+    /// The views' generations.
+    pub gens: Arc<Generations>,
     /// A producer on the log.
     pub producer: Producer,
     /// Applied offsets.
@@ -156,9 +148,12 @@ impl App {
         } else {
             (None, cfg.kafka.brokers.clone())
         };
-        let views = view::open(&cfg.views)
+        let base = view::open(&cfg.views)
             .await
             .context("opening the view store")?;
+        let gens = Generations::new(base, &cfg.views);
+        // Reads go to each view's active generation.
+        let views: Arc<dyn ViewStore> = Arc::new(RoutedStore::new(gens.clone()));
         let producer = Producer::new(&cfg.kafka, &brokers, "atelier/ingest")?;
         let watermarks = Watermarks::new();
         let shutdown = CancellationToken::new();
@@ -217,94 +212,45 @@ impl App {
                 registry: registry.clone(),
                 blobs: blobs.clone(),
                 models_ready: models_ready.clone(),
+                group: String::new(),
             };
-            let token = shutdown.clone();
+            let (gens, token) = (gens.clone(), shutdown.clone());
             tasks.push((
                 "inference worker",
-                tokio::spawn(async move { Ok(worker.run(token).await?) }),
+                tokio::spawn(async move { run_infer(worker, gens, token).await }),
             ));
         }
 
         let (projector, feed, cards) = if roles.projector {
-            let dlq = Producer::new(&cfg.kafka, &brokers, "atelier/projector")?;
-            let polls = Arc::new(PollProjector::new(
-                views.clone(),
-                dlq.clone(),
-                cfg.projector.clone(),
-                FoldConfig {
-                    voter_key: cfg.auth.voter_key.expose().as_bytes().to_vec(),
-                },
+            let mut sup = Supervisor::new(
+                gens.clone(),
+                &cfg,
+                &brokers,
+                cluster.is_some(),
                 watermarks.clone(),
+            )?;
+            let started = sup.start(&shutdown).await?;
+            let token = shutdown.clone();
+            tasks.push((
+                "projector supervisor",
+                tokio::spawn(async move { sup.run(token).await }),
             ));
-            let feed = Arc::new(FeedProjector::new(
-                views.clone(),
-                dlq.clone(),
-                cfg.projector.clone(),
-                watermarks.clone(),
-            ));
-            let cards = Arc::new(CardProjector::new(views.clone(), dlq, watermarks.clone()));
-            let consumers: [ConsumerRole; 3] = [
-                (
-                    "polls projector",
-                    "project.polls",
-                    vec![Topic::Polls],
-                    polls.clone(),
-                ),
-                (
-                    "feed projector",
-                    "project.feed",
-                    vec![Topic::Feed],
-                    feed.clone(),
-                ),
-                (
-                    "cards projector",
-                    "project.cards",
-                    crate::project::cards::TOPICS.to_vec(),
-                    cards.clone(),
-                ),
-            ];
-            for (name, group, topics, handler) in consumers {
-                let mut base = client_config(&cfg.kafka, &brokers);
-                if base.get("session.timeout.ms").is_none() {
-                    base.set("session.timeout.ms", "6000");
-                }
-                // The mock cluster answers a fetch only when its wait runs
-                // out (a broker answers as soon as data arrives): with the
-                // default 500 ms, freshness was p50 279 ms; with 10 ms, 17 ms.
-                if cluster.is_some() && base.get("fetch.wait.max.ms").is_none() {
-                    base.set("fetch.wait.max.ms", "10");
-                }
-                let spec = ConsumerSpec {
-                    group: cfg.kafka.group(group),
-                    topics: topics.into_iter().map(|t| cfg.kafka.topic(t)).collect(),
-                    max_batch: cfg.projector.max_batch,
-                    linger: Duration::from_millis(cfg.projector.linger_ms),
-                    queue_depth: 2,
-                    drain_timeout: Duration::from_secs(10),
-                };
-                let token = shutdown.clone();
-                tasks.push((
-                    name,
-                    tokio::spawn(async move {
-                        consumer::run(base, spec, handler, token.clone())
-                            .await
-                            .context(name)?;
-                        Ok(())
-                    }),
-                ));
-            }
             // Serve only once the projectors have joined their groups, so
             // that the first read-your-write does not wait out a group join.
             let wait = Duration::from_secs(30);
-            let (a, b, c) = tokio::join!(
-                polls.wait_assigned(wait),
-                feed.wait_assigned(wait),
-                cards.wait_assigned(wait)
-            );
-            if !(a && b && c) {
+            let joined = futures::future::join_all(started.iter().map(|p| p.wait_assigned(wait)));
+            if !joined.await.into_iter().all(|j| j) {
                 tracing::warn!("a projector has no partitions yet; reads may lag");
             }
-            (Some(polls), Some(feed), Some(cards))
+            let (mut polls, mut feed, mut cards) = (None, None, None);
+            for p in started {
+                match p {
+                    Projector::Polls(p) => polls = Some(p),
+                    Projector::Feed(p) => feed = Some(p),
+                    Projector::Cards(p) => cards = Some(p),
+                }
+            }
+            (polls, feed, cards)
         } else {
             (None, None, None)
         };
@@ -341,6 +287,9 @@ impl App {
                 catalog.clone(),
             );
             state.shutdown = shutdown.clone();
+            state.brokers = brokers.clone();
+            state.gens = Some(gens.clone());
+            state.heads = Some(crate::bus::Heads::new(&cfg.kafka, &brokers)?);
             let app = api::router(state, cfg.http.body_limit);
             let listener = tokio::net::TcpListener::bind(cfg.http.listen)
                 .await
@@ -366,6 +315,7 @@ impl App {
             brokers,
             config: cfg,
             views,
+            gens,
             producer,
             watermarks,
             projector,
@@ -426,6 +376,58 @@ impl App {
         drop(self);
         drop(cluster);
         result
+    }
+}
+
+/// Runs the inference worker in its stage's current consumer group, and
+/// moves it to the next group when `replay --stage infer` starts one: the
+/// worker drains (in-flight uploads commit in the old group), then starts
+/// over in the new one.
+async fn run_infer(
+    proto: InferWorker,
+    gens: Arc<Generations>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use crate::view::View;
+    let current = || async { gens.row(View::Infer).await.map(|g| g.active) };
+    let mut generation = loop {
+        match current().await {
+            Ok(g) => break g,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the inference stage's generation");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    loop {
+        let mut w = proto.clone();
+        w.group = crate::project::supervisor::infer_group(generation);
+        let child = shutdown.child_token();
+        tracing::info!(group = %w.group, "inference worker starting");
+        let mut task = tokio::spawn(w.run(child.clone()));
+        loop {
+            tokio::select! {
+                r = &mut task => {
+                    r.context("inference worker panicked")??;
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if let Ok(g) = current().await
+                && g != generation
+            {
+                child.cancel();
+                (&mut task).await.context("inference worker panicked")??;
+                generation = g;
+                break;
+            }
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
     }
 }
 

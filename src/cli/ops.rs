@@ -61,7 +61,10 @@ impl Ops {
     }
 
     /// Sends and checks the status; the error says what the API said.
-    pub(super) async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(super) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         let res = req
             .send()
             .await

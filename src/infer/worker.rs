@@ -161,7 +161,7 @@ struct Shared {
 }
 
 /// An inference worker, ready to run.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct InferWorker {
     /// Tuning.
     pub cfg: InferConfig,
@@ -177,6 +177,9 @@ pub struct InferWorker {
     pub blobs: Arc<dyn BlobStore>,
     /// True once the models topic has been read (and its models loaded).
     pub models_ready: watch::Receiver<bool>,
+    /// Consumer group (before the namespace prefix): [`GROUP`], or a later
+    /// generation's after `replay --stage infer`.
+    pub group: String,
 }
 
 impl InferWorker {
@@ -215,7 +218,7 @@ impl InferWorker {
             base.set("session.timeout.ms", "6000");
         }
         let mut ccfg = base.clone();
-        ccfg.set("group.id", self.kafka.group(GROUP))
+        ccfg.set("group.id", self.kafka.group(&self.group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

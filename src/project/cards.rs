@@ -13,7 +13,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::common::{Assigned, BatchStats, Checkpoints, decode, view_err};
+use super::common::{Assigned, BatchStats, Checkpoints, Live, decode, observe_batch, view_err};
 use super::{Change, Watermarks};
 use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
 use crate::event::{SessionKey, Topic, UploadId};
@@ -37,6 +37,9 @@ pub struct CardProjector {
     checkpoints: Checkpoints,
     totals: Mutex<BatchStats>,
     assigned: Assigned,
+    /// Whether this projector's generation serves reads: only then does it
+    /// announce changes and watermarks (a rebuild runs silent).
+    live: Live,
 }
 
 impl std::fmt::Debug for CardProjector {
@@ -57,6 +60,7 @@ impl CardProjector {
             checkpoints: Checkpoints::new(VIEW),
             totals: Mutex::new(BatchStats::default()),
             assigned: Assigned::default(),
+            live: Live::default(),
         }
     }
 
@@ -68,6 +72,11 @@ impl CardProjector {
     /// Totals since start.
     pub fn totals(&self) -> BatchStats {
         *self.totals.lock()
+    }
+
+    /// Whether this projector announces what it applies (see [`Live`]).
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// Processes one batch of either topic.
@@ -83,6 +92,7 @@ impl CardProjector {
             .map_err(view_err)?;
         let started = Instant::now();
         let decoded = decode(batch, cp.offset, &TOPICS, &self.dlq, STAGE, &mut stats).await?;
+        let newest = decoded.iter().map(|(_, e)| e.time).max();
         let patches: Vec<Patch> = decoded.iter().filter_map(|(_, e)| patch(e)).collect();
         stats.applied = patches.len() as u64;
         let cards = coalesce(&patches, card_key);
@@ -101,21 +111,32 @@ impl CardProjector {
             partition: batch.partition,
             offset: last,
         };
-        let sessions: BTreeSet<&SessionKey> = cards.iter().map(|p| &p.session_key).collect();
+        let live = self.live.get();
+        let sessions: BTreeSet<&SessionKey> = cards
+            .iter()
+            .filter(|_| live)
+            .map(|p| &p.session_key)
+            .collect();
         for s in sessions {
             self.watermarks
                 .changes
                 .publish(Change::Session(s.clone()), &batch.topic, at);
         }
-        let ups: BTreeSet<UploadId> = uploads.iter().map(|p| p.upload_id).collect();
+        let ups: BTreeSet<UploadId> = uploads
+            .iter()
+            .filter(|_| live)
+            .map(|p| p.upload_id)
+            .collect();
         for u in ups {
             self.watermarks
                 .changes
                 .publish(Change::Upload(u), &batch.topic, at);
         }
         self.checkpoints.put(cp);
-        self.watermarks.publish(&batch.topic, batch.partition, last);
-        metrics::histogram!(names::BATCH_EVENTS).record(batch.records.len() as f64);
+        if self.live.get() {
+            self.watermarks.publish(&batch.topic, batch.partition, last);
+        }
+        observe_batch(VIEW, batch.records.len(), stats.commits, newest);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
             .increment(stats.applied);
         self.totals.lock().add(&stats);

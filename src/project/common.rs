@@ -157,6 +157,53 @@ impl Checkpoints {
     }
 }
 
+/// Batch metrics: events per batch, view writes per event (how much the
+/// mini-batch coalesced), and freshness (event time to durable in the view,
+/// for the newest event of the batch).
+pub(crate) fn observe_batch(
+    view: &'static str,
+    records: usize,
+    writes: u64,
+    newest: Option<chrono::DateTime<chrono::Utc>>,
+) {
+    metrics::histogram!(crate::telemetry::names::BATCH_EVENTS).record(records as f64);
+    if records > 0 {
+        metrics::histogram!(crate::telemetry::names::WRITES_PER_EVENT, "view" => view)
+            .record(writes as f64 / records as f64);
+    }
+    if let Some(t) = newest {
+        let age = (chrono::Utc::now() - t)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0);
+        metrics::histogram!(crate::telemetry::names::FRESHNESS, "view" => view)
+            .record(age as f64 / 1e6);
+    }
+}
+
+/// Whether a projector's generation serves reads. A rebuild's projector
+/// runs silent (its progress must not answer `?after` or feed live updates
+/// for rows readers cannot see yet) until its generation is swapped in.
+#[derive(Debug)]
+pub struct Live(std::sync::atomic::AtomicBool);
+
+impl Default for Live {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicBool::new(true))
+    }
+}
+
+impl Live {
+    /// Serving reads?
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// Starts or stops announcing.
+    pub fn set(&self, live: bool) {
+        self.0.store(live, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Counts assigned partitions so that callers can wait for the group join.
 #[derive(Debug)]
 pub(crate) struct Assigned(tokio::sync::watch::Sender<usize>);

@@ -1,6 +1,15 @@
 //! Dead letters: a record that cannot be processed is appended to the DLQ
 //! topic with its original key, headers and bytes, plus headers that say
-//! where it came from and why it failed.
+//! where it came from and why it failed. The operations routes read them
+//! (`read`) and re-publish them (`replay`), leaving replay markers in the
+//! DLQ (`letters` says which record is which).
+
+pub mod letters;
+pub mod read;
+pub mod replay;
+
+pub use letters::{Cursor, DeadLetter, Edits, Filter, Place, Pos, Replayed};
+pub use read::DlqLog;
 
 use crate::bus::{BusError, Producer, Record};
 use crate::event::Topic;
@@ -20,6 +29,88 @@ pub mod header {
     pub const OFFSET: &str = "dlq_source_offset";
     /// Attempts made.
     pub const ATTEMPTS: &str = "dlq_attempts";
+    /// On a replay marker (value `replayed`): the record is no dead letter
+    /// but says that one was re-published.
+    pub const MARKER: &str = "dlq_marker";
+    /// On a marker and on the copy: the dead letter replayed, as
+    /// `<dlq topic>/<partition>/<offset>`.
+    pub const REPLAY_OF: &str = "dlq_replay_of";
+    /// On a marker: where the copy went, `<topic>/<partition>/<offset>`.
+    pub const REPLAYED_TO: &str = "dlq_replayed_to";
+    /// On a marker: the admin who replayed it.
+    pub const REPLAYED_BY: &str = "dlq_replayed_by";
+    /// On a marker (value `true`): the copy's body or headers were edited.
+    pub const REPLAY_EDITED: &str = "dlq_replay_edited";
+}
+
+/// Why reading or replaying dead letters failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DlqError {
+    /// The log failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A read task failed.
+    #[error("reading the DLQ: {0}")]
+    Read(String),
+    /// The DLQ was not read to its end in time.
+    #[error("the DLQ could not be read to its end within {0:?}")]
+    Timeout(std::time::Duration),
+    /// No dead letter there.
+    #[error("no dead letter at {0}")]
+    Unknown(Pos),
+    /// Not replayable as asked.
+    #[error(transparent)]
+    Unreplayable(#[from] letters::Unreplayable),
+    /// Replayed before (and not forced).
+    #[error("dead letter {of} was already replayed to {replayed}")]
+    AlreadyReplayed {
+        /// The dead letter.
+        of: Pos,
+        /// Its latest replay.
+        replayed: Replayed,
+    },
+    /// Publishing failed; `done` replays (copy and marker) went through
+    /// before (none within a transaction: it was aborted).
+    #[error("replay failed after {done} of {total} were published: {error}")]
+    Publish {
+        /// Replays completed.
+        done: usize,
+        /// Replays asked.
+        total: usize,
+        /// Why.
+        error: String,
+    },
+    /// A copy went out but its marker did not (only without transactions):
+    /// replaying it again would publish it twice.
+    #[error(
+        "the copy of {of} was published to {to} but its replay marker was not ({error}); \
+         do not replay it again"
+    )]
+    MarkerLost {
+        /// The dead letter.
+        of: Pos,
+        /// Where its copy went.
+        to: Place,
+        /// Why the marker failed.
+        error: String,
+    },
+}
+
+impl From<rdkafka::error::KafkaError> for DlqError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        DlqError::Bus(BusError::Kafka(e))
+    }
+}
+
+impl DlqError {
+    /// Whether trying again may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            DlqError::Bus(_) | DlqError::Read(_) | DlqError::Timeout(_) | DlqError::Publish { .. }
+        )
+    }
 }
 
 /// The headers of `rec`'s dead letter: its own (earlier `dlq_` ones

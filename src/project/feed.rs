@@ -16,7 +16,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::common::{
-    Assigned, BatchStats, Checkpoints, decode, evict_partition, view_err, write_commits,
+    Assigned, BatchStats, Checkpoints, Live, decode, evict_partition, observe_batch, view_err,
+    write_commits,
 };
 use super::{Change, Watermarks};
 use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
@@ -44,6 +45,9 @@ pub struct FeedProjector {
     checkpoints: Checkpoints,
     totals: Mutex<BatchStats>,
     assigned: Assigned,
+    /// Whether this projector's generation serves reads: only then does it
+    /// announce changes and watermarks (a rebuild runs silent).
+    live: Live,
 }
 
 impl std::fmt::Debug for FeedProjector {
@@ -74,6 +78,7 @@ impl FeedProjector {
             checkpoints: Checkpoints::new(VIEW),
             totals: Mutex::new(BatchStats::default()),
             assigned: Assigned::default(),
+            live: Live::default(),
         }
     }
 
@@ -85,6 +90,11 @@ impl FeedProjector {
     /// Totals since start.
     pub fn totals(&self) -> BatchStats {
         *self.totals.lock()
+    }
+
+    /// Whether this projector announces what it applies (see [`Live`]).
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     async fn write(
@@ -192,6 +202,7 @@ impl FeedProjector {
             &mut stats,
         )
         .await?;
+        let newest = decoded.iter().map(|(_, e)| e.time).max();
         let mut groups: Vec<(FeedItemId, Vec<Positioned>)> = Vec::new();
         let mut index: HashMap<FeedItemId, usize> = HashMap::new();
         for (pos, event) in decoded {
@@ -260,7 +271,7 @@ impl FeedProjector {
         {
             let mut cache = self.cache.lock();
             for (s, changed) in finals {
-                if changed {
+                if changed && self.live.get() {
                     self.watermarks.changes.publish(
                         Change::Feed(s.item_id, s.kind),
                         &batch.topic,
@@ -271,8 +282,10 @@ impl FeedProjector {
             }
         }
         self.checkpoints.put(cp);
-        self.watermarks.publish(&batch.topic, batch.partition, last);
-        metrics::histogram!(names::BATCH_EVENTS).record(batch.records.len() as f64);
+        if self.live.get() {
+            self.watermarks.publish(&batch.topic, batch.partition, last);
+        }
+        observe_batch(VIEW, batch.records.len(), stats.commits, newest);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
             .increment(stats.applied);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "duplicate")

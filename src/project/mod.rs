@@ -9,11 +9,12 @@ pub mod dlq;
 pub mod feed;
 pub mod follow;
 pub mod polls;
+pub mod supervisor;
 pub mod watermarks;
 
 pub use cards::CardProjector;
 pub use changes::{Announced, Change, Changes};
-pub use common::BatchStats;
+pub use common::{BatchStats, Live};
 pub use feed::FeedProjector;
 pub use polls::PollProjector;
 pub use watermarks::Watermarks;

@@ -22,7 +22,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::common::{
-    Assigned, BatchStats, Checkpoints, decode, evict_partition, view_err, write_commits,
+    Assigned, BatchStats, Checkpoints, Live, decode, evict_partition, observe_batch, view_err,
+    write_commits,
 };
 use super::{Change, Watermarks};
 use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
@@ -52,6 +53,9 @@ pub struct PollProjector {
     checkpoints: Checkpoints,
     totals: Mutex<BatchStats>,
     assigned: Assigned,
+    /// Whether this projector's generation serves reads: only then does it
+    /// announce changes and watermarks (a rebuild runs silent).
+    live: Live,
 }
 
 impl std::fmt::Debug for PollProjector {
@@ -82,6 +86,7 @@ impl PollProjector {
             checkpoints: Checkpoints::new(VIEW),
             totals: Mutex::new(BatchStats::default()),
             assigned: Assigned::default(),
+            live: Live::default(),
         }
     }
 
@@ -94,6 +99,11 @@ impl PollProjector {
     /// Totals since start.
     pub fn totals(&self) -> BatchStats {
         *self.totals.lock()
+    }
+
+    /// Whether this projector announces what it applies (see [`Live`]).
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     async fn write(
@@ -135,6 +145,7 @@ impl PollProjector {
             &mut stats,
         )
         .await?;
+        let newest = decoded.iter().map(|(_, e)| e.time).max();
         let mut by_poll: Vec<(PollId, Vec<Positioned>)> = Vec::new();
         let mut index: HashMap<PollId, usize> = HashMap::new();
         for (pos, event) in decoded {
@@ -272,7 +283,7 @@ impl PollProjector {
         {
             let mut cache = self.cache.lock();
             for (id, s, changed) in finals {
-                if changed {
+                if changed && self.live.get() {
                     self.watermarks
                         .changes
                         .publish(Change::Poll(id), &batch.topic, s.position);
@@ -281,8 +292,10 @@ impl PollProjector {
             }
         }
         self.checkpoints.put(cp);
-        self.watermarks.publish(&batch.topic, batch.partition, last);
-        metrics::histogram!(names::BATCH_EVENTS).record(batch.records.len() as f64);
+        if self.live.get() {
+            self.watermarks.publish(&batch.topic, batch.partition, last);
+        }
+        observe_batch(VIEW, batch.records.len(), stats.commits, newest);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
             .increment(stats.applied);
         metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "duplicate")

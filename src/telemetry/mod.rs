@@ -1,6 +1,8 @@
 //! Tracing setup and the metric names: every metric the crate emits is
 //! named here, once, so dashboards and code cannot drift apart.
 
+pub mod lag;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -23,6 +25,12 @@ pub mod names {
     pub const FOLD_SECONDS: &str = "atelier_fold_seconds";
     /// View write time per mini-batch, seconds.
     pub const WRITE_SECONDS: &str = "atelier_view_write_seconds";
+    /// View writes (aggregate commits) per event, per mini-batch, by
+    /// `view`: below 1 when the mini-batch coalesced.
+    pub const WRITES_PER_EVENT: &str = "atelier_writes_per_event";
+    /// Event time to durable in the view, seconds, by `view` (the newest
+    /// event of each mini-batch).
+    pub const FRESHNESS: &str = "atelier_view_freshness_seconds";
     /// View-store read statements.
     pub const VIEW_READS: &str = "atelier_view_reads_total";
     /// View-store write statements.
@@ -33,7 +41,8 @@ pub mod names {
     pub const PAUSED: &str = "atelier_partitions_paused";
     /// Times a partition was paused for backpressure, by `topic`.
     pub const PAUSES: &str = "atelier_partition_pauses_total";
-    /// Consumer lag, by `topic`, `partition`.
+    /// Consumer lag (records not yet applied), by `group`, `topic`,
+    /// `partition`; measured every second by each consumer loop.
     pub const LAG: &str = "atelier_consumer_lag";
     /// HTTP requests, by `route`, `status`.
     pub const HTTP_REQUESTS: &str = "atelier_http_requests_total";

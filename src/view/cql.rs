@@ -21,8 +21,8 @@ use scylla::{DeserializeRow, SerializeRow};
 use scylla::value::{CqlValue, MaybeUnset};
 
 use super::{
-    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow, ViewError,
-    ViewStore, VoterRow, voter_changes, write_timestamp,
+    ALL_KINDS, Checkpoint, Counters, FeedCursor, Generation, OwnerCursor, OwnerPollRow,
+    TimelineRow, View, ViewError, ViewStore, VoterRow, voter_changes, write_timestamp,
 };
 use crate::config::ViewsConfig;
 use crate::event::{
@@ -150,6 +150,10 @@ const SCHEMA: &[&str] = &[
         timings text,
         error text,
         retriable boolean)",
+    "CREATE TABLE IF NOT EXISTS generations (
+        view_name text PRIMARY KEY,
+        body text,
+        rev bigint)",
     "CREATE TABLE IF NOT EXISTS checkpoints (
         view_name text,
         topic text,
@@ -590,6 +594,12 @@ struct Statements {
     upload_patch: PreparedStatement,
     cards: PreparedStatement,
     upload: PreparedStatement,
+    generations: PreparedStatement,
+    generation_insert: PreparedStatement,
+    generation_update: PreparedStatement,
+    checkpoints_delete: PreparedStatement,
+    polls_scan: PreparedStatement,
+    polls_scan_after: PreparedStatement,
 }
 
 /// The CQL store.
@@ -823,6 +833,34 @@ impl CqlStore {
                     "SELECT {CARD_COLUMNS} FROM {{ks}}.uploads WHERE upload_id = ?"
                 ))
                 .await?,
+            generations: self.prepare("SELECT body FROM {ks}.generations").await?,
+            generation_insert: self
+                .prepare(
+                    "INSERT INTO {ks}.generations (view_name, body, rev) VALUES (?, ?, ?) \
+                     IF NOT EXISTS",
+                )
+                .await?,
+            generation_update: self
+                .prepare(
+                    "UPDATE {ks}.generations SET body = ?, rev = ? WHERE view_name = ? IF rev = ?",
+                )
+                .await?,
+            checkpoints_delete: self
+                .prepare("DELETE FROM {ks}.checkpoints WHERE view_name = ?")
+                .await?,
+            // DISTINCT reads one row per partition: the aggregate's static
+            // columns, not its ballots.
+            polls_scan: self
+                .prepare(&format!(
+                    "SELECT DISTINCT {POLL_COLUMNS} FROM {{ks}}.polls LIMIT ?"
+                ))
+                .await?,
+            polls_scan_after: self
+                .prepare(&format!(
+                    "SELECT DISTINCT {POLL_COLUMNS} FROM {{ks}}.polls \
+                     WHERE token(poll_id) > token(?) LIMIT ?"
+                ))
+                .await?,
         })
     }
 
@@ -870,6 +908,73 @@ impl ViewStore for CqlStore {
             .map_err(unavailable)?;
         let st = self.prepare_all().await?;
         let _ = self.st.set(st);
+        Ok(())
+    }
+
+    async fn generations(&self) -> Result<Vec<Generation>, ViewError> {
+        let res = self.run(&self.st()?.generations, ()).await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        rows.rows::<(Option<String>,)>()
+            .map_err(rows_err)?
+            .filter_map(|r| match r {
+                Ok((Some(body),)) => Some(
+                    serde_json::from_str::<Generation>(&body)
+                        .map_err(|e| ViewError::Corrupt(format!("generations: {e}"))),
+                ),
+                Ok((None,)) => None,
+                Err(e) => Some(Err(rows_err(e))),
+            })
+            .collect()
+    }
+
+    async fn set_generation(&self, next: &Generation, expected: i64) -> Result<bool, ViewError> {
+        let st = self.st()?;
+        let body = json(next);
+        // Lightweight transactions: the compare-and-set is decided by Paxos
+        // on the row, so two supervisors cannot both win a swap.
+        let res = if expected == 0 {
+            self.run(&st.generation_insert, (next.view.as_str(), body, next.rev))
+                .await?
+        } else {
+            self.run(
+                &st.generation_update,
+                (body, next.rev, next.view.as_str(), expected),
+            )
+            .await?
+        };
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        let first = rows
+            .maybe_first_row::<scylla::value::Row>()
+            .map_err(rows_err)?;
+        Ok(matches!(
+            first.and_then(|r| r.columns.into_iter().next().flatten()),
+            Some(CqlValue::Boolean(true))
+        ))
+    }
+
+    async fn drop_view(&self, view: View) -> Result<(), ViewError> {
+        let tables: &[&str] = match view {
+            View::Polls => &["polls", "polls_by_owner", "poll_voters"],
+            View::Feed => &["feed_items", "feed_timeline"],
+            View::Cards => &["cards", "uploads"],
+            View::Infer => &[],
+        };
+        for t in tables {
+            self.session
+                .query_unpaged(format!("TRUNCATE {}.{t}", self.keyspace), ())
+                .await
+                .map_err(exec_err)?;
+        }
+        self.run(&self.st()?.checkpoints_delete, (view.as_str(),))
+            .await?;
+        Ok(())
+    }
+
+    async fn drop_store(&self) -> Result<(), ViewError> {
+        self.session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.keyspace), ())
+            .await
+            .map_err(exec_err)?;
         Ok(())
     }
 
@@ -1355,6 +1460,70 @@ impl ViewStore for CqlStore {
             .map(|r| checkpoint_of(view, r.map_err(rows_err)?))
             .collect()
     }
+
+    async fn scan_polls(
+        &self,
+        after: Option<PollId>,
+        limit: usize,
+    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
+        let st = self.st()?;
+        self.counters.read();
+        let limit = limit.clamp(1, 1000);
+        // One row past the page tells whether the page would end inside a
+        // group of partitions sharing one token (see `scan_page_len`).
+        let fetch = (limit + 1) as i32;
+        let res = match after {
+            Some(id) => self.run(&st.polls_scan_after, (id.0, fetch)).await?,
+            None => self.run(&st.polls_scan, (fetch,)).await?,
+        };
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        let mut rows = rows
+            .rows::<PollRow>()
+            .map_err(rows_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(rows_err)?;
+        let more = rows.len() > limit;
+        if more {
+            let tokens = rows
+                .iter()
+                .map(|r| match st.poll.calculate_token(&(r.poll_id,)) {
+                    Ok(Some(t)) => Ok(t.value()),
+                    Ok(None) => Err(ViewError::Rejected("polls has no partition key".into())),
+                    Err(e) => Err(ViewError::Rejected(e.to_string())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let keep = scan_page_len(&tokens, limit).ok_or_else(|| {
+                ViewError::Rejected(format!(
+                    "more than {limit} polls share one token: scan with larger pages"
+                ))
+            })?;
+            rows.truncate(keep);
+        }
+        let next = if more {
+            rows.last().map(|r| PollId(r.poll_id))
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.extend(r.into_state()?);
+        }
+        Ok((out, next))
+    }
+}
+
+/// How many of `limit + 1` scanned rows (their tokens, in scan order) make
+/// the page. The next page starts after the last row's *token*, so a page
+/// must not split partitions that share one (rare, but Murmur3 tokens are
+/// 64 bits, not ids): rows sharing the lookahead row's token wait for the
+/// next page. `None` when they are the whole page (no progress possible).
+fn scan_page_len(tokens: &[i64], limit: usize) -> Option<usize> {
+    let boundary = *tokens.get(limit)?;
+    let keep = tokens[..limit]
+        .iter()
+        .rposition(|&t| t != boundary)
+        .map_or(0, |i| i + 1);
+    (keep > 0).then_some(keep)
 }
 
 fn checkpoint_of(view: &str, r: CheckpointRow) -> Result<Checkpoint, ViewError> {
@@ -1366,4 +1535,24 @@ fn checkpoint_of(view: &str, r: CheckpointRow) -> Result<Checkpoint, ViewError> 
         rejected: unjson::<Option<BTreeMap<String, u64>>>("rejected", r.rejected)?
             .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan_page_len;
+
+    #[test]
+    fn scan_pages_never_split_a_token() {
+        // Distinct tokens: the page is the first `limit` rows.
+        assert_eq!(scan_page_len(&[1, 2, 3, 4], 3), Some(3));
+        // The last row shares the lookahead's token: it waits.
+        assert_eq!(scan_page_len(&[1, 2, 3, 3], 3), Some(2));
+        assert_eq!(scan_page_len(&[1, 4, 4, 4], 3), Some(1));
+        // A group inside the page is whole: kept.
+        assert_eq!(scan_page_len(&[2, 2, 3, 4], 3), Some(3));
+        // Every row shares one token: no page can make progress.
+        assert_eq!(scan_page_len(&[5, 5, 5, 5], 3), None);
+        // Not a lookahead scan.
+        assert_eq!(scan_page_len(&[1, 2], 3), None);
+    }
 }

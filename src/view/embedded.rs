@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{
-    ALL_KINDS, Checkpoint, Counters, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow, ViewError,
-    ViewStore, VoterRow, voter_changes, write_timestamp,
+    ALL_KINDS, Checkpoint, Counters, FeedCursor, Generation, OwnerCursor, OwnerPollRow,
+    TimelineRow, View, ViewError, ViewStore, VoterRow, voter_changes, write_timestamp,
 };
 use crate::event::{FeedItemId, PollId, QuestionId, SessionKey, UploadId, UserId};
 use crate::fold::cards::{Card, Patch};
@@ -165,7 +165,15 @@ pub struct EmbeddedStore {
     cards: Table<SessionKey, u8>,
     uploads: Table<UploadId, ()>,
     checkpoints: Table<String, (String, i32)>,
+    /// The control rows of view generations.
+    generations: parking_lot::Mutex<BTreeMap<View, Generation>>,
     counters: Counters,
+}
+
+impl<P, C: Ord> Table<P, C> {
+    fn clear(&self) {
+        self.parts.write().clear();
+    }
 }
 
 /// The cells of a patch: what it sets, and the columns it clears.
@@ -209,6 +217,51 @@ impl ViewStore for EmbeddedStore {
     }
 
     async fn migrate(&self) -> Result<(), ViewError> {
+        Ok(())
+    }
+
+    async fn generations(&self) -> Result<Vec<Generation>, ViewError> {
+        Ok(self.generations.lock().values().cloned().collect())
+    }
+
+    async fn set_generation(&self, next: &Generation, expected: i64) -> Result<bool, ViewError> {
+        let mut rows = self.generations.lock();
+        let stored = rows.get(&next.view).map_or(0, |g| g.rev);
+        if stored != expected {
+            return Ok(false);
+        }
+        rows.insert(next.view, next.clone());
+        Ok(true)
+    }
+
+    async fn drop_view(&self, view: View) -> Result<(), ViewError> {
+        match view {
+            View::Polls => {
+                self.polls.clear();
+                self.polls_by_owner.clear();
+                self.poll_voters.clear();
+            }
+            View::Feed => {
+                self.feed_items.clear();
+                self.timelines.clear();
+            }
+            View::Cards => {
+                self.cards.clear();
+                self.uploads.clear();
+            }
+            View::Infer => {}
+        }
+        self.checkpoints
+            .parts
+            .write()
+            .remove(&view.as_str().to_owned());
+        Ok(())
+    }
+
+    async fn drop_store(&self) -> Result<(), ViewError> {
+        for v in View::ALL {
+            self.drop_view(v).await?;
+        }
         Ok(())
     }
 
@@ -450,6 +503,39 @@ impl ViewStore for EmbeddedStore {
                 .map(from_cells)
                 .collect()
         })
+    }
+
+    async fn scan_polls(
+        &self,
+        after: Option<PollId>,
+        limit: usize,
+    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
+        self.counters.read();
+        let limit = limit.max(1);
+        let parts = self.polls.parts.read();
+        // Partitions are hashed, not ordered: one walk keeps the `limit`
+        // smallest ids past the cursor in a max-heap, so a page costs one
+        // pass over the table and `limit` ids of memory, never a sorted
+        // copy of every key.
+        let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
+        for id in parts.keys().filter(|id| after.is_none_or(|a| **id > a)) {
+            if heap.len() < limit {
+                heap.push(*id);
+            } else if heap.peek().is_some_and(|top| id < top) {
+                heap.pop();
+                heap.push(*id);
+            }
+        }
+        let ids = heap.into_sorted_vec();
+        let next = (ids.len() == limit).then(|| ids.last().copied()).flatten();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            // As in CQL, a partition without its aggregate is not a poll.
+            if let Some(m) = parts.get(id).and_then(|p| p.statics.live()) {
+                out.push(from_cells(m)?);
+            }
+        }
+        Ok((out, next))
     }
 }
 

@@ -10,9 +10,11 @@
 
 mod cql;
 mod embedded;
+pub mod generations;
 
 pub use cql::CqlStore;
 pub use embedded::EmbeddedStore;
+pub use generations::{Generation, Generations, Phase, RoutedStore, View};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,6 +180,21 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug + 'static {
     /// Creates the schema when missing (idempotent).
     async fn migrate(&self) -> Result<(), ViewError>;
 
+    /// The generation rows of every view (one query on the control table;
+    /// not counted as a view read: readers consult it through a short
+    /// cache, not per request).
+    async fn generations(&self) -> Result<Vec<Generation>, ViewError>;
+    /// Compare-and-set of one view's generation row: stores `next` only if
+    /// the stored row's `rev` is `expected` (0: no row yet). `Ok(false)`
+    /// when another writer got there first.
+    async fn set_generation(&self, next: &Generation, expected: i64) -> Result<bool, ViewError>;
+    /// Deletes every row of one view (its tables and checkpoints) from this
+    /// store: garbage collection of a retired generation that shares its
+    /// store with others.
+    async fn drop_view(&self, view: View) -> Result<(), ViewError>;
+    /// Deletes this whole store (a generation's own keyspace).
+    async fn drop_store(&self) -> Result<(), ViewError>;
+
     /// Projector: current states of these polls (absent ones are omitted).
     async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError>;
     /// Projector: the current ballots of these voters of one poll.
@@ -250,6 +267,18 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug + 'static {
     async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError>;
     /// All checkpoints of a view (one query).
     async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError>;
+
+    /// Export: one page of every poll's state, in the backend's scan order
+    /// (token order in CQL, id order embedded), starting after `after` (the
+    /// previous page's `next`; `None`: from the start). One query per page,
+    /// at most `limit` polls (fewer is not the end: only `next == None`
+    /// is). Not a snapshot: a poll that exists for the whole scan is seen
+    /// exactly once, one created meanwhile may or may not be.
+    async fn scan_polls(
+        &self,
+        after: Option<PollId>,
+        limit: usize,
+    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError>;
 }
 
 /// Counts statements, for the one-query proof and writes-per-event figures.

@@ -348,6 +348,22 @@ impl ViewStore for FlakyStore {
     async fn migrate(&self) -> Result<(), ViewError> {
         self.inner.migrate().await
     }
+    async fn generations(&self) -> Result<Vec<atelier::view::Generation>, ViewError> {
+        self.inner.generations().await
+    }
+    async fn set_generation(
+        &self,
+        next: &atelier::view::Generation,
+        expected: i64,
+    ) -> Result<bool, ViewError> {
+        self.inner.set_generation(next, expected).await
+    }
+    async fn drop_view(&self, view: atelier::view::View) -> Result<(), ViewError> {
+        self.inner.drop_view(view).await
+    }
+    async fn drop_store(&self) -> Result<(), ViewError> {
+        self.inner.drop_store().await
+    }
     async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
         self.inner.load_polls(ids).await
     }
@@ -450,6 +466,13 @@ impl ViewStore for FlakyStore {
     }
     async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
         self.inner.upload(id).await
+    }
+    async fn scan_polls(
+        &self,
+        after: Option<PollId>,
+        limit: usize,
+    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
+        self.inner.scan_polls(after, limit).await
     }
 }
 

@@ -757,3 +757,63 @@ async fn killed_mid_batch_each_upload_commits_exactly_once() {
     }
     t.stop().await;
 }
+
+/// `replay --stage infer` moves the workers to a new consumer group that
+/// starts at the log's start: every earlier upload is stylized again (a
+/// second completion each), and later uploads are stylized once more only.
+async fn rewinding_the_inference_stage_reruns_uploads(b: Backends) {
+    let Some(cfg) = infer_config(b, &["sketch"]).await else {
+        return;
+    };
+    let t = spawn(cfg).await;
+    let first = upload_ok(&t, "rw", 1, "sketch", jpeg(48, 32, 1)).await;
+    let second = upload_ok(&t, "rw", 2, "sketch", jpeg(40, 40, 2)).await;
+    for id in [&first, &second] {
+        assert_eq!(finished(&t, id, 120).await["status"], "completed");
+    }
+    let admin = t.token("admin");
+    let post = |body: Value| {
+        let (t, admin) = (&t, admin.clone());
+        async move {
+            let res = t
+                .http
+                .post(format!("{}/v1/admin/replay", t.url))
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let s = res.status().as_u16();
+            (s, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = post(serde_json::json!({"stage": "infer", "dry_run": true})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rebuilds"][0]["records"], 2, "{v}");
+    let (s, v) = post(serde_json::json!({"stage": "infer"})).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["rebuilds"][0]["building"], 1, "{v}");
+    let (s, v) = post(serde_json::json!({"stage": "later"})).await;
+    assert_eq!(s, 422, "{v}");
+
+    let (cfg, brokers) = (t.app.config.clone(), t.app.brokers.clone());
+    let (ids, ids2) = ([first.clone(), second.clone()], [first, second]);
+    let (events, _) = tokio::task::spawn_blocking(move || {
+        read_topic(&cfg, &brokers, Topic::Completions, 180, |evs| {
+            let o = outcomes(evs);
+            ids.iter().all(|id| o.get(id).is_some_and(|v| v.len() >= 2))
+        })
+    })
+    .await
+    .unwrap();
+    let o = outcomes(&events);
+    for id in &ids2 {
+        assert_eq!(
+            o.get(id).map(Vec::as_slice),
+            Some(&["completed", "completed"][..]),
+            "upload {id}: {o:?}"
+        );
+    }
+    t.stop().await;
+}
+both!(rewinding_the_inference_stage_reruns_uploads);

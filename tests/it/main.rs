@@ -24,7 +24,9 @@ mod blobs;
 mod cards;
 mod cli;
 mod consumer;
+mod dlq;
 mod exactly_once;
+mod export;
 mod feed;
 mod helpers;
 #[cfg(feature = "torch")]
@@ -32,6 +34,7 @@ mod infer;
 mod kill;
 mod one_query;
 mod openapi;
+mod replay;
 mod schemas;
 mod topics;
 mod views;

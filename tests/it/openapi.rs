@@ -471,8 +471,8 @@ async fn answers_match_the_documented_schemas() {
 /// `enum`, `required`, formats `uuid` and `date-time`, integer bounds, and
 /// that objects carry no property the schema does not declare (maps, given
 /// by `additionalProperties`, excepted), through `$ref`, `allOf` and `oneOf`.
-struct Checker<'a> {
-    doc: &'a Value,
+pub(crate) struct Checker<'a> {
+    pub(crate) doc: &'a Value,
 }
 
 impl<'a> Checker<'a> {
@@ -487,7 +487,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The documented response of an operation for a status, resolved.
-    fn response(&self, method: &str, template: &str, status: u16) -> Option<&'a Value> {
+    pub(crate) fn response(&self, method: &str, template: &str, status: u16) -> Option<&'a Value> {
         let r = self
             .doc
             .get("paths")?
@@ -498,7 +498,7 @@ impl<'a> Checker<'a> {
         Some(self.resolve(r))
     }
 
-    fn assert_matches(&self, schema: &Value, v: &Value, what: &str) {
+    pub(crate) fn assert_matches(&self, schema: &Value, v: &Value, what: &str) {
         let errors = self.errors(schema, v, false);
         assert!(errors.is_empty(), "{what}: {errors:#?}\n{v:#}");
     }

@@ -519,3 +519,52 @@ async fn voters_by_question_follow_ballots(b: Backends) {
     );
 }
 both!(voters_by_question_follow_ballots);
+
+/// Export scans: every poll exactly once across pages (ballot rows are not
+/// polls), each page one query, and the last page says so.
+async fn poll_scans_visit_every_poll_once(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    assert_eq!(s.scan_polls(None, 3).await.unwrap(), (vec![], None));
+    let mut want: Vec<PollState> = Vec::new();
+    for i in 0..7u64 {
+        let st = state(
+            PollId(uuid::Uuid::now_v7()),
+            "ann",
+            i as i64,
+            10,
+            vec![i, 1],
+        );
+        s.commit_poll(&PollCommit {
+            state: st.clone(),
+            ballots: (0..3).map(|v| (format!("v{v}"), Some(ballot(1)))).collect(),
+            previous: vec![],
+        })
+        .await
+        .unwrap();
+        want.push(st);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (reads, _) = s.counts();
+        let (page, next) = s.scan_polls(after, 3).await.unwrap();
+        assert_eq!(s.counts().0 - reads, 1, "a scan page is one query");
+        assert!(page.len() <= 3, "{} polls in a page of 3", page.len());
+        pages += 1;
+        seen.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        assert!(pages < 10, "the scan does not end");
+    }
+    assert!(pages >= 3, "7 polls in pages of 3 took {pages} pages");
+    seen.sort_by_key(|p| p.poll_id);
+    want.sort_by_key(|p| p.poll_id);
+    assert_eq!(seen, want);
+    // A page larger than the data is the last one.
+    let (all, next) = s.scan_polls(None, 100).await.unwrap();
+    assert_eq!((all.len(), next), (7, None));
+}
+both!(poll_scans_visit_every_poll_once);

@@ -7,6 +7,8 @@ mod dlq;
 mod export;
 mod replay;
 
+pub(super) use replay::{parts, rebuild_err};
+
 use axum::Router;
 
 use super::AppState;

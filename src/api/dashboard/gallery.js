@@ -1,0 +1,172 @@
+// The session gallery: a session's three card slots, each with the uploaded
+// image beside its stylized output and the job's status, moved live by the
+// session's `cards` events on the shared stream.
+
+import { getJson, describe } from './api.js';
+import { h, replace, setText, time, fmt, isTextId } from './dom.js';
+
+const SLOTS = [1, 2, 3];
+
+const STATUS_TEXT = {
+  received: 'waiting for a worker',
+  started: 'stylizing…',
+  completed: 'done',
+  failed: 'failed',
+};
+
+// The server's merge order: a card's status only moves forward.
+const RANK = { received: 1, started: 2, failed: 3, completed: 4 };
+
+function imageUrl(uploadId, variant) {
+  return `/v1/uploads/${encodeURIComponent(uploadId)}/image?variant=${variant}`;
+}
+
+/** Sets an image's source only when it changes, so a re-render never refetches. */
+function source(img, url) {
+  if (img.getAttribute('src') !== url) img.setAttribute('src', url);
+}
+
+/** One slot: built once, filled from each new card state. */
+class Slot {
+  constructor(n) {
+    this.el = h('article', { class: 'card', 'data-slot': n, 'data-status': 'empty' });
+    this.status = h('span', { class: 'status' }, 'empty');
+    this.style = h('span', { class: 'chip' });
+    this.input = h('img', { class: 'input', alt: 'uploaded image', decoding: 'async' });
+    this.output = h('img', { class: 'output', alt: 'stylized output', decoding: 'async' });
+    this.waiting = h('div', { class: 'placeholder' });
+    this.noInput = h('div', { class: 'placeholder' }, '–');
+    this.info = h('div', { class: 'card-info' });
+    this.error = h('p', { class: 'card-error' });
+    this.el.append(
+      h('header', {}, h('strong', {}, `Slot ${n}`), this.style, this.status),
+      h(
+        'div',
+        { class: 'pair' },
+        h('figure', {}, this.input, this.noInput, h('figcaption', {}, 'input')),
+        h('figure', {}, this.output, this.waiting, h('figcaption', {}, 'output')),
+      ),
+      this.error,
+      this.info,
+    );
+    this.show(null);
+  }
+
+  /**
+   * Shows `card` unless what is shown is newer: a read answered before a
+   * stream event can arrive after it. A newer upload (UUID v7 ids sort by
+   * time) replaces an older one; within one upload, status only advances.
+   */
+  merge(card) {
+    const cur = this.card;
+    if (cur && !card) return;
+    if (cur && card) {
+      if ((card.upload_id ?? '') < (cur.upload_id ?? '')) return;
+      if (card.upload_id === cur.upload_id && (RANK[card.status] ?? 0) < (RANK[cur.status] ?? 0)) return;
+    }
+    this.show(card);
+  }
+
+  show(card) {
+    this.card = card;
+    const status = card?.status ?? (card ? 'received' : 'empty');
+    this.el.dataset.status = status;
+    this.el.dataset.uploadId = card?.upload_id ?? '';
+    setText(this.status, card ? status : 'empty');
+    this.status.className = `status status-${status}`;
+    setText(this.style, card?.style ?? '');
+    this.style.hidden = !card?.style;
+
+    this.input.hidden = !card?.upload_id;
+    this.noInput.hidden = Boolean(card?.upload_id);
+    if (card?.upload_id) source(this.input, imageUrl(card.upload_id, 'input'));
+    else this.input.removeAttribute('src');
+
+    // The output exists only once completed (before, its URL answers 404).
+    const done = Boolean(status === 'completed' && card.upload_id && card.output_key);
+    this.output.hidden = !done;
+    if (done) source(this.output, imageUrl(card.upload_id, 'output'));
+    else this.output.removeAttribute('src');
+    this.waiting.hidden = done;
+    setText(this.waiting, card ? STATUS_TEXT[status] ?? status : 'no upload in this slot');
+    this.waiting.classList.toggle('busy', status === 'received' || status === 'started');
+
+    setText(this.error, card?.error ? `${card.error}${card.retriable ? ' (retriable)' : ''}` : '');
+    this.error.hidden = !card?.error;
+
+    const t = card?.timings;
+    replace(
+      this.info,
+      card?.width ? h('span', {}, `${card.width}×${card.height}`) : null,
+      card?.bytes ? h('span', {}, `${fmt(card.bytes / 1024)} KiB`) : null,
+      card?.model_version ? h('span', {}, `model ${card.model_version}`) : null,
+      t
+        ? h(
+            'span',
+            { title: 'time per stage' },
+            `queue ${fmt(t.queue_ms)} · decode ${fmt(t.decode_ms)} · model ${fmt(t.infer_ms)} · encode ${fmt(t.encode_ms)} ms`,
+          )
+        : null,
+      card?.received_at ? time(card.received_at) : null,
+    );
+  }
+}
+
+export class Gallery {
+  constructor(root, hub) {
+    this.hub = hub;
+    this.grid = root.querySelector('#cards');
+    this.form = root.querySelector('#session-form');
+    this.input = root.querySelector('#session');
+    this.status = root.querySelector('#session-status');
+    this.key = null;
+    this.slots = new Map(SLOTS.map((n) => [n, new Slot(n)]));
+    this.grid.append(...[...this.slots.values()].map((s) => s.el));
+    this.grid.hidden = true;
+    this.form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      this.open(this.input.value.trim());
+    });
+    hub.subscribe({
+      handlers: { cards: (c) => this.show(c) },
+      onOpen: () => this.read(),
+    });
+  }
+
+  /** Shows a session's cards (and follows them); an invalid key is refused at the form. */
+  open(key) {
+    if (!isTextId(key)) {
+      setText(this.status, 'a session key is 1 to 64 of A-Z a-z 0-9 _ . : @ -');
+      return;
+    }
+    this.input.value = key;
+    if (key === this.key) return;
+    this.key = key;
+    const url = new URL(location.href);
+    url.searchParams.set('session', key);
+    history.replaceState(null, '', url);
+    setText(this.status, '');
+    for (const slot of this.slots.values()) slot.show(null);
+    this.grid.hidden = false;
+    this.grid.dataset.session = key;
+    // The stream starts with the session's current cards.
+    this.hub.set('session', key);
+  }
+
+  async read() {
+    if (!this.key) return;
+    const key = this.key;
+    try {
+      const cards = await getJson(`/v1/sessions/${encodeURIComponent(key)}/cards`);
+      this.show(cards);
+    } catch (err) {
+      if (key === this.key) setText(this.status, `could not read the cards (${describe(err)})`);
+    }
+  }
+
+  show({ session_key, cards }) {
+    if (session_key !== this.key) return;
+    setText(this.status, cards.length ? '' : 'no uploads in this session yet');
+    for (const n of SLOTS) this.slots.get(n).merge(cards.find((c) => c.slot === n) ?? null);
+  }
+}

@@ -1,0 +1,84 @@
+//! The log's heads: each partition's high watermark, for consumer lag,
+//! replay progress and readiness. Queries are blocking librdkafka calls, so
+//! they run on the blocking pool, bounded by a timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{BusError, tail_config};
+use crate::config::KafkaConfig;
+
+/// How long one metadata or offsets query may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the brokers where topics end.
+#[derive(Clone)]
+pub struct Heads {
+    client: Arc<BaseConsumer>,
+}
+
+impl std::fmt::Debug for Heads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heads").finish_non_exhaustive()
+    }
+}
+
+impl Heads {
+    /// A client on `brokers` (it joins no group and reads nothing).
+    pub fn new(cfg: &KafkaConfig, brokers: &str) -> Result<Self, BusError> {
+        let client: BaseConsumer = tail_config(cfg, brokers, "heads", "latest").create()?;
+        Ok(Self {
+            client: Arc::new(client),
+        })
+    }
+
+    /// `(partition, high watermark)` of every partition of `topic`, in
+    /// partition order. The high watermark is the offset the next record
+    /// will get (transaction markers included).
+    pub async fn of(&self, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
+        let client = self.client.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let md = client.fetch_metadata(Some(&topic), TIMEOUT)?;
+            let mut out = Vec::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (_, high) = client.fetch_watermarks(&topic, p.id(), TIMEOUT)?;
+                    out.push((p.id(), high));
+                }
+            }
+            out.sort_unstable();
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BusError::Handler(format!("heads query: {e}")))?
+    }
+
+    /// The first offset of each partition of `topic` whose record time is
+    /// at or after `ms` (the high watermark where there is none).
+    pub async fn at_time(&self, topic: &str, ms: i64) -> Result<Vec<(i32, i64)>, BusError> {
+        let heads = self.of(topic).await?;
+        let client = self.client.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for (p, _) in &heads {
+                tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Offset(ms))?;
+            }
+            let found = client.offsets_for_times(tpl, TIMEOUT)?;
+            let mut out = Vec::new();
+            for (p, high) in heads {
+                let off = match found.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => o,
+                    _ => high,
+                };
+                out.push((p, off));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BusError::Handler(format!("offsets query: {e}")))?
+    }
+}

@@ -1,0 +1,397 @@
+//! Replaying dead letters: a copy goes back to its source topic and a
+//! marker is appended to the DLQ (same partition as the dead letter) saying
+//! where it went. The marker is what makes a replay idempotent: a dead letter
+//! with a marker is not published again unless forced.
+//!
+//! On real Kafka the copies and markers commit in one transaction of a
+//! producer with a stable `transactional.id` per namespace, so a crash never
+//! leaves a copy without its marker. Opening that producer fences any other
+//! replay in flight (in any process) before the DLQ is read, so two replays
+//! of one dead letter cannot both pass the check: the later fence aborts the
+//! earlier transaction. The embedded mock cluster only fakes transactions:
+//! there each copy, then its marker, is published and acknowledged in turn.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use super::DlqError;
+use super::letters::{
+    Copy, Cursor, DeadLetter, Edits, Entry, Filter, Place, Pos, Replayed, copy_of, marker_headers,
+};
+use super::read::{DlqLog, Scope};
+use crate::bus::client_config;
+use crate::bus::producer::is_consumer_only;
+
+/// Most dead letters one bulk replay publishes (and lists as skipped); the
+/// answer says when more were left for another call.
+pub const MAX_BULK: usize = 200;
+/// Most payload bytes one bulk replay holds in memory.
+pub const MAX_BULK_BYTES: usize = 8 << 20;
+
+/// How long a transaction step (init, commit, abort) may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One replay at a time in this process: replays share one
+/// `transactional.id` per namespace, and two at once would fence each
+/// other; on the embedded cluster (no fencing) it is what keeps the check
+/// and the publish of one replay together.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A replay planned or done.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// What is (or would be) published.
+    pub copy: Copy,
+    /// Where it went; `None` on a dry run.
+    pub done: Option<Done>,
+}
+
+/// Where a replay's copy and marker landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Done {
+    /// The copy, in the source topic.
+    pub to: Place,
+    /// The marker, in the DLQ.
+    pub marker: Pos,
+}
+
+/// A dead letter a bulk replay left alone, and why.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    /// The dead letter.
+    pub of: Pos,
+    /// Why.
+    pub reason: String,
+    /// Its latest replay, when that is why.
+    pub replayed: Option<Replayed>,
+}
+
+/// What a bulk replay did.
+#[derive(Clone, Debug, Default)]
+pub struct Bulk {
+    /// Replays, in log order per partition.
+    pub replays: Vec<Replay>,
+    /// Matching dead letters not replayed (at most [`MAX_BULK`] listed).
+    pub skipped: Vec<Skipped>,
+    /// More matched than one call replays: call again for the rest.
+    pub truncated: bool,
+}
+
+impl DlqLog {
+    /// Replays the dead letter at `pos` with `edits`; a dead letter already
+    /// replayed is refused unless `force`. `by`: the admin, for the marker.
+    pub async fn replay(
+        &self,
+        pos: Pos,
+        edits: &Edits,
+        force: bool,
+        dry_run: bool,
+        by: &str,
+    ) -> Result<Replay, DlqError> {
+        let _one = if dry_run {
+            None
+        } else {
+            Some(ONE_AT_A_TIME.lock().await)
+        };
+        // Opened (and so fencing) before the read; see the module docs.
+        let out = if dry_run {
+            None
+        } else {
+            Some(Out::open(self).await?)
+        };
+        let letter = self.get(pos).await?.ok_or(DlqError::Unknown(pos))?;
+        if let Some(r) = letter.replayed.clone()
+            && !force
+        {
+            return Err(DlqError::AlreadyReplayed {
+                of: pos,
+                replayed: r,
+            });
+        }
+        let copy = copy_of(&letter, self.topic(), &self.source_topics(), edits)?;
+        let Some(out) = out else {
+            return Ok(Replay { copy, done: None });
+        };
+        let mut done = out
+            .publish(std::slice::from_ref(&copy), by, !edits.is_empty())
+            .await?;
+        Ok(Replay {
+            copy,
+            done: done.pop(),
+        })
+    }
+
+    /// Replays, unchanged, every dead letter matching `filter` that was not
+    /// replayed yet (at most [`MAX_BULK`] per call).
+    pub async fn replay_matching(
+        &self,
+        filter: &Filter,
+        dry_run: bool,
+        by: &str,
+    ) -> Result<Bulk, DlqError> {
+        let _one = if dry_run {
+            None
+        } else {
+            Some(ONE_AT_A_TIME.lock().await)
+        };
+        let out = if dry_run {
+            None
+        } else {
+            Some(Out::open(self).await?)
+        };
+        let namespace = self.kafka().namespace.clone();
+        let mut picked: BTreeMap<Pos, DeadLetter> = BTreeMap::new();
+        let mut bytes = 0usize;
+        let mut bulk = Bulk::default();
+        let size = |l: &DeadLetter| l.record.payload.as_ref().map_or(0, Vec::len);
+        self.scan(&Scope::All(Cursor::default()), |e| match e {
+            Entry::Letter(l) if filter.matches(&l, &namespace) => {
+                if picked.len() >= MAX_BULK || bytes + size(&l) > MAX_BULK_BYTES {
+                    bulk.truncated = true;
+                } else {
+                    bytes += size(&l);
+                    picked.insert(l.pos, *l);
+                }
+            }
+            // Markers follow their dead letter in its partition: by the
+            // time one is read, its letter was seen.
+            Entry::Marker(m) => {
+                if let Some(l) = picked.remove(&m.of) {
+                    bytes -= size(&l);
+                    if bulk.skipped.len() < MAX_BULK {
+                        bulk.skipped.push(Skipped {
+                            of: m.of,
+                            reason: format!("already replayed to {}", m.replayed),
+                            replayed: Some(m.replayed),
+                        });
+                    }
+                } else if let Some(s) = bulk.skipped.iter_mut().find(|s| s.of == m.of) {
+                    // Replayed more than once (forced): the latest counts.
+                    s.reason = format!("already replayed to {}", m.replayed);
+                    s.replayed = Some(m.replayed);
+                }
+            }
+            _ => {}
+        })
+        .await?;
+        let (topic, topics) = (self.topic().to_owned(), self.source_topics());
+        let mut copies = Vec::with_capacity(picked.len());
+        for l in picked.values() {
+            match copy_of(l, &topic, &topics, &Edits::default()) {
+                Ok(c) => copies.push(c),
+                Err(e) if bulk.skipped.len() < MAX_BULK => bulk.skipped.push(Skipped {
+                    of: l.pos,
+                    reason: e.to_string(),
+                    replayed: None,
+                }),
+                Err(_) => {}
+            }
+        }
+        let done = match out {
+            Some(out) if !copies.is_empty() => out.publish(&copies, by, false).await?,
+            _ => Vec::new(),
+        };
+        let mut done = done.into_iter();
+        bulk.replays = copies
+            .into_iter()
+            .map(|copy| Replay {
+                copy,
+                done: done.next(),
+            })
+            .collect();
+        Ok(bulk)
+    }
+}
+
+/// The replay producer: transactional on real Kafka.
+struct Out {
+    producer: FutureProducer,
+    transactional: bool,
+    dlq_topic: String,
+}
+
+impl Out {
+    async fn open(log: &DlqLog) -> Result<Out, DlqError> {
+        let transactional = !log.kafka().is_embedded();
+        let mut c = ClientConfig::new();
+        for (k, v) in client_config(log.kafka(), log.brokers()).config_map() {
+            if !is_consumer_only(k) {
+                c.set(k, v);
+            }
+        }
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000");
+        if transactional {
+            // Stable per namespace: opening it fences any replay still in
+            // flight elsewhere (see the module docs).
+            c.set("transactional.id", log.kafka().group("dlq-replay"))
+                .set("transaction.timeout.ms", "60000");
+        }
+        let producer: FutureProducer = c.create()?;
+        if transactional {
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
+                .await
+                .map_err(|e| DlqError::Read(e.to_string()))??;
+        }
+        Ok(Out {
+            producer,
+            transactional,
+            dlq_topic: log.topic().to_owned(),
+        })
+    }
+
+    /// Publishes each copy, then its marker; in one transaction when
+    /// transactional. Answers where each landed, in order.
+    async fn publish(
+        &self,
+        copies: &[Copy],
+        by: &str,
+        edited: bool,
+    ) -> Result<Vec<Done>, DlqError> {
+        if !self.transactional {
+            return self.send_all(copies, by, edited).await;
+        }
+        self.producer.begin_transaction()?;
+        let sent = self.send_all(copies, by, edited).await;
+        let failed = |error: String| DlqError::Publish {
+            done: 0,
+            total: copies.len(),
+            error,
+        };
+        let done = match sent {
+            Ok(done) => done,
+            Err(e) => {
+                self.abort().await;
+                return Err(failed(e.to_string()));
+            }
+        };
+        let p = self.producer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            // A retriable commit error means "commit again", never "publish
+            // again": the records may already be in.
+            let mut tries = 0;
+            loop {
+                match p.commit_transaction(TXN_TIMEOUT) {
+                    Err(KafkaError::Transaction(ref r)) if r.is_retriable() && tries < 5 => {
+                        tries += 1
+                    }
+                    r => return r,
+                }
+            }
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+        if let Err(e) = committed {
+            self.abort().await;
+            return Err(failed(e.to_string()));
+        }
+        Ok(done)
+    }
+
+    /// Aborts the open transaction; a failure is logged (the broker aborts
+    /// it at the transaction timeout, or the next replay's fence does).
+    async fn abort(&self) {
+        let p = self.producer.clone();
+        let r = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "aborting a DLQ replay transaction");
+        }
+    }
+
+    /// Each copy then its marker, each acknowledged before the next send.
+    async fn send_all(
+        &self,
+        copies: &[Copy],
+        by: &str,
+        edited: bool,
+    ) -> Result<Vec<Done>, DlqError> {
+        let mut done = Vec::with_capacity(copies.len());
+        for c in copies {
+            let to = self
+                .send(
+                    &c.topic,
+                    c.partition,
+                    c.key.as_deref(),
+                    &c.headers,
+                    c.payload.as_deref(),
+                )
+                .await
+                .map_err(|e| DlqError::Publish {
+                    done: done.len(),
+                    total: copies.len(),
+                    error: e.to_string(),
+                })?;
+            let marker = marker_headers(&self.dlq_topic, c.of, &to, by, edited);
+            // Same partition as the dead letter: a read of that partition
+            // from the letter on finds it.
+            let marker = self
+                .send(
+                    &self.dlq_topic,
+                    Some(c.of.partition),
+                    c.key.as_deref(),
+                    &marker,
+                    None,
+                )
+                .await
+                .map_err(|e| DlqError::MarkerLost {
+                    of: c.of,
+                    to: to.clone(),
+                    error: e.to_string(),
+                })?;
+            tracing::info!(of = %c.of, to = %to, by, "dead letter replayed");
+            done.push(Done {
+                to,
+                marker: Pos {
+                    partition: marker.partition,
+                    offset: marker.offset,
+                },
+            });
+        }
+        Ok(done)
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+        payload: Option<&[u8]>,
+    ) -> Result<Place, KafkaError> {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(hs);
+        if let Some(p) = partition {
+            r = r.partition(p);
+        }
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        if let Some(b) = payload {
+            r = r.payload(b);
+        }
+        let d = self
+            .producer
+            .send(r, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(Place {
+            topic: topic.to_owned(),
+            partition: d.partition,
+            offset: d.offset,
+        })
+    }
+}
