@@ -232,7 +232,11 @@ async fn copy(
     tally: &mut Tally,
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
-    while let Some(chunk) = res.chunk().await.unwrap_or(None) {
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .context("the server cut the export short")?
+    {
         tally.feed(&chunk);
         sink.write(&chunk).await?;
         bar.set_position(tally.rows());

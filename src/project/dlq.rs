@@ -123,9 +123,11 @@ pub fn headers(
     error: &str,
     attempts: u32,
 ) -> Vec<(String, Vec<u8>)> {
+    // A replayed copy that fails again keeps `dlq_replay_of`: its new dead
+    // letter links back to the one it was replayed from.
     let mut hs: Vec<(String, Vec<u8>)> = rec
         .header_pairs()
-        .filter(|(k, _)| !k.starts_with("dlq_"))
+        .filter(|(k, _)| !k.starts_with("dlq_") || *k == header::REPLAY_OF)
         .map(|(k, v)| (k.to_owned(), v.to_vec()))
         .collect();
     hs.extend([
