@@ -224,7 +224,7 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
     };
     let banner = match app.addr {
         Some(addr) => format!(
-            "atelier is up\n  API        http://{addr}\n  log        {}\n  views      {}\n  \
+            "atelier is up\n  dashboard  http://{addr}/\n  API        http://{addr}\n  log        {}\n  views      {}\n  \
              inference  {inference}\n  styles     {}\n  \
              try        atelier emit poll --head 'Lunch?' --question Pizza --question Sushi\n  \
              upload     atelier emit upload --session demo --style {} [IMAGE]\n  \
