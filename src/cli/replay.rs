@@ -223,12 +223,12 @@ fn print_status(v: &Value) {
         println!(
             "{:<6} {:>6} {:>9} {:>9} {:>10} {:>10}  {}",
             str_of(&s["view"]),
-            s["active"],
+            s["active"].to_string(),
             s["building"]
                 .as_u64()
                 .map_or("-".to_owned(), |b| b.to_string()),
             str_of(&s["phase"]),
-            s["lag"],
+            s["lag"].to_string(),
             s["building_remaining"]
                 .as_u64()
                 .map_or("-".to_owned(), |b| b.to_string()),
