@@ -84,6 +84,8 @@ pub struct AppState {
     pub heads: Option<crate::bus::Heads>,
     /// Most records the views may lag for `/readyz` to answer ready.
     pub ready_lag: u64,
+    /// The last pipeline measurement (`/readyz`, `/v1/pipeline`).
+    pub(crate) health: Arc<tokio::sync::Mutex<Option<(Instant, pipeline::Measured)>>>,
 }
 
 impl AppState {
@@ -108,6 +110,7 @@ impl AppState {
             gens: None,
             heads: None,
             ready_lag: cfg.http.ready_lag,
+            health: Arc::default(),
             producer,
             views,
             auth: Arc::new(auth),

@@ -4,6 +4,7 @@
 //! are caught up within `http.ready_lag`).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -15,7 +16,7 @@ use serde_json::json;
 use super::admin::{parts, rebuild_err};
 use super::{ApiError, AppState};
 use crate::event::Topic;
-use crate::project::supervisor::{self, group_of};
+use crate::project::supervisor::{self, behind, group_of};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -23,12 +24,43 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
+/// One measurement of the pipeline: per topic `(applied, lag)`, the views'
+/// generations, the records in the DLQ topic.
+#[derive(Clone, Debug)]
+pub(crate) struct Measured {
+    topics: BTreeMap<String, (u64, u64)>,
+    views: Vec<serde_json::Value>,
+    dlq: i64,
+}
+
+impl Measured {
+    fn lag(&self) -> u64 {
+        self.topics.values().map(|(_, l)| l).sum()
+    }
+}
+
+/// How long a measurement answers both routes: they are public, and each
+/// measurement asks the brokers for every partition's head.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The last measurement, if younger than [`FRESH_FOR`], else a new one;
+/// concurrent callers wait for one measurement instead of each making one.
+async fn measured(s: &AppState) -> Result<Measured, ApiError> {
+    let mut last = s.health.lock().await;
+    if let Some((at, m)) = last.as_ref()
+        && at.elapsed() < FRESH_FOR
+    {
+        return Ok(m.clone());
+    }
+    let m = measure(s).await?;
+    *last = Some((Instant::now(), m.clone()));
+    Ok(m)
+}
+
 /// Per topic: records applied by the active generation of its view, and
 /// its lag. Where this process consumes a partition itself, its consumer's
 /// lag counts (it sees past transaction markers, which checkpoints cannot).
-async fn measure(
-    s: &AppState,
-) -> Result<(BTreeMap<String, (u64, u64)>, Vec<serde_json::Value>), ApiError> {
+async fn measure(s: &AppState) -> Result<Measured, ApiError> {
     let (gens, heads) = parts(s)?;
     let views = supervisor::status(gens, heads, &s.kafka)
         .await
@@ -41,7 +73,7 @@ async fn measure(
             .kafka
             .group(&group_of(v.generation.view, v.generation.active));
         for p in &v.partitions {
-            let by_checkpoint = (p.head - 1 - p.active).max(0) as u64;
+            let by_checkpoint = behind(p.head, p.active);
             let lag = local
                 .iter()
                 .find(|r| r.group == group && r.topic == p.topic && r.partition == p.partition)
@@ -57,12 +89,6 @@ async fn measure(
             "phase": v.generation.phase,
         }));
     }
-    Ok((topics, gens_out))
-}
-
-async fn pipeline(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (topics, views) = measure(&s).await?;
-    let (_, heads) = parts(&s)?;
     let dlq: i64 = heads
         .of(&s.kafka.topic(Topic::Dlq))
         .await
@@ -70,8 +96,18 @@ async fn pipeline(State(s): State<AppState>) -> Result<Response, ApiError> {
         .iter()
         .map(|(_, h)| *h)
         .sum();
-    let lag: u64 = topics.values().map(|(_, l)| l).sum();
-    let topics: Vec<_> = topics
+    Ok(Measured {
+        topics,
+        views: gens_out,
+        dlq,
+    })
+}
+
+async fn pipeline(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let m = measured(&s).await?;
+    let lag = m.lag();
+    let topics: Vec<_> = m
+        .topics
         .into_iter()
         .map(|(t, (consumed, lag))| json!({"topic": t, "consumed": consumed, "lag": lag}))
         .collect();
@@ -79,16 +115,16 @@ async fn pipeline(State(s): State<AppState>) -> Result<Response, ApiError> {
         "at_ms": chrono::Utc::now().timestamp_millis(),
         "topics": topics,
         "lag": lag,
-        "dlq": dlq,
-        "views": views,
+        "dlq": m.dlq,
+        "views": m.views,
     }))
     .into_response())
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    match measure(&s).await {
-        Ok((topics, _)) => {
-            let lag: u64 = topics.values().map(|(_, l)| l).sum();
+    match measured(&s).await {
+        Ok(m) => {
+            let lag = m.lag();
             if lag <= s.ready_lag {
                 axum::Json(json!({"ready": true, "lag": lag})).into_response()
             } else {

@@ -152,6 +152,8 @@ impl App {
             .await
             .context("opening the view store")?;
         let gens = Generations::new(base, &cfg.views);
+        // Where the topics end: one client for the supervisor and the API.
+        let heads = crate::bus::Heads::new(&cfg.kafka, &brokers)?;
         // Reads go to each view's active generation.
         let views: Arc<dyn ViewStore> = Arc::new(RoutedStore::new(gens.clone()));
         let producer = Producer::new(&cfg.kafka, &brokers, "atelier/ingest")?;
@@ -228,6 +230,7 @@ impl App {
                 &brokers,
                 cluster.is_some(),
                 watermarks.clone(),
+                heads.clone(),
             )?;
             let started = sup.start(&shutdown).await?;
             let token = shutdown.clone();
@@ -289,7 +292,7 @@ impl App {
             state.shutdown = shutdown.clone();
             state.brokers = brokers.clone();
             state.gens = Some(gens.clone());
-            state.heads = Some(crate::bus::Heads::new(&cfg.kafka, &brokers)?);
+            state.heads = Some(heads.clone());
             let app = api::router(state, cfg.http.body_limit);
             let listener = tokio::net::TcpListener::bind(cfg.http.listen)
                 .await

@@ -116,6 +116,7 @@ impl Supervisor {
         brokers: &str,
         embedded: bool,
         watermarks: Arc<Watermarks>,
+        heads: Heads,
     ) -> Result<Self, BusError> {
         Ok(Self {
             gens,
@@ -124,7 +125,7 @@ impl Supervisor {
             embedded,
             dlq: Producer::new(&cfg.kafka, brokers, "atelier/projector")?,
             watermarks,
-            heads: Heads::new(&cfg.kafka, brokers)?,
+            heads,
             running: HashMap::new(),
             swapping_seen: HashMap::new(),
         })
@@ -286,11 +287,7 @@ impl Supervisor {
                 .await
                 .map_err(|e| ViewError::Unavailable(e.to_string()))?;
             for (p, head) in heads {
-                let done = cps
-                    .iter()
-                    .find(|c| c.topic == topic && c.partition == p)
-                    .map_or(-1, |c| c.offset);
-                left += (head - 1 - done).max(0) as u64;
+                left += behind(head, applied_at(&cps, &topic, p));
             }
         }
         Ok(left)
@@ -387,6 +384,20 @@ impl Supervisor {
         );
         Ok(())
     }
+}
+
+/// The last offset these checkpoints have applied in a partition (-1:
+/// none).
+fn applied_at(cps: &[Checkpoint], topic: &str, partition: i32) -> i64 {
+    cps.iter()
+        .find(|c| c.topic == topic && c.partition == partition)
+        .map_or(-1, |c| c.offset)
+}
+
+/// Records a partition holds after `applied`, up to its `head` (the next
+/// offset; transaction markers count, so this reads at most a few high).
+pub fn behind(head: i64, applied: i64) -> u64 {
+    (head - 1 - applied).max(0) as u64
 }
 
 /// What `atelier replay` asks for.
@@ -552,22 +563,17 @@ pub async fn status(
             Some(b) => Some(gens.store(v, b).await?.checkpoints(v.as_str()).await?),
             None => None,
         };
-        let at = |cps: &[Checkpoint], topic: &str, p: i32| {
-            cps.iter()
-                .find(|c| c.topic == topic && c.partition == p)
-                .map_or(-1, |c| c.offset)
-        };
         let mut partitions = Vec::new();
         let (mut lag, mut applied, mut remaining) = (0u64, 0u64, 0u64);
         for t in v.topics() {
             let topic = kafka.topic(*t);
             for (p, head) in heads.of(&topic).await? {
-                let a = at(&active, &topic, p);
-                lag += (head - 1 - a).max(0) as u64;
-                let b = building.as_deref().map(|cps| at(cps, &topic, p));
+                let a = applied_at(&active, &topic, p);
+                lag += behind(head, a);
+                let b = building.as_deref().map(|cps| applied_at(cps, &topic, p));
                 if let Some(b) = b {
                     applied += (b + 1).max(0) as u64;
-                    remaining += (head - 1 - b).max(0) as u64;
+                    remaining += behind(head, b);
                 }
                 partitions.push(PartitionProgress {
                     topic: topic.clone(),

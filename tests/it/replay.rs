@@ -26,6 +26,11 @@ fn tallies(v: &Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// POSTs to an operations route as the admin.
+async fn replay_post(t: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    t.call(Method::POST, path, Some(ADMIN), Some(body)).await
+}
+
 async fn status(t: &TestApp, view: &str) -> Value {
     let (s, v) = t
         .call(Method::GET, "/v1/admin/replay", Some(ADMIN), None)
@@ -119,25 +124,11 @@ async fn rebuild_under_load(b: Backends) {
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (s, v) = t
-        .call(
-            Method::POST,
-            "/v1/admin/replay",
-            Some(ADMIN),
-            Some(json!({"view": "polls"})),
-        )
-        .await;
+    let (s, v) = replay_post(&t, "/v1/admin/replay", json!({"view": "polls"})).await;
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["rebuilds"][0]["building"], 1, "{v}");
     // A second rebuild of the same view is refused while one runs.
-    let (s, v) = t
-        .call(
-            Method::POST,
-            "/v1/admin/replay",
-            Some(ADMIN),
-            Some(json!({"view": "polls"})),
-        )
-        .await;
+    let (s, v) = replay_post(&t, "/v1/admin/replay", json!({"view": "polls"})).await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"], "rebuild_in_progress");
 
@@ -183,14 +174,7 @@ async fn rebuild_under_load(b: Backends) {
     }
 
     // gc drops generation 0; reads keep answering from generation 1.
-    let (s, v) = t
-        .call(
-            Method::POST,
-            "/v1/admin/replay/gc",
-            Some(ADMIN),
-            Some(json!({})),
-        )
-        .await;
+    let (s, v) = replay_post(&t, "/v1/admin/replay/gc", json!({})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["dropped"],
@@ -225,14 +209,12 @@ async fn dry_run_changes_nothing(b: Backends) {
         .create_poll("owner", json!({"head": "Q", "questions": ["a", "b"]}))
         .await;
     let _ = t.get(&format!("/v1/polls/{id}?after={tok}")).await;
-    let (s, v) = t
-        .call(
-            Method::POST,
-            "/v1/admin/replay",
-            Some(ADMIN),
-            Some(json!({"view": "all", "dry_run": true})),
-        )
-        .await;
+    let (s, v) = replay_post(
+        &t,
+        "/v1/admin/replay",
+        json!({"view": "all", "dry_run": true}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["rebuilds"].as_array().map(Vec::len), Some(3), "{v}");
     let polls = v["rebuilds"]
@@ -245,14 +227,7 @@ async fn dry_run_changes_nothing(b: Backends) {
     let st = status(&t, "polls").await;
     assert_eq!(st["active"], 0);
     assert!(st["building"].is_null(), "{st}");
-    let (s, v) = t
-        .call(
-            Method::POST,
-            "/v1/admin/replay",
-            Some(ADMIN),
-            Some(json!({"view": "nope"})),
-        )
-        .await;
+    let (s, v) = replay_post(&t, "/v1/admin/replay", json!({"view": "nope"})).await;
     assert_eq!(s, 422, "{v}");
     t.stop().await;
 }

@@ -84,6 +84,19 @@ pub struct Bulk {
 }
 
 impl DlqLog {
+    /// For a real replay: this process's turn (replays run one at a time)
+    /// and the publisher; nothing for a dry run.
+    async fn writer(
+        &self,
+        dry_run: bool,
+    ) -> Result<(Option<tokio::sync::MutexGuard<'static, ()>>, Option<Out>), DlqError> {
+        if dry_run {
+            return Ok((None, None));
+        }
+        let one = ONE_AT_A_TIME.lock().await;
+        Ok((Some(one), Some(Out::open(self).await?)))
+    }
+
     /// Replays the dead letter at `pos` with `edits`; a dead letter already
     /// replayed is refused unless `force`. `by`: the admin, for the marker.
     pub async fn replay(
@@ -94,17 +107,8 @@ impl DlqLog {
         dry_run: bool,
         by: &str,
     ) -> Result<Replay, DlqError> {
-        let _one = if dry_run {
-            None
-        } else {
-            Some(ONE_AT_A_TIME.lock().await)
-        };
         // Opened (and so fencing) before the read; see the module docs.
-        let out = if dry_run {
-            None
-        } else {
-            Some(Out::open(self).await?)
-        };
+        let (_one, out) = self.writer(dry_run).await?;
         let letter = self.get(pos).await?.ok_or(DlqError::Unknown(pos))?;
         if let Some(r) = letter.replayed.clone()
             && !force
@@ -135,16 +139,7 @@ impl DlqLog {
         dry_run: bool,
         by: &str,
     ) -> Result<Bulk, DlqError> {
-        let _one = if dry_run {
-            None
-        } else {
-            Some(ONE_AT_A_TIME.lock().await)
-        };
-        let out = if dry_run {
-            None
-        } else {
-            Some(Out::open(self).await?)
-        };
+        let (_one, out) = self.writer(dry_run).await?;
         let namespace = self.kafka().namespace.clone();
         let mut picked: BTreeMap<Pos, DeadLetter> = BTreeMap::new();
         let mut bytes = 0usize;
