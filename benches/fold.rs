@@ -15,7 +15,7 @@ use atelier::fold::Position;
 use atelier::fold::cards::{card_key, coalesce, patch, upload_key};
 use atelier::fold::feed::ItemAggregate;
 use atelier::fold::poll::{FoldConfig, PollAggregate};
-use atelier::view::{EmbeddedStore, ViewStore};
+use atelier::view::{EmbeddedStore, PollsStore};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const VOTES: usize = 100_000;
@@ -23,7 +23,7 @@ const VOTERS: usize = 10_000;
 
 fn events() -> (Event, Vec<Event>) {
     let poll = PollId(uuid::Uuid::from_u128(1));
-    let t = atelier::api::now();
+    let t = atelier::edge::now();
     let who = |i: usize| Principal {
         id: UserId::parse(&format!("voter-{i}")).unwrap(),
         name: format!("Voter {i}"),
@@ -107,7 +107,7 @@ fn fold(c: &mut Criterion) {
 
 fn feed(c: &mut Criterion) {
     let item = FeedItemId(uuid::Uuid::from_u128(1));
-    let t = atelier::api::now();
+    let t = atelier::edge::now();
     let who = |i: usize| Principal {
         id: UserId::parse(&format!("user-{i}")).unwrap(),
         name: format!("User {i}"),
@@ -163,7 +163,7 @@ fn feed(c: &mut Criterion) {
 }
 
 fn cards(c: &mut Criterion) {
-    let t = atelier::api::now();
+    let t = atelier::edge::now();
     let events: Vec<Event> = (0..10_000)
         .map(|i| Event {
             id: EventId(uuid::Uuid::from_u128(i as u128)),

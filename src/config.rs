@@ -274,9 +274,11 @@ pub struct ProjectorConfig {
     pub max_batch: usize,
     /// How long a partial batch waits for more events, in milliseconds.
     pub linger_ms: u64,
-    /// Most poll aggregates kept in memory (LRU); bounds memory whatever the
-    /// number of polls.
-    pub cache_polls: usize,
+    /// Most aggregates (polls, feed items) each projector keeps in memory
+    /// (LRU); bounds memory whatever the number of aggregates. `cache_polls`
+    /// is its earlier name.
+    #[serde(alias = "cache_polls")]
+    pub cache_aggregates: usize,
     /// Most ballot rows in one atomic aggregate commit; a larger batch of one
     /// hot poll is split into several commits.
     pub commit_rows: usize,
@@ -294,7 +296,7 @@ impl Default for ProjectorConfig {
         Self {
             max_batch: 5_000,
             linger_ms: 5,
-            cache_polls: 100_000,
+            cache_aggregates: 100_000,
             commit_rows: 2_000,
             write_concurrency: 128,
             swap_lag: 1_000,

@@ -21,13 +21,18 @@
 //! - [`telemetry`]: tracing setup and metric names.
 
 pub mod api;
+pub mod app;
 pub mod blob;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod dlq;
+pub mod edge;
 pub mod event;
 pub mod fold;
+pub mod image;
 pub mod infer;
+pub mod ops;
 pub mod project;
 pub mod telemetry;
 pub mod view;

@@ -14,7 +14,7 @@ use super::json::QueryParams;
 use super::{ApiError, AppState};
 use crate::event::{SessionKey, UploadId};
 use crate::fold::cards::Card;
-use crate::project::cards::{TOPICS, VIEW};
+use crate::view::cards::VIEW;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -35,8 +35,8 @@ pub(super) async fn session_cards(
     key: SessionKey,
     after: Option<&str>,
 ) -> Result<Cards, ApiError> {
-    fresh(st, after, &TOPICS, VIEW).await?;
-    let cards = st.views.cards(&key).await?;
+    fresh(st, after, VIEW).await?;
+    let cards = st.views.cards().await?.cards(&key).await?;
     Ok(Cards {
         session_key: key,
         cards,
@@ -61,8 +61,10 @@ pub(super) async fn upload_status(
     id: UploadId,
     after: Option<&str>,
 ) -> Result<Card, ApiError> {
-    fresh(st, after, &TOPICS, VIEW).await?;
+    fresh(st, after, VIEW).await?;
     st.views
+        .cards()
+        .await?
         .upload(id)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_upload", format!("no upload {id}")))

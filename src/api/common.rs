@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::{ApiError, AppState, Token, new_id};
-use crate::event::{Event, EventData, EventId, Principal, Topic, Validate};
-use crate::telemetry::names;
+use super::{ApiError, AppState, Token};
+use crate::edge::new_id;
+use crate::event::{Event, EventData, EventId, Principal, Validate};
+use crate::ops::RebuildError;
+use crate::view::View;
 
 /// The `?after=` of reads and of ingest routes that consult a view.
 #[derive(Debug, Default, Deserialize)]
@@ -42,13 +44,13 @@ pub(super) async fn append(
 ) -> Result<(EventId, Token), ApiError> {
     let event = Event {
         id: EventId(new_id()),
-        time: super::now(),
+        time: crate::edge::now(),
         principal,
         data,
     };
     event.validate()?;
     let at = st.producer.send(&event).await?;
-    metrics::counter!(names::INGEST_EVENTS, "type" => event.data.type_name()).increment(1);
+    crate::telemetry::emit::ingest_event(event.data.type_name());
     // Inside the request's span: the line carries the request id too.
     tracing::info!(
         event_id = %event.id.0,
@@ -91,20 +93,23 @@ pub(super) fn accepted(
     res
 }
 
-/// Decodes `?after=` and checks that it names one of `topics`.
+/// Decodes `?after=` and checks that it names one of `view`'s topics.
 pub(super) fn parse_after(
     st: &AppState,
     after: Option<&str>,
-    topics: &[Topic],
-    what: &str,
+    view: View,
 ) -> Result<Option<Token>, ApiError> {
     let Some(t) = after.map(Token::decode).transpose()? else {
         return Ok(None);
     };
-    if !topics.iter().any(|&x| st.producer.topic(x) == t.topic) {
+    if !view
+        .topics()
+        .iter()
+        .any(|&x| st.producer.topic(x) == t.topic)
+    {
         return Err(ApiError::bad_request(
             "invalid_token",
-            format!("the consistency token is for another topic than {what}"),
+            format!("the consistency token is for another topic than {view}"),
         ));
     }
     Ok(Some(t))
@@ -119,7 +124,7 @@ pub(super) fn parse_after(
 /// rebalance), so it is read too, but at most every [`CHECKPOINT_EVERY`]:
 /// hundreds of waiting readers must not turn every batch into a storm of
 /// checkpoint reads.
-pub(super) async fn wait_applied(st: &AppState, view: &str, t: &Token) -> Result<(), ApiError> {
+pub(super) async fn wait_applied(st: &AppState, view: View, t: &Token) -> Result<(), ApiError> {
     let deadline = Instant::now() + st.max_after_wait;
     let mut next_read = Instant::now();
     loop {
@@ -133,10 +138,12 @@ pub(super) async fn wait_applied(st: &AppState, view: &str, t: &Token) -> Result
         let now = Instant::now();
         if now >= next_read {
             next_read = now + CHECKPOINT_EVERY;
-            if matches!(
-                st.views.checkpoint(view, &t.topic, t.partition).await,
-                Ok(Some(cp)) if cp.offset >= t.offset
-            ) {
+            if let Ok(store) = st.views.active(view).await
+                && matches!(
+                    store.checkpoint(view.as_str(), &t.topic, t.partition).await,
+                    Ok(Some(cp)) if cp.offset >= t.offset
+                )
+            {
                 return Ok(());
             }
         }
@@ -161,8 +168,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 pub(super) async fn fresh_row<T, F, Fut>(
     st: &AppState,
     after: Option<&str>,
-    topic: Topic,
-    view: &str,
+    view: View,
     read: F,
     version: fn(&T) -> crate::fold::Position,
 ) -> Result<Option<T>, ApiError>
@@ -170,7 +176,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, crate::view::ViewError>>,
 {
-    let token = parse_after(st, after, &[topic], view)?;
+    let token = parse_after(st, after, view)?;
     let row = read().await?;
     let Some(t) = token else {
         return Ok(row);
@@ -198,13 +204,8 @@ pub(super) fn not_yet(t: &Token) -> ApiError {
 }
 
 /// `?after` for a read: parse, check the topic, wait.
-pub(super) async fn fresh(
-    st: &AppState,
-    after: Option<&str>,
-    topics: &[Topic],
-    view: &str,
-) -> Result<(), ApiError> {
-    if let Some(t) = parse_after(st, after, topics, view)? {
+pub(super) async fn fresh(st: &AppState, after: Option<&str>, view: View) -> Result<(), ApiError> {
+    if let Some(t) = parse_after(st, after, view)? {
         wait_applied(st, view, &t).await?;
     }
     Ok(())
@@ -289,4 +290,12 @@ pub(super) fn decode_text_cursor(s: &str) -> Result<String, ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "the cursor is malformed");
     let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
     String::from_utf8(raw).map_err(|_| bad())
+}
+
+pub(super) fn rebuild_err(e: RebuildError) -> ApiError {
+    match e {
+        RebuildError::InProgress(..) => ApiError::conflict("rebuild_in_progress", e.to_string()),
+        RebuildError::View(e) => ApiError::unavailable("views_unavailable", e.to_string()),
+        RebuildError::Bus(e) => ApiError::unavailable("log_unavailable", e.to_string()),
+    }
 }

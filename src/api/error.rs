@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::event::ValidationError;
-use crate::telemetry::names;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +106,7 @@ impl From<crate::bus::BusError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_client_error() {
-            metrics::counter!(names::INGEST_REJECTED, "reason" => self.code).increment(1);
+            crate::telemetry::emit::ingest_rejected(self.code);
         }
         let mut res = (
             self.status,

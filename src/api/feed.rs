@@ -18,14 +18,13 @@ use super::common::{
     AfterQuery, accepted, append, decode_time_cursor, encode_time_cursor, etagged, fresh, fresh_row,
 };
 use super::json::{JsonBody, QueryParams};
-use super::{ApiError, AppState, Authed, new_id};
-use crate::event::{
-    EventData, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal, Topic,
-};
+use super::{ApiError, AppState, Authed};
+use crate::edge::new_id;
+use crate::event::{EventData, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal};
 use crate::fold::Position;
 use crate::fold::feed::{FeedKind, ItemState, RecentMember};
-use crate::project::feed::VIEW;
 use crate::view::TimelineRow;
+use crate::view::feed::VIEW;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -92,15 +91,8 @@ async fn fresh_item(
     id: FeedItemId,
     after: Option<&str>,
 ) -> Result<Option<ItemState>, ApiError> {
-    fresh_row(
-        st,
-        after,
-        Topic::Feed,
-        VIEW,
-        || st.views.item(id),
-        |s| s.position,
-    )
-    .await
+    let store = st.views.feed().await?;
+    fresh_row(st, after, VIEW, || store.item(id), |s| s.position).await
 }
 
 /// The live item an action is about, or the 4xx that explains why not.
@@ -306,8 +298,8 @@ async fn timeline(
         .as_deref()
         .map(|c| decode_time_cursor(c, FeedItemId::parse))
         .transpose()?;
-    fresh(&st, q.after.as_deref(), &[Topic::Feed], VIEW).await?;
-    let rows = st.views.timeline(kind, before, limit).await?;
+    fresh(&st, q.after.as_deref(), VIEW).await?;
+    let rows = st.views.feed().await?.timeline(kind, before, limit).await?;
     let next_cursor = (rows.len() == limit)
         .then(|| {
             rows.last()

@@ -32,33 +32,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::blob::BlobStore;
-use crate::bus::Producer;
+use crate::bus::{Heads, Producer};
 use crate::config::{Config, KafkaConfig, UploadsConfig};
 use crate::infer::registry::Catalog;
 use crate::project::Watermarks;
-use crate::telemetry::names;
-use crate::view::ViewStore;
+use crate::view::Generations;
 
-/// Now, at the precision events carry (microseconds, as on the wire and in
-/// the views), so that an event compares equal after a round trip. The edge
-/// stamps time; the pure core never reads a clock.
-pub fn now() -> chrono::DateTime<chrono::Utc> {
-    let t = chrono::Utc::now();
-    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
-}
-
-/// A fresh, time-ordered id (UUID v7) for a new event or aggregate.
-pub fn new_id() -> uuid::Uuid {
-    uuid::Uuid::now_v7()
-}
-
-/// What every handler can reach.
+/// What every handler can reach, built complete by the composition root.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// Appends events.
     pub producer: Producer,
-    /// Reads views.
-    pub views: Arc<dyn ViewStore>,
+    /// Reads views (each from its active generation).
+    pub views: Arc<Generations>,
+    /// Where the topics end (lag, replay progress, readiness).
+    pub heads: Heads,
     /// Verifies callers.
     pub auth: Arc<Auth>,
     /// Applied offsets, for `?after`.
@@ -78,45 +66,53 @@ pub struct AppState {
     pub kafka: KafkaConfig,
     /// Bootstrap servers of the log (the embedded cluster's when embedded).
     pub brokers: String,
-    /// View generations (replay routes, pipeline health); set by the app.
-    pub gens: Option<Arc<crate::view::Generations>>,
-    /// Where the topics end (lag, replay progress, readiness).
-    pub heads: Option<crate::bus::Heads>,
     /// Most records the views may lag for `/readyz` to answer ready.
     pub ready_lag: u64,
     /// The last pipeline measurement (`/readyz`, `/v1/pipeline`).
     pub(crate) health: Arc<tokio::sync::Mutex<Option<(Instant, pipeline::Measured)>>>,
 }
 
+/// The running parts the API is built over.
+#[derive(Debug)]
+pub struct Parts {
+    /// Appends events.
+    pub producer: Producer,
+    /// The views' generations.
+    pub views: Arc<Generations>,
+    /// Where the topics end.
+    pub heads: Heads,
+    /// Verifies callers.
+    pub auth: Auth,
+    /// Applied offsets.
+    pub watermarks: Arc<Watermarks>,
+    /// Images.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Styles with a published model.
+    pub catalog: Arc<Catalog>,
+    /// Bootstrap servers of the log.
+    pub brokers: String,
+    /// Fires at shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 impl AppState {
-    /// State from configuration and the opened backends.
-    pub fn new(
-        cfg: &Config,
-        producer: Producer,
-        views: Arc<dyn ViewStore>,
-        auth: Auth,
-        watermarks: Arc<Watermarks>,
-        blobs: Arc<dyn BlobStore>,
-        catalog: Arc<Catalog>,
-    ) -> Self {
+    /// State from configuration and the running parts.
+    pub fn new(cfg: &Config, p: Parts) -> Self {
         Self {
-            blobs,
-            catalog,
+            producer: p.producer,
+            views: p.views,
+            heads: p.heads,
+            auth: Arc::new(p.auth),
+            watermarks: p.watermarks,
+            max_after_wait: Duration::from_millis(cfg.http.max_after_wait_ms),
+            shutdown: p.shutdown,
+            blobs: p.blobs,
+            catalog: p.catalog,
             uploads: cfg.uploads.clone(),
             kafka: cfg.kafka.clone(),
-            // The embedded cluster's address is known only once it runs:
-            // the app sets it, as it sets the generations.
-            brokers: cfg.kafka.brokers.clone(),
-            gens: None,
-            heads: None,
+            brokers: p.brokers,
             ready_lag: cfg.http.ready_lag,
             health: Arc::default(),
-            producer,
-            views,
-            auth: Arc::new(auth),
-            watermarks,
-            max_after_wait: Duration::from_millis(cfg.http.max_after_wait_ms),
-            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -191,9 +187,6 @@ async fn observe(req: Request, next: Next) -> Response {
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
-    metrics::histogram!(names::HTTP_SECONDS, "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(names::HTTP_REQUESTS, "route" => route, "status" => res.status().as_u16().to_string())
-        .increment(1);
+    crate::telemetry::emit::http_request(route, res.status().as_u16(), started.elapsed());
     res
 }

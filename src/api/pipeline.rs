@@ -13,10 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use super::admin::{parts, rebuild_err};
+use super::common::rebuild_err;
 use super::{ApiError, AppState};
+use crate::bus::behind;
 use crate::event::Topic;
-use crate::project::supervisor::{self, behind, group_of};
+use crate::ops;
+use crate::project::supervisor::group_of;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -61,8 +63,8 @@ async fn measured(s: &AppState) -> Result<Measured, ApiError> {
 /// its lag. Where this process consumes a partition itself, its consumer's
 /// lag counts (it sees past transaction markers, which checkpoints cannot).
 async fn measure(s: &AppState) -> Result<Measured, ApiError> {
-    let (gens, heads) = parts(s)?;
-    let views = supervisor::status(gens, heads, &s.kafka)
+    let (gens, heads) = (&s.views, &s.heads);
+    let views = ops::status(gens, heads, &s.kafka)
         .await
         .map_err(rebuild_err)?;
     let local = crate::telemetry::lag::snapshot();
@@ -71,7 +73,7 @@ async fn measure(s: &AppState) -> Result<Measured, ApiError> {
     for v in &views {
         let group = s
             .kafka
-            .group(&group_of(v.generation.view, v.generation.active));
+            .group(&group_of(&v.generation.view, v.generation.active));
         for p in &v.partitions {
             let by_checkpoint = behind(p.head, p.active);
             let lag = local

@@ -16,14 +16,15 @@ use super::common::{
     encode_time_cursor, etagged, fresh, fresh_row, page_limit,
 };
 use super::json::{JsonBody, QueryParams};
-use super::{ApiError, AppState, Authed, new_id};
+use super::{ApiError, AppState, Authed};
+use crate::edge::new_id;
 use crate::event::{
-    EventData, PollClosed, PollCreated, PollId, Principal, Question, QuestionId, Topic, UserId,
-    Validate, VoteCast, VoteRetracted,
+    EventData, PollClosed, PollCreated, PollId, Principal, Question, QuestionId, UserId, Validate,
+    VoteCast, VoteRetracted,
 };
 use crate::fold::Position;
 use crate::fold::poll::{PollState, RecentVoter, Rejection};
-use crate::project::polls::VIEW;
+use crate::view::polls::VIEW;
 use crate::view::{OwnerPollRow, VoterRow};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -112,15 +113,8 @@ async fn fresh_poll(
     id: PollId,
     after: Option<&str>,
 ) -> Result<Option<PollState>, ApiError> {
-    fresh_row(
-        st,
-        after,
-        Topic::Polls,
-        VIEW,
-        || st.views.poll(id),
-        |s| s.position,
-    )
-    .await
+    let store = st.views.polls().await?;
+    fresh_row(st, after, VIEW, || store.poll(id), |s| s.position).await
 }
 
 async fn open_poll(st: &AppState, id: &str, after: Option<&str>) -> Result<PollState, ApiError> {
@@ -334,8 +328,13 @@ async fn by_owner(
         .as_deref()
         .map(|c| decode_time_cursor(c, PollId::parse))
         .transpose()?;
-    fresh(&st, q.after.as_deref(), &[Topic::Polls], VIEW).await?;
-    let items = st.views.polls_by_owner(&owner, before, limit).await?;
+    fresh(&st, q.after.as_deref(), VIEW).await?;
+    let items = st
+        .views
+        .polls()
+        .await?
+        .polls_by_owner(&owner, before, limit)
+        .await?;
     let next_cursor = (items.len() == limit)
         .then(|| {
             items
@@ -371,9 +370,11 @@ async fn voters(
         .ok_or_else(|| ApiError::not_found("unknown_question", format!("no question {q:?}")))?;
     let limit = page_limit(page.limit)?;
     let after = page.cursor.as_deref().map(decode_text_cursor).transpose()?;
-    fresh(&st, page.after.as_deref(), &[Topic::Polls], VIEW).await?;
+    fresh(&st, page.after.as_deref(), VIEW).await?;
     let voters = st
         .views
+        .polls()
+        .await?
         .question_voters(pid, question, after.as_deref(), limit)
         .await?;
     let next_cursor = (voters.len() == limit)

@@ -114,7 +114,7 @@ async fn render(st: &AppState, a: &Announced) -> Option<Event> {
     });
     let (name, data) = match &a.change {
         Change::Poll(id) => {
-            let p = st.views.poll(*id).await.ok()??;
+            let p = st.views.polls().await.ok()?.poll(*id).await.ok()??;
             (
                 "poll",
                 serde_json::to_value(super::polls::PollView::from(p)),

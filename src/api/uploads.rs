@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{accepted, append, etagged};
 use super::json::{MultipartForm, QueryParams};
-use super::{ApiError, AppState, Authed, new_id};
+use super::{ApiError, AppState, Authed};
+use crate::edge::new_id;
 use crate::event::{EventData, ModelVersion, SessionKey, Style, UploadId, UploadReceived};
-use crate::infer::codec::{self, Caps, Rejection};
+use crate::image::codec::{self, Caps, Rejection};
 use crate::infer::registry::sha256_hex;
-use crate::telemetry::names;
 
 /// Multipart overhead allowed beyond the image (boundaries, text fields).
 const FORM_OVERHEAD: usize = 64 * 1024;
@@ -203,7 +203,7 @@ async fn create(
         sha256,
     };
     let (event_id, token) = append(&st, principal, EventData::UploadReceived(data)).await?;
-    metrics::counter!(names::UPLOADS, "content_type" => info.kind.content_type()).increment(1);
+    crate::telemetry::emit::upload_accepted(info.kind.content_type());
     Ok(accepted(
         event_id,
         Some(("upload_id", upload_id.to_string())),
@@ -240,7 +240,13 @@ async fn image(
 ) -> Result<Response, ApiError> {
     let unknown = || ApiError::not_found("unknown_upload", format!("no upload {id:?}"));
     let upload_id = UploadId::parse(&id).map_err(|_| unknown())?;
-    let card = st.views.upload(upload_id).await?.ok_or_else(unknown)?;
+    let card = st
+        .views
+        .cards()
+        .await?
+        .upload(upload_id)
+        .await?
+        .ok_or_else(unknown)?;
     let (key, content_type) = match q.variant {
         Variant::Input => (card.input_key, card.content_type),
         Variant::Output => (card.output_key, Some("image/jpeg".to_owned())),

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::BusError;
-use crate::telemetry::names;
+use crate::telemetry::emit;
 
 /// One consumed record, owned. Headers are packed into one buffer: a
 /// record costs a handful of allocations, not two per header.
@@ -337,7 +337,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     if w.paused && w.tx.capacity() > 0 {
                         consumer.resume(&tpl(tp))?;
                         w.paused = false;
-                        metrics::gauge!(names::PAUSED).decrement(1.0);
+                        emit::resumed(1);
                     }
                     if w.first_pending.is_some_and(|t| t.elapsed() >= spec.linger) {
                         dispatch(&consumer, tp, w)?;
@@ -392,7 +392,7 @@ fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusErro
     match w.tx.try_send(batch) {
         Ok(()) => {
             w.first_pending = None;
-            metrics::counter!(names::CONSUMED, "topic" => tp.0.clone()).increment(n);
+            emit::consumed(&tp.0, "project", n);
         }
         Err(mpsc::error::TrySendError::Full(b)) => {
             // Backpressure: keep the records, stop fetching this partition.
@@ -400,8 +400,7 @@ fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusErro
             if !w.paused {
                 consumer.pause(&tpl(tp))?;
                 w.paused = true;
-                metrics::gauge!(names::PAUSED).increment(1.0);
-                metrics::counter!(names::PAUSES, "topic" => tp.0.clone()).increment(1);
+                emit::paused(Some(&tp.0), 1);
             }
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -82,3 +82,9 @@ impl Heads {
         .map_err(|e| BusError::Handler(format!("offsets query: {e}")))?
     }
 }
+
+/// Records a partition holds after `applied`, up to its `head` (the next
+/// offset; transaction markers count, so this reads at most a few high).
+pub fn behind(head: i64, applied: i64) -> u64 {
+    (head - 1 - applied).max(0) as u64
+}

@@ -9,7 +9,7 @@ pub mod topics;
 
 pub use consumer::{Batch, HandlerError, PartitionHandler, Record};
 pub use embedded::EmbeddedCluster;
-pub use heads::Heads;
+pub use heads::{Heads, behind};
 pub use producer::{Appended, Producer};
 
 use rdkafka::ClientConfig;

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::ops::{Ops, OpsArgs};
 use crate::config::Config;
-use crate::project::dlq::Pos;
+use crate::dlq::Pos;
 
 /// Most dead letters the API answers per page.
 const PAGE: usize = 100;

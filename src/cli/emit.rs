@@ -154,7 +154,7 @@ impl Client {
         let token = match &who.token {
             Some(t) => t.clone(),
             None => {
-                let cfg = super::app::with_dev_auth(cfg.clone())?;
+                let cfg = crate::app::with_dev_auth(cfg.clone())?;
                 if cfg.auth.jwt_secret.expose().is_empty() {
                     bail!("no JWT secret configured: pass --token");
                 }
@@ -376,7 +376,7 @@ async fn upload(
     file: Option<std::path::PathBuf>,
     wait: u64,
 ) -> anyhow::Result<()> {
-    use crate::infer::codec;
+    use crate::image::codec;
     let (bytes, name) = match &file {
         Some(f) => (
             std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,

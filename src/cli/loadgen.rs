@@ -97,7 +97,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
-    let cfg = super::app::with_dev_auth(cfg)?;
+    let cfg = crate::app::with_dev_auth(cfg)?;
     let secret = cfg.auth.jwt_secret.expose().to_owned();
     anyhow::ensure!(
         !secret.is_empty(),

@@ -1,10 +1,7 @@
 //! The command line: one file per subcommand. `anyhow` lives here and in
 //! tests only; the library layers below return typed errors.
 
-pub mod app;
 mod bench;
-mod bench_infer;
-mod bench_reads;
 mod dlq;
 mod emit;
 mod export;
@@ -20,6 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::app;
 use crate::config::Config;
 
 /// atelier: an event-driven stream processor. Kafka in, one-query views out.
@@ -91,7 +89,7 @@ enum Command {
     Export(export::ExportArgs),
     /// Benchmarks that need running services (see also `cargo bench`).
     #[command(subcommand)]
-    Bench(bench_reads::BenchCmd),
+    Bench(bench::BenchCmd),
     /// Print the effective configuration (secrets redacted).
     Config,
 }
@@ -195,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(a) => replay::run(cfg, a).await,
         Command::Dlq(c) => dlq::run(cfg, c).await,
         Command::Export(a) => export::run(cfg, a).await,
-        Command::Bench(c) => bench_reads::run(cfg, c).await,
+        Command::Bench(c) => bench::run(cfg, c).await,
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())

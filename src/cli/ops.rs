@@ -39,7 +39,7 @@ impl Ops {
         let token = match &args.token {
             Some(t) => t.clone(),
             None => {
-                let cfg = super::app::with_dev_auth(cfg.clone())?;
+                let cfg = crate::app::with_dev_auth(cfg.clone())?;
                 if cfg.auth.jwt_secret.expose().is_empty() {
                     bail!("no JWT secret configured: pass --token");
                 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Outcome, Position};
+use super::{Aggregate, Outcome, Position, Reason, Versioned, versioned};
 use crate::event::{Event, EventData, FeedContent, FeedItemId, Principal, UserId};
 
 /// How many recent joiners an item shows.
@@ -63,8 +63,26 @@ impl Rejection {
     }
 }
 
+impl Reason for Rejection {
+    fn as_str(self) -> &'static str {
+        Rejection::as_str(self)
+    }
+}
+
 /// What a feed item is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FeedKind {
     /// A post.
@@ -194,6 +212,19 @@ pub struct ItemState {
     pub position: Position,
 }
 
+impl Versioned for ItemState {
+    type Reason = Rejection;
+    fn position(&self) -> Position {
+        self.position
+    }
+    fn set_position(&mut self, pos: Position) {
+        self.position = pos;
+    }
+    fn rejected_mut(&mut self) -> &mut BTreeMap<Rejection, u64> {
+        &mut self.rejected
+    }
+}
+
 /// One aggregate as the runtime folds it: its state and the membership rows
 /// it knows (those of the users the current batch touches).
 #[derive(Clone, Debug, Default)]
@@ -271,125 +302,184 @@ impl ItemAggregate {
     /// Applies one event at `pos`; events at or below the aggregate's
     /// position are duplicates and change nothing.
     pub fn apply(&mut self, pos: Position, event: &Event) -> Outcome<Rejection> {
-        if let Some(s) = &self.state
-            && pos.offset <= s.position.offset
-        {
-            return Outcome::Duplicate;
-        }
+        let (members, dirty) = (&mut self.members, &mut self.dirty);
         let p = &event.principal;
-        let result = match &event.data {
-            EventData::FeedItemCreated(e) => match self.state {
-                Some(_) => Err(Rejection::DuplicateItem),
-                None => {
-                    self.state = Some(ItemState {
-                        item_id: e.item_id,
-                        kind: FeedKind::of(&e.content),
-                        content: e.content.clone(),
-                        author: p.clone(),
-                        created_at: event.time,
-                        deleted_at: None,
-                        likes: 0,
-                        joined: 0,
-                        recent_members: Vec::new(),
-                        rejected: BTreeMap::new(),
-                        position: pos,
-                    });
-                    Ok(())
-                }
+        versioned(
+            &mut self.state,
+            &mut self.state_dirty,
+            pos,
+            Rejection::UnknownItem,
+            |state| {
+                Some(match &event.data {
+                    EventData::FeedItemCreated(e) => match state {
+                        Some(_) => Err(Rejection::DuplicateItem),
+                        None => {
+                            *state = Some(ItemState {
+                                item_id: e.item_id,
+                                kind: FeedKind::of(&e.content),
+                                content: e.content.clone(),
+                                author: p.clone(),
+                                created_at: event.time,
+                                deleted_at: None,
+                                likes: 0,
+                                joined: 0,
+                                recent_members: Vec::new(),
+                                rejected: BTreeMap::new(),
+                                position: pos,
+                            });
+                            Ok(())
+                        }
+                    },
+                    EventData::FeedItemLiked(_) => {
+                        relate(state, members, dirty, Relation::Like, event, true)
+                    }
+                    EventData::FeedItemUnliked(_) => {
+                        relate(state, members, dirty, Relation::Like, event, false)
+                    }
+                    EventData::FeedItemJoined(_) => {
+                        relate(state, members, dirty, Relation::Join, event, true)
+                    }
+                    EventData::FeedItemLeft(_) => {
+                        relate(state, members, dirty, Relation::Join, event, false)
+                    }
+                    EventData::FeedItemDeleted(_) => match state {
+                        None => Err(Rejection::UnknownItem),
+                        Some(s) if s.deleted_at.is_some() => Err(Rejection::Deleted),
+                        Some(s) if s.author.id != p.id => Err(Rejection::NotAuthor),
+                        Some(s) => {
+                            s.deleted_at = Some(event.time);
+                            Ok(())
+                        }
+                    },
+                    _ => return None,
+                })
             },
-            EventData::FeedItemLiked(_) => self.relate(Relation::Like, event, true),
-            EventData::FeedItemUnliked(_) => self.relate(Relation::Like, event, false),
-            EventData::FeedItemJoined(_) => self.relate(Relation::Join, event, true),
-            EventData::FeedItemLeft(_) => self.relate(Relation::Join, event, false),
-            EventData::FeedItemDeleted(_) => match &mut self.state {
-                None => Err(Rejection::UnknownItem),
-                Some(s) if s.deleted_at.is_some() => Err(Rejection::Deleted),
-                Some(s) if s.author.id != p.id => Err(Rejection::NotAuthor),
-                Some(s) => {
-                    s.deleted_at = Some(event.time);
-                    Ok(())
+        )
+    }
+}
+
+fn relate(
+    state: &mut Option<ItemState>,
+    members: &mut FxHashMap<MemberKey, MemberSlot>,
+    dirty: &mut usize,
+    rel: Relation,
+    event: &Event,
+    add: bool,
+) -> Result<(), Rejection> {
+    let s = state.as_mut().ok_or(Rejection::UnknownItem)?;
+    if s.deleted_at.is_some() {
+        return Err(Rejection::Deleted);
+    }
+    if rel == Relation::Join && !s.kind.joinable() {
+        return Err(Rejection::NotJoinable);
+    }
+    let p = &event.principal;
+    let key = (rel, p.id.clone());
+    let slot = members.entry(key).or_default();
+    match (add, slot.member.is_some()) {
+        (true, true) => {
+            return Err(match rel {
+                Relation::Like => Rejection::AlreadyLiked,
+                Relation::Join => Rejection::AlreadyJoined,
+            });
+        }
+        (false, false) => {
+            return Err(match rel {
+                Relation::Like => Rejection::NotLiked,
+                Relation::Join => Rejection::NotJoined,
+            });
+        }
+        (true, false) => {
+            slot.member = Some(Member {
+                at: event.time,
+                name: p.name.clone(),
+            });
+            match rel {
+                Relation::Like => s.likes += 1,
+                Relation::Join => {
+                    s.joined += 1;
+                    s.recent_members.retain(|m| m.id != p.id);
+                    s.recent_members.truncate(RECENT_MEMBERS - 1);
+                    s.recent_members.insert(
+                        0,
+                        RecentMember {
+                            id: p.id.clone(),
+                            name: p.name.clone(),
+                            avatar_url: p.avatar_url.clone(),
+                            at: event.time,
+                        },
+                    );
                 }
-            },
-            // Other topics' events never reach this fold.
-            _ => return Outcome::Duplicate,
-        };
-        let Some(s) = &mut self.state else {
-            return Outcome::Rejected(Rejection::UnknownItem);
-        };
-        s.position = pos;
-        self.state_dirty = true;
-        match result {
-            Ok(()) => Outcome::Applied,
-            Err(r) => {
-                *s.rejected.entry(r).or_default() += 1;
-                Outcome::Rejected(r)
+            }
+        }
+        (false, true) => {
+            slot.member = None;
+            match rel {
+                Relation::Like => s.likes = s.likes.saturating_sub(1),
+                Relation::Join => {
+                    s.joined = s.joined.saturating_sub(1);
+                    s.recent_members.retain(|m| m.id != p.id);
+                }
             }
         }
     }
+    if !slot.dirty {
+        slot.dirty = true;
+        *dirty += 1;
+    }
+    Ok(())
+}
 
-    fn relate(&mut self, rel: Relation, event: &Event, add: bool) -> Result<(), Rejection> {
-        let s = self.state.as_mut().ok_or(Rejection::UnknownItem)?;
-        if s.deleted_at.is_some() {
-            return Err(Rejection::Deleted);
+impl Aggregate for ItemAggregate {
+    type Id = FeedItemId;
+    type State = ItemState;
+    type Key = MemberKey;
+    type Row = Member;
+    type Commit = ItemCommit;
+    type Reason = Rejection;
+    type Config = ();
+
+    fn id_of(event: &EventData) -> Option<FeedItemId> {
+        item_id(event)
+    }
+    fn id(state: &ItemState) -> FeedItemId {
+        state.item_id
+    }
+    fn from_state(state: Option<ItemState>) -> Self {
+        ItemAggregate::from_state(state)
+    }
+    fn state(&self) -> Option<&ItemState> {
+        self.state.as_ref()
+    }
+    fn into_state(self) -> Option<ItemState> {
+        self.state
+    }
+    /// The memberships of the distinct users who like, unlike, join or
+    /// leave, never all of them.
+    fn touched(_: &(), _: &ItemState, events: &[(Position, Event)]) -> Vec<MemberKey> {
+        let distinct: std::collections::HashSet<MemberKey> =
+            events.iter().filter_map(|(_, e)| member_key(e)).collect();
+        distinct.into_iter().collect()
+    }
+    /// With no likes (or no joins) at all, there is no row to read: the
+    /// first like of an item costs no read.
+    fn surely_absent(s: &ItemState, (rel, _): &MemberKey) -> bool {
+        match rel {
+            Relation::Like => s.likes == 0,
+            Relation::Join => s.joined == 0,
         }
-        if rel == Relation::Join && !s.kind.joinable() {
-            return Err(Rejection::NotJoinable);
-        }
-        let p = &event.principal;
-        let key = (rel, p.id.clone());
-        let slot = self.members.entry(key).or_default();
-        match (add, slot.member.is_some()) {
-            (true, true) => {
-                return Err(match rel {
-                    Relation::Like => Rejection::AlreadyLiked,
-                    Relation::Join => Rejection::AlreadyJoined,
-                });
-            }
-            (false, false) => {
-                return Err(match rel {
-                    Relation::Like => Rejection::NotLiked,
-                    Relation::Join => Rejection::NotJoined,
-                });
-            }
-            (true, false) => {
-                slot.member = Some(Member {
-                    at: event.time,
-                    name: p.name.clone(),
-                });
-                match rel {
-                    Relation::Like => s.likes += 1,
-                    Relation::Join => {
-                        s.joined += 1;
-                        s.recent_members.retain(|m| m.id != p.id);
-                        s.recent_members.truncate(RECENT_MEMBERS - 1);
-                        s.recent_members.insert(
-                            0,
-                            RecentMember {
-                                id: p.id.clone(),
-                                name: p.name.clone(),
-                                avatar_url: p.avatar_url.clone(),
-                                at: event.time,
-                            },
-                        );
-                    }
-                }
-            }
-            (false, true) => {
-                slot.member = None;
-                match rel {
-                    Relation::Like => s.likes = s.likes.saturating_sub(1),
-                    Relation::Join => {
-                        s.joined = s.joined.saturating_sub(1);
-                        s.recent_members.retain(|m| m.id != p.id);
-                    }
-                }
-            }
-        }
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty += 1;
-        }
-        Ok(())
+    }
+    fn load_row(&mut self, key: MemberKey, row: Option<Member>) {
+        self.load_member(key, row)
+    }
+    fn apply(&mut self, _: &(), pos: Position, event: &Event) -> Outcome<Rejection> {
+        ItemAggregate::apply(self, pos, event)
+    }
+    fn dirty_rows(&self) -> usize {
+        self.dirty
+    }
+    fn take_commit(&mut self) -> Option<ItemCommit> {
+        ItemAggregate::take_commit(self)
     }
 }
 

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{Outcome, Position};
+use super::{Aggregate, Outcome, Position, Reason, Versioned, versioned};
 use crate::event::{
     Event, EventData, PollCreated, PollId, Principal, Question, QuestionId, UserId,
 };
@@ -182,6 +182,25 @@ impl PollState {
     }
 }
 
+impl Reason for Rejection {
+    fn as_str(self) -> &'static str {
+        Rejection::as_str(self)
+    }
+}
+
+impl Versioned for PollState {
+    type Reason = Rejection;
+    fn position(&self) -> Position {
+        self.position
+    }
+    fn set_position(&mut self, pos: Position) {
+        self.position = pos;
+    }
+    fn rejected_mut(&mut self) -> &mut BTreeMap<Rejection, u64> {
+        &mut self.rejected
+    }
+}
+
 /// Configuration the fold needs: the key for anonymous voter pseudonyms.
 #[derive(Clone, Debug, Default)]
 pub struct FoldConfig {
@@ -342,125 +361,168 @@ impl PollAggregate {
     /// Applies one event at `pos`. Events at or below the aggregate's
     /// position are duplicates (redelivery, replay) and change nothing.
     pub fn apply(&mut self, cfg: &FoldConfig, pos: Position, event: &Event) -> Outcome<Rejection> {
-        if let Some(s) = &self.state
-            && pos.offset <= s.position.offset
-        {
-            return Outcome::Duplicate;
+        let (ballots, dirty) = (&mut self.ballots, &mut self.dirty);
+        versioned(
+            &mut self.state,
+            &mut self.state_dirty,
+            pos,
+            Rejection::UnknownPoll,
+            |state| {
+                Some(match &event.data {
+                    EventData::PollCreated(e) => match state {
+                        Some(_) => Err(Rejection::DuplicatePoll),
+                        None => {
+                            *state = Some(PollState::new(e, &event.principal, event.time, pos));
+                            Ok(())
+                        }
+                    },
+                    EventData::VoteCast(e) => {
+                        cast(state, ballots, dirty, cfg, event, &e.question_ids)
+                    }
+                    EventData::VoteRetracted(_) => retract(state, ballots, dirty, cfg, event),
+                    EventData::PollClosed(_) => match state {
+                        None => Err(Rejection::UnknownPoll),
+                        Some(s) if s.owner.id != event.principal.id => Err(Rejection::NotOwner),
+                        Some(s) if s.closed_at.is_some() => Err(Rejection::Closed),
+                        Some(s) => {
+                            s.closed_at = Some(event.time);
+                            Ok(())
+                        }
+                    },
+                    _ => return None,
+                })
+            },
+        )
+    }
+}
+
+/// The state of a poll that takes votes at `t`.
+fn open_at(state: &mut Option<PollState>, t: DateTime<Utc>) -> Result<&mut PollState, Rejection> {
+    let s = state.as_mut().ok_or(Rejection::UnknownPoll)?;
+    s.is_open_at(t)?;
+    Ok(s)
+}
+
+fn cast(
+    state: &mut Option<PollState>,
+    ballots: &mut Ballots,
+    dirty: &mut usize,
+    cfg: &FoldConfig,
+    event: &Event,
+    ids: &[QuestionId],
+) -> Result<(), Rejection> {
+    let s = open_at(state, event.time)?;
+    let bits = s.check_choices(ids)?;
+    let p = &event.principal;
+    let slot = slot(ballots, cfg.voter_key_ref(s.anonymous, s.poll_id, &p.id));
+    let name = match slot.ballot.take() {
+        Some(prev) => {
+            untally(&mut s.tallies, prev.choices);
+            // Reuse the stored name when it did not change.
+            prev.name.filter(|n| *n == p.name)
         }
-        let result = match &event.data {
-            EventData::PollCreated(e) => match self.state {
-                Some(_) => Err(Rejection::DuplicatePoll),
-                None => {
-                    self.state = Some(PollState::new(e, &event.principal, event.time, pos));
-                    Ok(())
-                }
-            },
-            EventData::VoteCast(e) => self.cast(cfg, event, &e.question_ids),
-            EventData::VoteRetracted(_) => self.retract(cfg, event),
-            EventData::PollClosed(_) => match &mut self.state {
-                None => Err(Rejection::UnknownPoll),
-                Some(s) if s.owner.id != event.principal.id => Err(Rejection::NotOwner),
-                Some(s) if s.closed_at.is_some() => Err(Rejection::Closed),
-                Some(s) => {
-                    s.closed_at = Some(event.time);
-                    Ok(())
-                }
-            },
-            // Other topics' events never reach this fold; the runtime routes
-            // by topic. Treat a stray one as a no-op rather than a panic.
-            _ => return Outcome::Duplicate,
-        };
-        let Some(s) = &mut self.state else {
-            return Outcome::Rejected(Rejection::UnknownPoll);
-        };
-        s.position = pos;
-        self.state_dirty = true;
-        match result {
-            Ok(()) => Outcome::Applied,
-            Err(r) => {
-                *s.rejected.entry(r).or_default() += 1;
-                Outcome::Rejected(r)
+        None => {
+            s.voters += 1;
+            None
+        }
+    };
+    tally(&mut s.tallies, bits);
+    slot.ballot = Some(Ballot {
+        choices: bits,
+        at: event.time,
+        name: if s.anonymous {
+            None
+        } else {
+            name.or_else(|| Some(p.name.clone()))
+        },
+    });
+    slot.touch(dirty);
+    if !s.anonymous {
+        match s.recent.first_mut() {
+            // The same voter again: only the time moves.
+            Some(r) if r.id == p.id && r.name == p.name && r.avatar_url == p.avatar_url => {
+                r.at = event.time
+            }
+            _ => {
+                s.recent.retain(|r| r.id != p.id);
+                s.recent.truncate(RECENT_VOTERS - 1);
+                s.recent.insert(
+                    0,
+                    RecentVoter {
+                        id: p.id.clone(),
+                        name: p.name.clone(),
+                        avatar_url: p.avatar_url.clone(),
+                        at: event.time,
+                    },
+                );
             }
         }
     }
+    Ok(())
+}
 
-    /// The state of a poll that takes votes at `t`, with the ballot
-    /// bookkeeping borrowed beside it.
-    fn open_at(
-        &mut self,
-        t: DateTime<Utc>,
-    ) -> Result<(&mut PollState, &mut Ballots, &mut usize), Rejection> {
-        let s = self.state.as_mut().ok_or(Rejection::UnknownPoll)?;
-        s.is_open_at(t)?;
-        Ok((s, &mut self.ballots, &mut self.dirty))
+fn retract(
+    state: &mut Option<PollState>,
+    ballots: &mut Ballots,
+    dirty: &mut usize,
+    cfg: &FoldConfig,
+    event: &Event,
+) -> Result<(), Rejection> {
+    let s = open_at(state, event.time)?;
+    let key = cfg.voter_key_ref(s.anonymous, s.poll_id, &event.principal.id);
+    let slot = ballots.get_mut(key.as_ref()).ok_or(Rejection::NoBallot)?;
+    let prev = slot.ballot.take().ok_or(Rejection::NoBallot)?;
+    untally(&mut s.tallies, prev.choices);
+    s.voters -= 1;
+    s.recent.retain(|r| r.id != event.principal.id);
+    slot.touch(dirty);
+    Ok(())
+}
+
+impl Aggregate for PollAggregate {
+    type Id = PollId;
+    type State = PollState;
+    type Key = VoterKey;
+    type Row = Ballot;
+    type Commit = PollCommit;
+    type Reason = Rejection;
+    type Config = FoldConfig;
+
+    fn id_of(event: &EventData) -> Option<PollId> {
+        poll_id(event)
     }
-
-    fn cast(
-        &mut self,
-        cfg: &FoldConfig,
-        event: &Event,
-        ids: &[QuestionId],
-    ) -> Result<(), Rejection> {
-        let (s, ballots, dirty) = self.open_at(event.time)?;
-        let bits = s.check_choices(ids)?;
-        let p = &event.principal;
-        let slot = slot(ballots, cfg.voter_key_ref(s.anonymous, s.poll_id, &p.id));
-        let name = match slot.ballot.take() {
-            Some(prev) => {
-                untally(&mut s.tallies, prev.choices);
-                // Reuse the stored name when it did not change.
-                prev.name.filter(|n| *n == p.name)
-            }
-            None => {
-                s.voters += 1;
-                None
-            }
-        };
-        tally(&mut s.tallies, bits);
-        slot.ballot = Some(Ballot {
-            choices: bits,
-            at: event.time,
-            name: if s.anonymous {
-                None
-            } else {
-                name.or_else(|| Some(p.name.clone()))
-            },
-        });
-        slot.touch(dirty);
-        if !s.anonymous {
-            match s.recent.first_mut() {
-                // The same voter again: only the time moves.
-                Some(r) if r.id == p.id && r.name == p.name && r.avatar_url == p.avatar_url => {
-                    r.at = event.time
-                }
-                _ => {
-                    s.recent.retain(|r| r.id != p.id);
-                    s.recent.truncate(RECENT_VOTERS - 1);
-                    s.recent.insert(
-                        0,
-                        RecentVoter {
-                            id: p.id.clone(),
-                            name: p.name.clone(),
-                            avatar_url: p.avatar_url.clone(),
-                            at: event.time,
-                        },
-                    );
-                }
-            }
-        }
-        Ok(())
+    fn id(state: &PollState) -> PollId {
+        state.poll_id
     }
-
-    fn retract(&mut self, cfg: &FoldConfig, event: &Event) -> Result<(), Rejection> {
-        let (s, ballots, dirty) = self.open_at(event.time)?;
-        let key = cfg.voter_key_ref(s.anonymous, s.poll_id, &event.principal.id);
-        let slot = ballots.get_mut(key.as_ref()).ok_or(Rejection::NoBallot)?;
-        let prev = slot.ballot.take().ok_or(Rejection::NoBallot)?;
-        untally(&mut s.tallies, prev.choices);
-        s.voters -= 1;
-        s.recent.retain(|r| r.id != event.principal.id);
-        slot.touch(dirty);
-        Ok(())
+    fn from_state(state: Option<PollState>) -> Self {
+        PollAggregate::from_state(state)
+    }
+    fn state(&self) -> Option<&PollState> {
+        self.state.as_ref()
+    }
+    fn into_state(self) -> Option<PollState> {
+        self.state
+    }
+    /// The ballots of the distinct voters who vote or retract.
+    fn touched(cfg: &FoldConfig, s: &PollState, events: &[(Position, Event)]) -> Vec<VoterKey> {
+        let distinct: std::collections::HashSet<VoterKey> = events
+            .iter()
+            .filter(|(_, e)| matches!(e.data, EventData::VoteCast(_) | EventData::VoteRetracted(_)))
+            .map(|(_, e)| cfg.voter_key(s.anonymous, s.poll_id, &e.principal.id))
+            .collect();
+        distinct.into_iter().collect()
+    }
+    fn load_row(&mut self, key: VoterKey, row: Option<Ballot>) {
+        self.load_ballot(key, row)
+    }
+    fn apply(&mut self, cfg: &FoldConfig, pos: Position, event: &Event) -> Outcome<Rejection> {
+        PollAggregate::apply(self, cfg, pos, event)
+    }
+    fn dirty_rows(&self) -> usize {
+        self.dirty
+    }
+    fn take_commit(&mut self) -> Option<PollCommit> {
+        PollAggregate::take_commit(self)
     }
 }
 

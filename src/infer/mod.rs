@@ -1,9 +1,6 @@
-//! Inference: image codec, model registry, batching and TorchScript
-//! execution (tch).
+//! Inference: model registry, batching and TorchScript execution (tch);
+//! the image codec around the model is `crate::image::codec`.
 //!
-//! - [`codec`]: what the upload edge checks (sniffed type, header size,
-//!   completeness) and the pixels around the model (decode, scale, pad to
-//!   a shape bucket, crop, encode).
 //! - [`model`]: the engine seam; libtorch with the `torch` feature.
 //! - [`registry`]: the models topic → the styles the edge accepts and the
 //!   one loaded copy of each model.
@@ -14,10 +11,10 @@
 //! The model contract lives in `models/README.md`; libtorch is installed by
 //! `scripts/fetch-libtorch`.
 
-pub mod codec;
 pub mod model;
 pub mod publish;
 pub mod registry;
+pub mod replay;
 #[cfg(feature = "torch")]
 mod torch;
 pub mod worker;

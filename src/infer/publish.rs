@@ -74,7 +74,7 @@ pub async fn publish(
     };
     let event = Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: crate::api::now(),
+        time: crate::edge::now(),
         principal: system_principal("models"),
         data: EventData::ModelPublished(published.clone()),
     };

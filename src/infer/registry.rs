@@ -175,8 +175,7 @@ impl Registry {
                 source,
             })?;
         self.loads.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::names::MODEL_LOADS, "style" => p.style.to_string())
-            .increment(1);
+        crate::telemetry::emit::model_loaded(p.style.to_string());
         let loaded = Arc::new(Loaded {
             style: p.style.clone(),
             version: p.version.clone(),

@@ -47,7 +47,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{self, Caps, Prepared};
 use super::model::Pixels;
 use super::publish::system_principal;
 use super::registry::{Loaded, Registry};
@@ -55,12 +54,13 @@ use crate::blob::{BlobError, BlobStore};
 use crate::bus::consumer::{Ctx, Rebalanced};
 use crate::bus::{BusError, Producer, Record, client_config};
 use crate::config::{InferConfig, KafkaConfig, Transactions, UploadsConfig};
+use crate::dlq;
 use crate::event::{
     Event, EventData, EventId, StyleTransferCompleted, StyleTransferFailed, StyleTransferStarted,
     Timings, Topic, TransferRef, UploadReceived, wire,
 };
-use crate::project::dlq;
-use crate::telemetry::names;
+use crate::image::codec::{self, Caps, Prepared};
+use crate::telemetry::emit;
 
 /// The DLQ stage name of this worker.
 pub const STAGE: &str = "infer";
@@ -296,14 +296,14 @@ impl InferWorker {
                         // Full for a while: stop fetching rather than buffer.
                         let assigned = consumer.assignment()?;
                         consumer.pause(&assigned)?;
-                        metrics::gauge!(names::PAUSED).increment(assigned.count() as f64);
+                        emit::paused(None, assigned.count());
                         let p = tokio::select! {
                             _ = shutdown.cancelled() => None,
                             _ = fatal.cancelled() => None,
                             p = in_flight.clone().acquire_owned() => p.ok(),
                         };
                         let _ = consumer.resume(&assigned);
-                        metrics::gauge!(names::PAUSED).decrement(assigned.count() as f64);
+                        emit::resumed(assigned.count());
                         match p {
                             Some(p) => Some(p),
                             None => break,
@@ -334,8 +334,7 @@ impl InferWorker {
                             next_gen
                         });
                         let rec = Record::of(&m);
-                        metrics::counter!(names::CONSUMED, "topic" => tp.0.clone(), "stage" => STAGE)
-                            .increment(1);
+                        emit::consumed(&tp.0, STAGE, 1);
                         let _ = commit_tx.send(ToCommitter::Register(tp.clone(), generation, rec.offset));
                         let job = Job {
                             tp,
@@ -453,7 +452,7 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if transient(&e) && attempt < attempts => {
-                metrics::counter!(names::INFER_RETRIES, "stage" => stage).increment(1);
+                emit::infer_retry(stage);
                 tracing::warn!(stage, attempt, error = %e, ?delay, "transient failure; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -467,7 +466,7 @@ where
 fn event(data: EventData) -> Event {
     Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: crate::api::now(),
+        time: crate::edge::now(),
         principal: system_principal("infer"),
         data,
     }
@@ -503,7 +502,7 @@ impl Shared {
     }
 
     fn out_dlq(&self, job: &Job, error: &str, attempts: u32) -> Out {
-        metrics::counter!(names::DLQ, "stage" => STAGE).increment(1);
+        emit::dead_letter(STAGE);
         tracing::warn!(
             offset = job.rec.offset,
             partition = job.tp.1,
@@ -537,7 +536,7 @@ impl Shared {
         retriable: bool,
         attempts: u32,
     ) {
-        metrics::counter!(names::INFER_DONE, "outcome" => "failed").increment(1);
+        emit::infer_done("failed");
         let failed = self.out_event(&event(EventData::StyleTransferFailed(
             StyleTransferFailed {
                 upload: transfer(upload),
@@ -623,8 +622,7 @@ async fn fetch_and_decode(sh: Arc<Shared>, job: Job, ready: mpsc::Sender<Ready>)
         Err(e) => return sh.fail(job, &upload, format!("decoder crashed: {e}"), false, 1),
     };
     let decode_ms = t0.elapsed().as_millis() as u64;
-    metrics::histogram!(names::INFER_STAGE_SECONDS, "stage" => "decode")
-        .record(t0.elapsed().as_secs_f64());
+    emit::infer_stage("decode", t0.elapsed());
     let r = Ready {
         job,
         upload,
@@ -721,7 +719,7 @@ fn model_loop(sh: &Shared, mut rx: mpsc::Receiver<Vec<Ready>>, tx: mpsc::Sender<
             attempts += 1;
             match model.model.run(input) {
                 Err(e) if e.retriable && attempts < sh.cfg.attempts.max(1) => {
-                    metrics::counter!(names::INFER_RETRIES, "stage" => "model").increment(1);
+                    emit::infer_retry("model");
                     tracing::warn!(error = %e, ?delay, "model failed; retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -730,10 +728,7 @@ fn model_loop(sh: &Shared, mut rx: mpsc::Receiver<Vec<Ready>>, tx: mpsc::Sender<
             }
         };
         let elapsed = start.elapsed();
-        let style = model.style.to_string();
-        metrics::histogram!(names::INFER_SECONDS, "style" => style.clone())
-            .record(elapsed.as_secs_f64());
-        metrics::histogram!(names::INFER_BATCH, "style" => style).record(batch.len() as f64);
+        emit::infer_batch(model.style.to_string(), batch.len(), elapsed);
         let infer_ms = elapsed.as_millis() as u64 / batch.len() as u64;
         let size = batch.len() as u32;
         match result {
@@ -742,8 +737,7 @@ fn model_loop(sh: &Shared, mut rx: mpsc::Receiver<Vec<Ready>>, tx: mpsc::Sender<
                 for (i, ready) in batch.into_iter().enumerate() {
                     let queue_ms =
                         start.saturating_duration_since(ready.ready_at).as_millis() as u64;
-                    metrics::histogram!(names::INFER_STAGE_SECONDS, "stage" => "queue")
-                        .record(queue_ms as f64 / 1000.0);
+                    emit::infer_stage("queue", Duration::from_millis(queue_ms));
                     let item = Inferred {
                         pixels: out[i * per..(i + 1) * per].to_vec(),
                         ready,
@@ -827,9 +821,8 @@ async fn encode_and_store(sh: Arc<Shared>, item: Inferred) {
         );
     }
     let encode_ms = t0.elapsed().as_millis() as u64;
-    metrics::histogram!(names::INFER_STAGE_SECONDS, "stage" => "encode")
-        .record(t0.elapsed().as_secs_f64());
-    metrics::counter!(names::INFER_DONE, "outcome" => "completed").increment(1);
+    emit::infer_stage("encode", t0.elapsed());
+    emit::infer_done("completed");
     let completed = sh.out_event(&event(EventData::StyleTransferCompleted(
         StyleTransferCompleted {
             upload: transfer(&ready.upload),

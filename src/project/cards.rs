@@ -1,5 +1,5 @@
-//! The cards projector: folds `atelier.uploads.v1` and
-//! `atelier.completions.v1` into session cards and upload job status.
+//! The cards projection: `atelier.uploads.v1` and `atelier.completions.v1`
+//! into session cards and upload job status.
 //!
 //! No reads: every event is a patch merged by per-cell timestamps from the
 //! merge order (see `fold::cards`), so the writes are blind, idempotent and
@@ -8,150 +8,82 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 
-use super::common::{Assigned, BatchStats, Checkpoints, Live, decode, observe_batch, view_err};
-use super::{Change, Watermarks};
-use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
-use crate::event::{SessionKey, Topic, UploadId};
+use super::Change;
+use super::runtime::{Announce, BatchStats, Positioned, Projection};
 use crate::fold::Position;
 use crate::fold::cards::{Patch, card_key, coalesce, patch, upload_key};
-use crate::telemetry::names;
-use crate::view::ViewStore;
+use crate::view::{CardsStore, Checkpoint, ViewError};
 
-/// The view name used in checkpoints.
-pub const VIEW: &str = "cards";
-/// The DLQ stage name.
-pub const STAGE: &str = "project.cards";
-/// The topics this projector reads.
-pub const TOPICS: [Topic; 2] = [Topic::Uploads, Topic::Completions];
-
-/// The projector for cards and job status.
-pub struct CardProjector {
-    views: Arc<dyn ViewStore>,
-    dlq: Producer,
-    watermarks: Arc<Watermarks>,
-    checkpoints: Checkpoints,
-    totals: Mutex<BatchStats>,
-    assigned: Assigned,
-    /// Whether this projector's generation serves reads: only then does it
-    /// announce changes and watermarks (a rebuild runs silent).
-    live: Live,
+/// The cards view's projection.
+pub struct Cards {
+    store: Arc<dyn CardsStore>,
 }
 
-impl std::fmt::Debug for CardProjector {
+impl std::fmt::Debug for Cards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CardProjector")
-            .field("views", &self.views.backend())
-            .finish_non_exhaustive()
+        f.debug_struct("Cards").finish_non_exhaustive()
     }
 }
 
-impl CardProjector {
-    /// A projector writing to `views`, dead-lettering through `dlq`.
-    pub fn new(views: Arc<dyn ViewStore>, dlq: Producer, watermarks: Arc<Watermarks>) -> Self {
-        Self {
-            views,
-            dlq,
-            watermarks,
-            checkpoints: Checkpoints::new(VIEW),
-            totals: Mutex::new(BatchStats::default()),
-            assigned: Assigned::default(),
-            live: Live::default(),
-        }
+impl Cards {
+    /// Into `store`.
+    pub fn new(store: Arc<dyn CardsStore>) -> Self {
+        Self { store }
     }
+}
 
-    /// Waits until a partition was assigned, or `timeout` passed.
-    pub async fn wait_assigned(&self, timeout: std::time::Duration) -> bool {
-        self.assigned.wait(timeout).await
-    }
-
-    /// Totals since start.
-    pub fn totals(&self) -> BatchStats {
-        *self.totals.lock()
-    }
-
-    /// Whether this projector announces what it applies (see [`Live`]).
-    pub fn live(&self) -> &Live {
-        &self.live
-    }
-
-    /// Processes one batch of either topic.
-    pub async fn process(&self, batch: &Batch) -> Result<BatchStats, HandlerError> {
-        let mut stats = BatchStats::default();
-        let Some(last) = batch.records.last().map(|r| r.offset) else {
-            return Ok(stats);
-        };
-        let mut cp = self
-            .checkpoints
-            .get(self.views.as_ref(), &batch.topic, batch.partition)
-            .await
-            .map_err(view_err)?;
-        let started = Instant::now();
-        let decoded = decode(batch, cp.offset, &TOPICS, &self.dlq, STAGE, &mut stats).await?;
-        let newest = decoded.iter().map(|(_, e)| e.time).max();
-        let patches: Vec<Patch> = decoded.iter().filter_map(|(_, e)| patch(e)).collect();
-        stats.applied = patches.len() as u64;
-        let cards = coalesce(&patches, card_key);
-        let uploads = coalesce(&patches, upload_key);
-        metrics::histogram!(names::FOLD_SECONDS).record(started.elapsed().as_secs_f64());
-        let wrote = Instant::now();
-        stats.commits = (cards.len() + uploads.len()) as u64;
-        self.views
-            .apply_patches(&cards, &uploads)
-            .await
-            .map_err(view_err)?;
-        cp.offset = last;
-        self.views.save_checkpoint(&cp).await.map_err(view_err)?;
-        metrics::histogram!(names::WRITE_SECONDS).record(wrote.elapsed().as_secs_f64());
-        let at = Position {
-            partition: batch.partition,
-            offset: last,
-        };
-        let live = self.live.get();
-        let sessions: BTreeSet<&SessionKey> = cards
-            .iter()
-            .filter(|_| live)
-            .map(|p| &p.session_key)
-            .collect();
-        for s in sessions {
-            self.watermarks
-                .changes
-                .publish(Change::Session(s.clone()), &batch.topic, at);
-        }
-        let ups: BTreeSet<UploadId> = uploads
-            .iter()
-            .filter(|_| live)
-            .map(|p| p.upload_id)
-            .collect();
-        for u in ups {
-            self.watermarks
-                .changes
-                .publish(Change::Upload(u), &batch.topic, at);
-        }
-        self.checkpoints.put(cp);
-        if self.live.get() {
-            self.watermarks.publish(&batch.topic, batch.partition, last);
-        }
-        observe_batch(VIEW, batch.records.len(), stats.commits, newest);
-        metrics::counter!(names::FOLDED, "view" => VIEW, "outcome" => "applied")
-            .increment(stats.applied);
-        self.totals.lock().add(&stats);
-        Ok(stats)
-    }
+/// A batch's patches, coalesced: at most one per card row and status, and
+/// one per upload and status.
+#[derive(Debug)]
+pub struct Plan {
+    cards: Vec<Patch>,
+    uploads: Vec<Patch>,
 }
 
 #[async_trait]
-impl PartitionHandler for CardProjector {
-    async fn assigned(&self, topic: &str, partition: i32) {
-        self.assigned.inc();
-        self.checkpoints.forget(topic, partition);
+impl Projection for Cards {
+    type Plan = Plan;
+
+    async fn plan(
+        &self,
+        _partition: i32,
+        events: Vec<Positioned>,
+        stats: &mut BatchStats,
+        _cp: &mut Checkpoint,
+    ) -> Result<Plan, ViewError> {
+        let patches: Vec<Patch> = events.iter().filter_map(|(_, e)| patch(e)).collect();
+        stats.applied = patches.len() as u64;
+        let plan = Plan {
+            cards: coalesce(&patches, card_key).into_iter().cloned().collect(),
+            uploads: coalesce(&patches, upload_key)
+                .into_iter()
+                .cloned()
+                .collect(),
+        };
+        stats.commits = (plan.cards.len() + plan.uploads.len()) as u64;
+        Ok(plan)
     }
 
-    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
-        self.process(batch).await.map(|_| ())
+    async fn write(&self, plan: &Plan) -> Result<(), ViewError> {
+        let cards: Vec<&Patch> = plan.cards.iter().collect();
+        let uploads: Vec<&Patch> = plan.uploads.iter().collect();
+        self.store.apply_patches(&cards, &uploads).await
+    }
+
+    fn applied(&self, at: Position, plan: Plan, announce: Option<Announce<'_>>) {
+        let Some(announce) = announce else {
+            return;
+        };
+        let sessions: BTreeSet<_> = plan.cards.iter().map(|p| &p.session_key).collect();
+        for s in sessions {
+            announce(Change::Session(s.clone()), at);
+        }
+        let uploads: BTreeSet<_> = plan.uploads.iter().map(|p| p.upload_id).collect();
+        for u in uploads {
+            announce(Change::Upload(u), at);
+        }
     }
 }

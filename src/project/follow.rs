@@ -22,19 +22,14 @@ use crate::config::KafkaConfig;
 use crate::event::{EventData, Topic, wire};
 use crate::fold::Position;
 use crate::fold::feed::FeedKind;
-use crate::view::ViewStore;
+use crate::view::Generations;
 
 /// How often pending changes are checked against the checkpoints.
 const TICK: Duration = Duration::from_millis(50);
 
 /// The view whose checkpoint covers a topic.
-fn view_of(t: Topic) -> Option<&'static str> {
-    match t {
-        Topic::Polls => Some(super::polls::VIEW),
-        Topic::Feed => Some(super::feed::VIEW),
-        Topic::Uploads | Topic::Completions => Some(super::cards::VIEW),
-        _ => None,
-    }
+fn view_of(t: Topic) -> Option<crate::view::View> {
+    super::views::of_topic(t)
 }
 
 /// What a record changes; a feed action's kind is looked up when released.
@@ -68,7 +63,7 @@ fn pending_of(data: &EventData) -> Vec<Pending> {
 pub async fn follow(
     kafka: &KafkaConfig,
     brokers: &str,
-    views: Arc<dyn ViewStore>,
+    views: Arc<Generations>,
     watermarks: Arc<Watermarks>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
@@ -127,7 +122,7 @@ pub async fn follow(
 async fn release(
     pending: &mut HashMap<(String, i32), VecDeque<(i64, Pending)>>,
     names: &BTreeMap<String, Topic>,
-    views: &dyn ViewStore,
+    views: &Generations,
     watermarks: &Watermarks,
 ) {
     for ((topic, partition), q) in pending.iter_mut() {
@@ -138,7 +133,10 @@ async fn release(
             q.clear();
             continue;
         };
-        let Ok(Some(cp)) = views.checkpoint(view, topic, *partition).await else {
+        let Ok(store) = views.active(view).await else {
+            continue;
+        };
+        let Ok(Some(cp)) = store.checkpoint(view.as_str(), topic, *partition).await else {
             continue;
         };
         let mut last = None;
@@ -146,7 +144,7 @@ async fn release(
             let (offset, p) = q.pop_front().expect("front exists");
             let change = match p {
                 Pending::Ready(c) => Some(c),
-                Pending::FeedItem(id) => views
+                Pending::FeedItem(id) => store
                     .item(id)
                     .await
                     .ok()

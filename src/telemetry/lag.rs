@@ -7,8 +7,6 @@ use std::sync::OnceLock;
 
 use parking_lot::RwLock;
 
-use super::names;
-
 /// One partition's lag as its consumer last measured it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LagRow {
@@ -33,9 +31,7 @@ fn table() -> &'static RwLock<BTreeMap<Key, LagRow>> {
 
 /// Records a measurement (and sets the gauge).
 pub fn record(group: &str, topic: &str, partition: i32, head: i64, lag: i64) {
-    metrics::gauge!(names::LAG, "group" => group.to_owned(), "topic" => topic.to_owned(),
-        "partition" => partition.to_string())
-    .set(lag as f64);
+    super::emit::lag(group, topic, partition, lag);
     table().write().insert(
         (group.to_owned(), topic.to_owned(), partition),
         LagRow {
@@ -51,9 +47,7 @@ pub fn record(group: &str, topic: &str, partition: i32, head: i64, lag: i64) {
 /// Forgets a partition this process no longer consumes (its gauge drops to
 /// zero: another process reports it now).
 pub fn forget(group: &str, topic: &str, partition: i32) {
-    metrics::gauge!(names::LAG, "group" => group.to_owned(), "topic" => topic.to_owned(),
-        "partition" => partition.to_string())
-    .set(0.0);
+    super::emit::lag(group, topic, partition, 0);
     table()
         .write()
         .remove(&(group.to_owned(), topic.to_owned(), partition));

@@ -1,6 +1,7 @@
 //! Tracing setup and the metric names: every metric the crate emits is
 //! named here, once, so dashboards and code cannot drift apart.
 
+pub mod emit;
 pub mod lag;
 
 use std::sync::OnceLock;

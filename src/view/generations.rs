@@ -9,71 +9,19 @@
 //!   `n ≥ 1` of view `v` is a store of its own (keyspace `{ks}_{v}_g{n}`, or
 //!   a separate embedded store), so a rebuild never touches what readers see
 //!   and garbage collection drops a whole keyspace.
-//! - Readers go through [`RoutedStore`], which sends each read to its view's
-//!   active generation, consulting the control rows through a short cache.
+//! - Readers ask [`Generations`] for a view's store (`polls()`, `feed()`,
+//!   `cards()`): routing to the active generation happens once per view and
+//!   request, through a short cache of the control rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Checkpoint, CqlStore, EmbeddedStore, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow,
-    ViewError, ViewStore, VoterRow,
-};
+use super::{CqlStore, EmbeddedStore, Store, View, ViewError};
 use crate::config::{ViewBackend, ViewsConfig};
-use crate::event::{FeedItemId, PollId, QuestionId, SessionKey, Topic, UploadId, UserId};
-use crate::fold::cards::{Card, Patch};
-use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
-use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
-
-/// A materialized view that can be rebuilt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum View {
-    /// Polls, ballots, voters, polls by owner.
-    Polls,
-    /// Feed items, memberships, timelines.
-    Feed,
-    /// Session cards and upload status.
-    Cards,
-    /// Not a view: the inference stage, whose generation names its consumer
-    /// group (`replay --stage infer` starts a new one to re-run uploads).
-    Infer,
-}
-
-impl View {
-    /// Every view.
-    pub const ALL: [View; 3] = [View::Polls, View::Feed, View::Cards];
-
-    /// The name in checkpoints, control rows and URLs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            View::Polls => "polls",
-            View::Feed => "feed",
-            View::Cards => "cards",
-            View::Infer => "infer",
-        }
-    }
-
-    /// From its name.
-    pub fn parse(s: &str) -> Option<View> {
-        View::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// The topics folded into it.
-    pub fn topics(self) -> &'static [Topic] {
-        match self {
-            View::Polls => &[Topic::Polls],
-            View::Feed => &[Topic::Feed],
-            View::Cards => &[Topic::Uploads, Topic::Completions],
-            View::Infer => &[Topic::Uploads],
-        }
-    }
-}
 
 /// Where a rebuild stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,11 +37,12 @@ pub enum Phase {
     Swapping,
 }
 
-/// The control row of one view.
+/// The control row of one view (or of the inference stage, whose
+/// generation names its consumer group).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
-    /// The view.
-    pub view: View,
+    /// The view's name (or `infer`).
+    pub view: String,
     /// The generation serving reads.
     pub active: u32,
     /// The generation being rebuilt.
@@ -119,10 +68,10 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The row of a view never rebuilt.
-    pub fn initial(view: View) -> Self {
+    /// The row of a view (or stage) never rebuilt.
+    pub fn initial(view: &str) -> Self {
         Self {
-            view,
+            view: view.to_owned(),
             active: 0,
             building: None,
             phase: Phase::Idle,
@@ -147,105 +96,120 @@ impl Generation {
     }
 }
 
+/// The control rows as stored; a view (or stage) without one was never
+/// rebuilt.
+#[derive(Clone, Debug, Default)]
+pub struct Rows(BTreeMap<String, Generation>);
+
+impl Rows {
+    /// The row of `name` (its initial row when none is stored).
+    pub fn get(&self, name: &str) -> Generation {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Generation::initial(name))
+    }
+
+    /// The stored rows.
+    pub fn stored(&self) -> impl Iterator<Item = &Generation> {
+        self.0.values()
+    }
+}
+
 /// How long readers trust their copy of the control rows.
 pub const READ_CACHE: Duration = Duration::from_millis(500);
 
-/// The generation stores of a process and the cached control rows.
+/// The generation stores of a process and the cached control rows: every
+/// read of a view goes to the store of its active generation.
 #[derive(Debug)]
 pub struct Generations {
-    base: Arc<dyn ViewStore>,
+    base: Arc<dyn Store>,
     cfg: ViewsConfig,
-    stores: RwLock<HashMap<(View, u32), Arc<dyn ViewStore>>>,
-    rows: RwLock<(Option<Instant>, BTreeMap<View, Generation>)>,
+    stores: RwLock<HashMap<(View, u32), Arc<dyn Store>>>,
+    rows: RwLock<(Option<Instant>, Rows)>,
     refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Generations {
     /// Over the base store (generation 0 of every view, and the control
     /// rows).
-    pub fn new(base: Arc<dyn ViewStore>, cfg: &ViewsConfig) -> Arc<Self> {
+    pub fn new(base: Arc<dyn Store>, cfg: &ViewsConfig) -> Arc<Self> {
         Arc::new(Self {
             base,
             cfg: cfg.clone(),
             stores: RwLock::new(HashMap::new()),
-            rows: RwLock::new((None, BTreeMap::new())),
+            rows: RwLock::new((None, Rows::default())),
             refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
+    /// `embedded` or `cql`.
+    pub fn backend(&self) -> &'static str {
+        self.base.backend()
+    }
+
     /// The base store.
-    pub fn base(&self) -> &Arc<dyn ViewStore> {
+    pub fn base(&self) -> &Arc<dyn Store> {
         &self.base
     }
 
     /// Reads the control rows now (and caches them).
-    pub async fn refresh(&self) -> Result<BTreeMap<View, Generation>, ViewError> {
-        let mut rows: BTreeMap<View, Generation> = View::ALL
-            .into_iter()
-            .chain([View::Infer])
-            .map(|v| (v, Generation::initial(v)))
-            .collect();
-        for g in self.base.generations().await? {
-            rows.insert(g.view, g);
-        }
+    pub async fn refresh(&self) -> Result<Rows, ViewError> {
+        let rows = Rows(
+            self.base
+                .generations()
+                .await?
+                .into_iter()
+                .map(|g| (g.view.clone(), g))
+                .collect(),
+        );
         *self.rows.write() = (Some(Instant::now()), rows.clone());
         Ok(rows)
     }
 
-    /// The control row of `view`, from a copy at most [`READ_CACHE`] old.
-    /// When the control table cannot be read, the last copy is used (reads
-    /// keep working through a blip of the store).
-    pub async fn row(&self, view: View) -> Result<Generation, ViewError> {
+    /// The control row of `name` (a view's, or `infer`), from a copy at most
+    /// [`READ_CACHE`] old. When the control table cannot be read, the last
+    /// copy is used (reads keep working through a blip of the store).
+    pub async fn row(&self, name: &str) -> Result<Generation, ViewError> {
         {
             let rows = self.rows.read();
-            if rows.0.is_some_and(|t| t.elapsed() < READ_CACHE)
-                && let Some(g) = rows.1.get(&view)
-            {
-                return Ok(g.clone());
+            if rows.0.is_some_and(|t| t.elapsed() < READ_CACHE) {
+                return Ok(rows.1.get(name));
             }
         }
         // One refresh at a time; the others use the copy they have.
         if let Ok(_guard) = self.refreshing.try_lock() {
             match self.refresh().await {
-                Ok(rows) => return Ok(rows[&view].clone()),
+                Ok(rows) => return Ok(rows.get(name)),
                 Err(e) if self.rows.read().0.is_none() => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading view generations; using the last copy")
                 }
             }
         }
-        let rows = self.rows.read();
-        Ok(rows
-            .1
-            .get(&view)
-            .cloned()
-            .unwrap_or_else(|| Generation::initial(view)))
+        Ok(self.rows.read().1.get(name))
     }
 
     /// Remembers a row this process just wrote (readers here switch at
     /// once instead of after the cache's age).
     pub fn remember(&self, g: &Generation) {
         let mut rows = self.rows.write();
-        let newer = rows.1.get(&g.view).is_none_or(|old| old.rev < g.rev);
+        let newer = rows.1.0.get(&g.view).is_none_or(|old| old.rev < g.rev);
         if newer {
-            rows.1.insert(g.view, g.clone());
+            rows.1.0.insert(g.view.clone(), g.clone());
         }
     }
 
     /// The store of one generation of a view (opened and migrated on first
     /// use).
-    pub async fn store(
-        &self,
-        view: View,
-        generation: u32,
-    ) -> Result<Arc<dyn ViewStore>, ViewError> {
+    pub async fn store(&self, view: View, generation: u32) -> Result<Arc<dyn Store>, ViewError> {
         if generation == 0 {
             return Ok(self.base.clone());
         }
         if let Some(s) = self.stores.read().get(&(view, generation)) {
             return Ok(s.clone());
         }
-        let store: Arc<dyn ViewStore> = match self.cfg.backend {
+        let store: Arc<dyn Store> = match self.cfg.backend {
             ViewBackend::Embedded => Arc::new(EmbeddedStore::default()),
             ViewBackend::Cql => {
                 let mut cfg = self.cfg.clone();
@@ -262,9 +226,11 @@ impl Generations {
             .clone())
     }
 
-    /// The store serving reads of `view` now.
-    pub async fn active(&self, view: View) -> Result<Arc<dyn ViewStore>, ViewError> {
-        let g = self.row(view).await?;
+    /// The store serving reads of `view` now: routing is per view, and each
+    /// view's store module offers a typed accessor over this
+    /// (`Generations::polls`, ...).
+    pub async fn active(&self, view: View) -> Result<Arc<dyn Store>, ViewError> {
+        let g = self.row(view.as_str()).await?;
         self.store(view, g.active).await
     }
 
@@ -280,8 +246,9 @@ impl Generations {
         Ok(())
     }
 
-    /// Statement counts of every store this process opened.
-    fn counts(&self) -> (u64, u64) {
+    /// Statements executed by every store this process opened: `(reads,
+    /// writes)`.
+    pub fn counts(&self) -> (u64, u64) {
         let (mut r, mut w) = self.base.counts();
         for s in self.stores.read().values() {
             let (r2, w2) = s.counts();
@@ -295,164 +262,4 @@ impl Generations {
 /// The keyspace of generation `n ≥ 1` of a view.
 pub fn keyspace(base: &str, view: View, n: u32) -> String {
     format!("{base}_{}_g{n}", view.as_str())
-}
-
-/// A view store that sends each call to its view's active generation. The
-/// API and the change follower read through it; projectors write to their
-/// own generation's store directly.
-#[derive(Debug, Clone)]
-pub struct RoutedStore {
-    gens: Arc<Generations>,
-}
-
-impl RoutedStore {
-    /// Routing over `gens`.
-    pub fn new(gens: Arc<Generations>) -> Self {
-        Self { gens }
-    }
-
-    async fn polls(&self) -> Result<Arc<dyn ViewStore>, ViewError> {
-        self.gens.active(View::Polls).await
-    }
-
-    async fn feed(&self) -> Result<Arc<dyn ViewStore>, ViewError> {
-        self.gens.active(View::Feed).await
-    }
-
-    async fn cards_store(&self) -> Result<Arc<dyn ViewStore>, ViewError> {
-        self.gens.active(View::Cards).await
-    }
-
-    async fn of(&self, view: &str) -> Result<Arc<dyn ViewStore>, ViewError> {
-        match View::parse(view) {
-            Some(v) => self.gens.active(v).await,
-            None => Ok(self.gens.base.clone()),
-        }
-    }
-}
-
-#[async_trait]
-impl ViewStore for RoutedStore {
-    fn backend(&self) -> &'static str {
-        self.gens.base.backend()
-    }
-    fn counts(&self) -> (u64, u64) {
-        self.gens.counts()
-    }
-    async fn migrate(&self) -> Result<(), ViewError> {
-        self.gens.base.migrate().await
-    }
-    async fn generations(&self) -> Result<Vec<Generation>, ViewError> {
-        self.gens.base.generations().await
-    }
-    async fn set_generation(&self, next: &Generation, expected: i64) -> Result<bool, ViewError> {
-        self.gens.base.set_generation(next, expected).await
-    }
-    async fn drop_view(&self, view: View) -> Result<(), ViewError> {
-        self.gens.active(view).await?.drop_view(view).await
-    }
-    async fn drop_store(&self) -> Result<(), ViewError> {
-        Err(ViewError::Rejected(
-            "the routed store is not one generation's store".into(),
-        ))
-    }
-    async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
-        self.polls().await?.load_polls(ids).await
-    }
-    async fn load_ballots(
-        &self,
-        poll: PollId,
-        voters: &[VoterKey],
-    ) -> Result<Vec<(VoterKey, Ballot)>, ViewError> {
-        self.polls().await?.load_ballots(poll, voters).await
-    }
-    async fn commit_poll(&self, commit: &PollCommit) -> Result<(), ViewError> {
-        self.polls().await?.commit_poll(commit).await
-    }
-    async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
-        self.polls().await?.poll(id).await
-    }
-    async fn polls_by_owner(
-        &self,
-        owner: &UserId,
-        before: Option<OwnerCursor>,
-        limit: usize,
-    ) -> Result<Vec<OwnerPollRow>, ViewError> {
-        self.polls()
-            .await?
-            .polls_by_owner(owner, before, limit)
-            .await
-    }
-    async fn question_voters(
-        &self,
-        poll: PollId,
-        question: QuestionId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<VoterRow>, ViewError> {
-        self.polls()
-            .await?
-            .question_voters(poll, question, after, limit)
-            .await
-    }
-    async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
-        self.feed().await?.load_items(ids).await
-    }
-    async fn load_members(
-        &self,
-        item: FeedItemId,
-        keys: &[MemberKey],
-    ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
-        self.feed().await?.load_members(item, keys).await
-    }
-    async fn commit_item(&self, commit: &ItemCommit) -> Result<(), ViewError> {
-        self.feed().await?.commit_item(commit).await
-    }
-    async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
-        self.feed().await?.item(id).await
-    }
-    async fn timeline(
-        &self,
-        kind: Option<FeedKind>,
-        before: Option<FeedCursor>,
-        limit: usize,
-    ) -> Result<Vec<TimelineRow>, ViewError> {
-        self.feed().await?.timeline(kind, before, limit).await
-    }
-    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
-        self.cards_store()
-            .await?
-            .apply_patches(cards, uploads)
-            .await
-    }
-    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
-        self.cards_store().await?.cards(session).await
-    }
-    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
-        self.cards_store().await?.upload(id).await
-    }
-    async fn checkpoint(
-        &self,
-        view: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<Checkpoint>, ViewError> {
-        self.of(view)
-            .await?
-            .checkpoint(view, topic, partition)
-            .await
-    }
-    async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
-        self.of(&cp.view).await?.save_checkpoint(cp).await
-    }
-    async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
-        self.of(view).await?.checkpoints(view).await
-    }
-    async fn scan_polls(
-        &self,
-        after: Option<PollId>,
-        limit: usize,
-    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
-        self.polls().await?.scan_polls(after, limit).await
-    }
 }

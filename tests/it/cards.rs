@@ -13,7 +13,7 @@ use crate::helpers::{Backends, TestApp};
 fn ev(data: EventData) -> Event {
     Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: atelier::api::now(),
+        time: atelier::edge::now(),
         principal: Principal {
             id: UserId::parse("ann").unwrap(),
             name: "Ann".into(),

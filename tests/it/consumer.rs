@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use atelier::app::{App, Roles};
 use atelier::bus::consumer::{self, ConsumerSpec};
 use atelier::bus::{Batch, HandlerError, PartitionHandler, client_config};
-use atelier::cli::app::{App, Roles};
 use atelier::event::Topic;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;

@@ -26,7 +26,7 @@ const ADMIN: &str = "admin";
 fn event(who: &str, data: EventData) -> Event {
     Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: atelier::api::now(),
+        time: atelier::edge::now(),
         principal: Principal {
             id: UserId::parse(who).unwrap(),
             name: who.to_uppercase(),

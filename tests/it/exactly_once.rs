@@ -7,21 +7,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atelier::app::{App, Roles};
 use atelier::bus::consumer::{self, ConsumerSpec};
 use atelier::bus::{Batch, Producer, Record, client_config};
-use atelier::cli::app::{App, Roles};
 use atelier::config::Config;
 use atelier::event::{
     Event, EventData, EventId, FeedItemId, PollClosed, PollCreated, PollId, Principal, Question,
-    SessionKey, Topic, UploadId, UserId, VoteCast, VoteRetracted,
+    Topic, UserId, VoteCast, VoteRetracted,
 };
 use atelier::fold::Position;
-use atelier::fold::cards::{Card, Patch};
 use atelier::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
 use atelier::fold::poll::{Ballot, FoldConfig, PollCommit, PollState, VoterKey, reference};
-use atelier::project::{PollProjector, Watermarks};
+use atelier::project::views::polls_into;
+use atelier::project::{Context, PollProjector, ViewProjector, Watermarks};
 use atelier::view::{
-    Checkpoint, FeedCursor, OwnerCursor, OwnerPollRow, TimelineRow, ViewError, ViewStore, VoterRow,
+    Checkpoint, CheckpointStore, FeedCursor, FeedStore, OwnerCursor, OwnerPollRow, PollsStore,
+    Store, TimelineRow, ViewError, VoterRow,
 };
 use chrono::{Duration as Dur, Utc};
 use futures::StreamExt;
@@ -51,7 +52,7 @@ pub fn workload(seed: u64, polls: usize, events: usize) -> Vec<Event> {
 /// [`workload`] with `close_pct` percent of events closing a poll.
 pub fn workload_with(seed: u64, polls: usize, events: usize, close_pct: u32) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = atelier::api::now();
+    let t0 = atelier::edge::now();
     let ids: Vec<PollId> = (0..polls).map(|_| PollId(uuid::Uuid::now_v7())).collect();
     let mut out = Vec::new();
     let ev = |t: chrono::DateTime<Utc>, p: Principal, data| Event {
@@ -192,20 +193,12 @@ pub async fn produce(p: &Producer, events: Vec<Event>, poison: usize) -> Produce
 pub async fn project_until(
     cfg: &Config,
     brokers: &str,
-    views: Arc<dyn ViewStore>,
+    views: (Arc<dyn PollsStore>, Arc<dyn CheckpointStore>),
     group: &str,
     last: &HashMap<i32, i64>,
 ) -> Arc<PollProjector> {
     let watermarks = Watermarks::new();
-    let projector = Arc::new(PollProjector::new(
-        views,
-        Producer::new(&cfg.kafka, brokers, "test").unwrap(),
-        cfg.projector.clone(),
-        FoldConfig {
-            voter_key: cfg.auth.voter_key.expose().as_bytes().to_vec(),
-        },
-        watermarks.clone(),
-    ));
+    let projector = polls_into(views.0, views.1, &context(cfg, brokers, watermarks.clone()));
     let mut base = client_config(&cfg.kafka, brokers);
     base.set("session.timeout.ms", "6000");
     let spec = ConsumerSpec {
@@ -231,10 +224,27 @@ pub async fn project_until(
     projector
 }
 
+/// What a test's projector is built with.
+pub fn context(cfg: &Config, brokers: &str, watermarks: Arc<Watermarks>) -> Context {
+    Context {
+        dlq: Producer::new(&cfg.kafka, brokers, "test").unwrap(),
+        watermarks,
+        cfg: cfg.projector.clone(),
+        fold: FoldConfig {
+            voter_key: cfg.auth.voter_key.expose().as_bytes().to_vec(),
+        },
+    }
+}
+
+/// A store as the two halves a projector writes to.
+pub fn halves(s: &Arc<dyn Store>) -> (Arc<dyn PollsStore>, Arc<dyn CheckpointStore>) {
+    (s.clone(), s.clone())
+}
+
 /// Asserts that every poll in the view equals the reference fold.
 pub async fn assert_matches_reference(
     cfg: &Config,
-    views: &dyn ViewStore,
+    views: &dyn PollsStore,
     events: &[(Position, Event)],
 ) {
     let fold = FoldConfig {
@@ -308,16 +318,17 @@ pub fn read_all(
 }
 
 /// A view store that fails some writes with a retriable error, before or
-/// after performing them.
+/// after performing them: the polls and feed stores and the checkpoints a
+/// projector writes to, nothing else.
 #[derive(Debug)]
 pub struct FlakyStore {
-    inner: Arc<dyn ViewStore>,
+    inner: Arc<dyn Store>,
     one_in: u64,
     n: std::sync::atomic::AtomicU64,
 }
 
 impl FlakyStore {
-    pub fn new(inner: Arc<dyn ViewStore>, one_in: u64) -> Self {
+    pub fn new(inner: Arc<dyn Store>, one_in: u64) -> Self {
         Self {
             inner,
             one_in,
@@ -331,6 +342,21 @@ impl FlakyStore {
         let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7;
         h.is_multiple_of(self.one_in).then_some(h.is_multiple_of(2))
     }
+
+    /// Runs `write`, failing it (before or after) as [`Self::roll`] says.
+    async fn flaky<F>(&self, write: F) -> Result<(), ViewError>
+    where
+        F: std::future::Future<Output = Result<(), ViewError>>,
+    {
+        match self.roll() {
+            Some(true) => {
+                write.await?;
+                Err(flake())
+            }
+            Some(false) => Err(flake()),
+            None => write.await,
+        }
+    }
 }
 
 fn flake() -> ViewError {
@@ -338,32 +364,7 @@ fn flake() -> ViewError {
 }
 
 #[async_trait::async_trait]
-impl ViewStore for FlakyStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    fn counts(&self) -> (u64, u64) {
-        self.inner.counts()
-    }
-    async fn migrate(&self) -> Result<(), ViewError> {
-        self.inner.migrate().await
-    }
-    async fn generations(&self) -> Result<Vec<atelier::view::Generation>, ViewError> {
-        self.inner.generations().await
-    }
-    async fn set_generation(
-        &self,
-        next: &atelier::view::Generation,
-        expected: i64,
-    ) -> Result<bool, ViewError> {
-        self.inner.set_generation(next, expected).await
-    }
-    async fn drop_view(&self, view: atelier::view::View) -> Result<(), ViewError> {
-        self.inner.drop_view(view).await
-    }
-    async fn drop_store(&self) -> Result<(), ViewError> {
-        self.inner.drop_store().await
-    }
+impl PollsStore for FlakyStore {
     async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
         self.inner.load_polls(ids).await
     }
@@ -375,14 +376,7 @@ impl ViewStore for FlakyStore {
         self.inner.load_ballots(poll, voters).await
     }
     async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
-        match self.roll() {
-            Some(true) => {
-                self.inner.commit_poll(c).await?;
-                Err(flake())
-            }
-            Some(false) => Err(flake()),
-            None => self.inner.commit_poll(c).await,
-        }
+        self.flaky(self.inner.commit_poll(c)).await
     }
     async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
         self.inner.poll(id).await
@@ -395,27 +389,6 @@ impl ViewStore for FlakyStore {
     ) -> Result<Vec<OwnerPollRow>, ViewError> {
         self.inner.polls_by_owner(owner, before, limit).await
     }
-    async fn checkpoint(
-        &self,
-        view: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<Checkpoint>, ViewError> {
-        self.inner.checkpoint(view, topic, partition).await
-    }
-    async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
-        match self.roll() {
-            Some(true) => {
-                self.inner.save_checkpoint(cp).await?;
-                Err(flake())
-            }
-            Some(false) => Err(flake()),
-            None => self.inner.save_checkpoint(cp).await,
-        }
-    }
-    async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
-        self.inner.checkpoints(view).await
-    }
     async fn question_voters(
         &self,
         poll: PollId,
@@ -427,6 +400,17 @@ impl ViewStore for FlakyStore {
             .question_voters(poll, question, after, limit)
             .await
     }
+    async fn scan_polls(
+        &self,
+        after: Option<PollId>,
+        limit: usize,
+    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
+        self.inner.scan_polls(after, limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedStore for FlakyStore {
     async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
         self.inner.load_items(ids).await
     }
@@ -438,14 +422,7 @@ impl ViewStore for FlakyStore {
         self.inner.load_members(item, keys).await
     }
     async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
-        match self.roll() {
-            Some(true) => {
-                self.inner.commit_item(c).await?;
-                Err(flake())
-            }
-            Some(false) => Err(flake()),
-            None => self.inner.commit_item(c).await,
-        }
+        self.flaky(self.inner.commit_item(c)).await
     }
     async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
         self.inner.item(id).await
@@ -458,21 +435,23 @@ impl ViewStore for FlakyStore {
     ) -> Result<Vec<TimelineRow>, ViewError> {
         self.inner.timeline(kind, before, limit).await
     }
-    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
-        self.inner.apply_patches(cards, uploads).await
-    }
-    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
-        self.inner.cards(session).await
-    }
-    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
-        self.inner.upload(id).await
-    }
-    async fn scan_polls(
+}
+
+#[async_trait::async_trait]
+impl CheckpointStore for FlakyStore {
+    async fn checkpoint(
         &self,
-        after: Option<PollId>,
-        limit: usize,
-    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
-        self.inner.scan_polls(after, limit).await
+        view: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, ViewError> {
+        self.inner.checkpoint(view, topic, partition).await
+    }
+    async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
+        self.flaky(self.inner.save_checkpoint(cp)).await
+    }
+    async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
+        self.inner.checkpoints(view).await
     }
 }
 
@@ -497,14 +476,14 @@ async fn exactly_once(b: Backends) {
     let events = workload(7, 12, 3_000);
     let produced = produce(&app.producer, events, 5).await;
     let brokers = app.brokers.clone();
-    let views = app.views.clone();
+    let views = app.views.base().clone();
 
     // First pass, through a store that fails one write in eight, half of
     // the time after the write landed (a lost acknowledgement): the batch is
     // redelivered over aggregates that are already ahead of the checkpoint.
-    let flaky: Arc<dyn ViewStore> = Arc::new(FlakyStore::new(views.clone(), 8));
+    let flaky = Arc::new(FlakyStore::new(views.clone(), 8));
     let g1 = format!("{}g1", cfg.kafka.namespace);
-    let p1 = project_until(&cfg, &brokers, flaky, &g1, &produced.last).await;
+    let p1 = project_until(&cfg, &brokers, (flaky.clone(), flaky), &g1, &produced.last).await;
     assert!(p1.totals().rejected > 0, "the workload breaks rules");
     // Each poison record is in the DLQ with its reason and source position
     // (a retried batch may dead-letter it again: same source position).
@@ -541,7 +520,7 @@ async fn exactly_once(b: Backends) {
     // Two full replays by fresh groups: every event is a duplicate.
     for g in ["g2", "g3"] {
         let group = format!("{}{g}", cfg.kafka.namespace);
-        let p = project_until(&cfg, &brokers, views.clone(), &group, &produced.last).await;
+        let p = project_until(&cfg, &brokers, halves(&views), &group, &produced.last).await;
         assert_eq!(p.totals().applied, 0, "a replay applies nothing");
         assert_matches_reference(&cfg, views.as_ref(), &produced.events).await;
     }
@@ -549,15 +528,8 @@ async fn exactly_once(b: Backends) {
     // Random redeliveries straight into a projector with cold caches.
     let polls_topic = cfg.kafka.topic(Topic::Polls);
     let records = read_all(&cfg, &brokers, &polls_topic, &produced.last);
-    let fresh = PollProjector::new(
-        views.clone(),
-        app.producer.clone(),
-        cfg.projector.clone(),
-        FoldConfig {
-            voter_key: cfg.auth.voter_key.expose().as_bytes().to_vec(),
-        },
-        Watermarks::new(),
-    );
+    let fresh =
+        atelier::project::views::polls(views.clone(), &context(&cfg, &brokers, Watermarks::new()));
     let mut rng = SmallRng::seed_from_u64(3);
     let topic = cfg.kafka.topic(Topic::Polls);
     for _ in 0..40 {

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atelier::app::{App, Roles};
+use atelier::bus::client_config;
 use atelier::bus::consumer::{self, ConsumerSpec};
-use atelier::bus::{Producer, client_config};
-use atelier::cli::app::{App, Roles};
 use atelier::config::Config;
 use atelier::event::{
     Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal,
@@ -17,15 +17,16 @@ use atelier::event::{
 };
 use atelier::fold::Position;
 use atelier::fold::feed::{FeedKind, reference};
-use atelier::project::{FeedProjector, Watermarks};
-use atelier::view::ViewStore;
+use atelier::project::views::feed_into;
+use atelier::project::{FeedProjector, ViewProjector, Watermarks};
+use atelier::view::{CheckpointStore, FeedStore, Store};
 use chrono::Duration as Dur;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::exactly_once::{FlakyStore, produce};
+use crate::exactly_once::{FlakyStore, context, produce};
 use crate::helpers::{self, Backends, TestApp};
 
 fn who(i: usize) -> Principal {
@@ -40,7 +41,7 @@ fn who(i: usize) -> Principal {
 /// authors and others, plus actions on unknown items: rule breakers included.
 pub fn feed_workload(seed: u64, items: usize, events: usize) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = atelier::api::now();
+    let t0 = atelier::edge::now();
     let ids: Vec<FeedItemId> = (0..items)
         .map(|_| FeedItemId(uuid::Uuid::now_v7()))
         .collect();
@@ -100,7 +101,7 @@ pub fn feed_workload(seed: u64, items: usize, events: usize) -> Vec<Event> {
 
 /// Every item equals the reference fold, and the timeline of all kinds
 /// holds exactly the live items, newest first, with current counts.
-pub async fn assert_feed_matches_reference(views: &dyn ViewStore, events: &[(Position, Event)]) {
+pub async fn assert_feed_matches_reference(views: &dyn FeedStore, events: &[(Position, Event)]) {
     let expected = reference(events.iter().map(|(p, e)| (*p, e)));
     let mut live = HashMap::new();
     for (id, agg) in &expected {
@@ -139,17 +140,12 @@ pub async fn assert_feed_matches_reference(views: &dyn ViewStore, events: &[(Pos
 pub async fn project_feed_until(
     cfg: &Config,
     brokers: &str,
-    views: Arc<dyn ViewStore>,
+    views: (Arc<dyn FeedStore>, Arc<dyn CheckpointStore>),
     group: &str,
     last: &HashMap<i32, i64>,
 ) -> Arc<FeedProjector> {
     let watermarks = Watermarks::new();
-    let projector = Arc::new(FeedProjector::new(
-        views,
-        Producer::new(&cfg.kafka, brokers, "test").unwrap(),
-        cfg.projector.clone(),
-        watermarks.clone(),
-    ));
+    let projector = feed_into(views.0, views.1, &context(cfg, brokers, watermarks.clone()));
     let mut base = client_config(&cfg.kafka, brokers);
     base.set("session.timeout.ms", "6000");
     let spec = ConsumerSpec {
@@ -192,15 +188,15 @@ async fn likes_and_joins_exactly_once(b: Backends) {
     .await
     .unwrap();
     let produced = produce(&app.producer, feed_workload(3, 25, 4_000), 3).await;
-    let views = app.views.clone();
+    let views: Arc<dyn Store> = app.views.base().clone();
     // Through a store that fails one write in eight, half the time after
     // it landed: batches are redelivered over items already ahead.
-    let flaky: Arc<dyn ViewStore> = Arc::new(FlakyStore::new(views.clone(), 8));
+    let flaky = Arc::new(FlakyStore::new(views.clone(), 8));
     let ns = &cfg.kafka.namespace;
     let p = project_feed_until(
         &cfg,
         &app.brokers,
-        flaky,
+        (flaky.clone(), flaky),
         &format!("{ns}f1"),
         &produced.last,
     )
@@ -216,7 +212,7 @@ async fn likes_and_joins_exactly_once(b: Backends) {
     let p2 = project_feed_until(
         &cfg,
         &app.brokers,
-        views.clone(),
+        (views.clone(), views.clone()),
         &format!("{ns}f2"),
         &produced.last,
     )

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use atelier::cli::app::{App, Roles};
+use atelier::app::{App, Roles};
 use atelier::config::{BlobBackend, BlobConfig, Config, Secret, ViewBackend, ViewsConfig};
 use serde_json::Value;
 
@@ -181,7 +181,7 @@ impl TestApp {
         let cfg = self.app.config.clone();
         self.app.stop().await.expect("clean stop");
         if !cfg.kafka.is_embedded() {
-            atelier::cli::app::delete_run_data(&cfg).await;
+            atelier::app::delete_run_data(&cfg).await;
         }
     }
 }

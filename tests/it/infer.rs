@@ -13,15 +13,15 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atelier::app::Roles;
 use atelier::blob::BlobStore;
 use atelier::bus::client_config;
-use atelier::cli::app::Roles;
 use atelier::config::Config;
 use atelier::event::{
     Event, EventData, EventId, Principal, SessionKey, Style, Topic, UploadId, UploadReceived,
     UserId, wire,
 };
-use atelier::infer::codec;
+use atelier::image::codec;
 use atelier::infer::registry::sha256_hex;
 use bytes::Bytes;
 use rdkafka::Message;
@@ -350,7 +350,7 @@ both!(bad_uploads_are_refused_at_the_edge);
 fn upload_event(session: &SessionKey, slot: u8, style: &str, key: &str, bytes: &[u8]) -> Event {
     Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: atelier::api::now(),
+        time: atelier::edge::now(),
         principal: Principal {
             id: UserId::parse("ann").unwrap(),
             name: "Ann".into(),

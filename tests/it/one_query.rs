@@ -12,7 +12,7 @@ async fn votes(t: &TestApp, poll: &str, n: usize) -> String {
     let sends = (0..n).map(|i| {
         let e = Event {
             id: EventId(uuid::Uuid::now_v7()),
-            time: atelier::api::now(),
+            time: atelier::edge::now(),
             principal: Principal {
                 id: UserId::parse(&format!("voter-{i}")).unwrap(),
                 name: format!("Voter {i}"),
@@ -140,7 +140,7 @@ async fn send_all(t: &TestApp, events: Vec<Event>) {
 fn ev(p: Principal, data: EventData) -> Event {
     Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: atelier::api::now(),
+        time: atelier::edge::now(),
         principal: p,
         data,
     }

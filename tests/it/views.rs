@@ -13,12 +13,12 @@ use atelier::fold::Position;
 use atelier::fold::cards::{Patch, Status, patch};
 use atelier::fold::feed::{FeedKind, ItemCommit, ItemState, Member, Relation};
 use atelier::fold::poll::{Ballot, PollCommit, PollState};
-use atelier::view::{self, Checkpoint, TimelineRow, ViewStore, VoterRow};
+use atelier::view::{self, Checkpoint, Store, TimelineRow, VoterRow};
 use chrono::{TimeZone, Utc};
 
 use crate::helpers::{Backends, cql_views, real};
 
-async fn store(b: Backends) -> Option<Arc<dyn ViewStore>> {
+async fn store(b: Backends) -> Option<Arc<dyn Store>> {
     let cfg = match b {
         Backends::Embedded => ViewsConfig::default(),
         Backends::Real => cql_views(&real("ATELIER_IT_CQL")?),

@@ -1,6 +1,6 @@
 //! `/v1/admin/dlq`: list dead letters, show one in full, replay one (with
 //! a corrected body or headers) or all that match a filter. The DLQ is read
-//! and written through the log itself (see `project::dlq`), so these work
+//! and written through the log itself (see `dlq`), so these work
 //! the same against the embedded cluster of `atelier up` and real Kafka.
 
 use std::collections::BTreeMap;
@@ -17,11 +17,9 @@ use serde_json::Value;
 use crate::api::common::{decode_text_cursor, encode_text_cursor, page_limit};
 use crate::api::json::{JsonBody, QueryParams};
 use crate::api::{Admin, ApiError, AppState};
-use crate::project::dlq::letters::Unreplayable;
-use crate::project::dlq::replay::{Bulk, Replay, Skipped};
-use crate::project::dlq::{
-    Cursor, DeadLetter, DlqError, DlqLog, Edits, Filter, Place, Pos, Replayed,
-};
+use crate::dlq::letters::Unreplayable;
+use crate::dlq::replay::{Bulk, Replay, Skipped};
+use crate::dlq::{Cursor, DeadLetter, DlqError, DlqLog, Edits, Filter, Place, Pos, Replayed};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -28,7 +28,7 @@ use crate::api::polls::PollView;
 use crate::api::{Admin, ApiError, AppState};
 use crate::event::FeedContent;
 use crate::fold::poll::PollState;
-use crate::view::{FeedCursor, TimelineRow, ViewError, ViewStore};
+use crate::view::{FeedCursor, Generations, TimelineRow, ViewError};
 
 /// Rows per store read when `?page=` is absent: large enough that the
 /// per-query cost vanishes, small enough that a page is a few hundred KiB.
@@ -120,19 +120,19 @@ async fn export(
     let body = match q.view {
         ExportView::Polls => Body::from_stream(stream(
             q.format,
-            views.scan_polls(None, page).await?,
+            views.polls().await?.scan_polls(None, page).await?,
             move |after| {
                 let views = views.clone();
-                async move { views.scan_polls(Some(after), page).await }
+                async move { views.polls().await?.scan_polls(Some(after), page).await }
             },
             st.shutdown.clone(),
         )),
         ExportView::Feed => Body::from_stream(stream(
             q.format,
-            feed_page(views.as_ref(), None, page).await?,
+            feed_page(&views, None, page).await?,
             move |before| {
                 let views = views.clone();
-                async move { feed_page(views.as_ref(), Some(before), page).await }
+                async move { feed_page(&views, Some(before), page).await }
             },
             st.shutdown.clone(),
         )),
@@ -162,11 +162,11 @@ async fn export(
 /// shift the walk. Deleted items have left the timeline, as they have left
 /// the read API (410).
 async fn feed_page(
-    views: &dyn ViewStore,
+    views: &Generations,
     before: Option<FeedCursor>,
     limit: usize,
 ) -> Result<Page<TimelineRow, FeedCursor>, ViewError> {
-    let rows = views.timeline(None, before, limit).await?;
+    let rows = views.feed().await?.timeline(None, before, limit).await?;
     let next = (rows.len() == limit)
         .then(|| rows.last().map(|r| (r.created_at, r.item_id)))
         .flatten();

@@ -7,8 +7,6 @@ mod dlq;
 mod export;
 mod replay;
 
-pub(super) use replay::{parts, rebuild_err};
-
 use axum::Router;
 
 use super::AppState;

@@ -10,35 +10,18 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::common::rebuild_err;
 use crate::api::json::JsonBody;
 use crate::api::{Admin, ApiError, AppState};
-use crate::bus::Heads;
-use crate::project::supervisor::{self, Rebuild, RebuildError};
-use crate::view::{Generations, View};
+use crate::infer::replay::{infer_group, rewind_infer};
+use crate::ops::{self, Rebuild};
+use crate::project::views;
+use crate::view::View;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/replay", post(start).get(status))
         .route("/v1/admin/replay/gc", post(gc))
-}
-
-/// The generations and the log's heads, or 503 where this process has none.
-pub(crate) fn parts(s: &AppState) -> Result<(&Generations, &Heads), ApiError> {
-    match (&s.gens, &s.heads) {
-        (Some(g), Some(h)) => Ok((g, h)),
-        _ => Err(ApiError::unavailable(
-            "views_unavailable",
-            "this process has no view generations",
-        )),
-    }
-}
-
-pub(crate) fn rebuild_err(e: RebuildError) -> ApiError {
-    match e {
-        RebuildError::InProgress(..) => ApiError::conflict("rebuild_in_progress", e.to_string()),
-        RebuildError::View(e) => ApiError::unavailable("views_unavailable", e.to_string()),
-        RebuildError::Bus(e) => ApiError::unavailable("log_unavailable", e.to_string()),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,11 +66,11 @@ async fn start(
     Admin(who): Admin,
     JsonBody(b): JsonBody<StartBody>,
 ) -> Result<Response, ApiError> {
-    let (gens, heads) = parts(&s)?;
+    let (gens, heads) = (&s.views, &s.heads);
     let from_ms = from_ms(b.from.as_ref())?;
     let view = match (b.view.as_deref(), b.stage.as_deref()) {
         (None, Some("infer")) => {
-            let p = supervisor::rewind_infer(gens, heads, &s.kafka, &s.brokers, from_ms, b.dry_run)
+            let p = rewind_infer(gens, heads, &s.kafka, &s.brokers, from_ms, b.dry_run)
                 .await
                 .map_err(rebuild_err)?;
             tracing::info!(admin = %who.id, generation = p.building, records = p.records,
@@ -112,8 +95,8 @@ async fn start(
         }
     };
     let views: Vec<View> = match view.as_str() {
-        "all" => View::ALL.to_vec(),
-        v => vec![View::parse(v).ok_or_else(|| {
+        "all" => views::ALL.iter().map(|r| r.view).collect(),
+        v => vec![views::find(v).ok_or_else(|| {
             ApiError::unprocessable("invalid_field", "view: polls, feed, cards or all")
                 .field("view")
         })?],
@@ -125,7 +108,7 @@ async fn start(
             from_ms,
             dry_run: b.dry_run,
         };
-        let p = supervisor::start_rebuild(gens, heads, &s.kafka, &r)
+        let p = ops::start_rebuild(gens, heads, &s.kafka, &r)
             .await
             .map_err(rebuild_err)?;
         tracing::info!(admin = %who.id, view = view.as_str(), generation = p.building,
@@ -141,19 +124,19 @@ async fn start(
 }
 
 async fn status(State(s): State<AppState>, Admin(_): Admin) -> Result<Response, ApiError> {
-    let (gens, heads) = parts(&s)?;
-    let views = supervisor::status(gens, heads, &s.kafka)
+    let (gens, heads) = (&s.views, &s.heads);
+    let views = ops::status(gens, heads, &s.kafka)
         .await
         .map_err(rebuild_err)?;
     let infer = gens
-        .row(View::Infer)
+        .row(crate::infer::replay::STAGE)
         .await
         .map_err(|e| ApiError::unavailable("views_unavailable", e.to_string()))?;
     Ok(axum::Json(json!({
         "views": views,
         "infer": {
             "generation": infer.active,
-            "group": supervisor::infer_group(infer.active),
+            "group": infer_group(infer.active),
             "from_ms": infer.from_ms,
             "rewound_ms": infer.swapped_ms,
         },
@@ -162,8 +145,8 @@ async fn status(State(s): State<AppState>, Admin(_): Admin) -> Result<Response, 
 }
 
 async fn gc(State(s): State<AppState>, Admin(who): Admin) -> Result<Response, ApiError> {
-    let (gens, _) = parts(&s)?;
-    let dropped = supervisor::gc(gens)
+    let gens = &s.views;
+    let dropped = ops::gc(gens)
         .await
         .map_err(|e| ApiError::unavailable("views_unavailable", e.to_string()))?;
     tracing::info!(admin = %who.id, dropped = dropped.len(), "retired generations dropped");

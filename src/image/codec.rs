@@ -9,7 +9,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use ::image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 /// The image types accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,17 +201,17 @@ pub struct DecodeError(pub String);
 pub fn decode(bytes: &[u8], caps: Caps) -> Result<RgbImage, DecodeError> {
     let info = inspect(bytes, caps).map_err(|e| DecodeError(e.to_string()))?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), info.kind.format());
-    let mut limits = image::Limits::default();
+    let mut limits = ::image::Limits::default();
     limits.max_image_width = Some(caps.max_side);
     limits.max_image_height = Some(caps.max_side);
     // RGBA at 8 bits, plus the decoder's own buffers.
     limits.max_alloc = Some(caps.max_pixels.saturating_mul(4).saturating_add(64 << 20));
     reader.limits(limits);
     let bad =
-        |e: image::ImageError| DecodeError(format!("corrupt {}: {e}", info.kind.content_type()));
+        |e: ::image::ImageError| DecodeError(format!("corrupt {}: {e}", info.kind.content_type()));
     let mut decoder = reader.into_decoder().map_err(bad)?;
     let orientation = decoder.orientation().map_err(bad)?;
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+    let mut img = ::image::DynamicImage::from_decoder(decoder).map_err(bad)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
 }
@@ -245,7 +245,7 @@ pub fn prepare(img: RgbImage, max_side: u32, bucket: u32) -> Prepared {
         let scale = f64::from(max_side) / f64::from(longest);
         let w = ((f64::from(w0) * scale).round() as u32).max(1);
         let h = ((f64::from(h0) * scale).round() as u32).max(1);
-        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+        ::image::imageops::resize(&img, w, h, ::image::imageops::FilterType::Triangle)
     } else {
         img
     };
@@ -297,8 +297,8 @@ pub fn encode_jpeg(
     quality: u8,
 ) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::with_capacity(rgb.len() / 8);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
-        .encode(rgb, width, height, image::ExtendedColorType::Rgb8)
+    ::image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .encode(rgb, width, height, ::image::ExtendedColorType::Rgb8)
         .map_err(|e| DecodeError(format!("encoding JPEG: {e}")))?;
     Ok(out)
 }
@@ -306,12 +306,12 @@ pub fn encode_jpeg(
 /// Encodes RGB bytes as PNG (tests and samples).
 pub fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
-    image::ImageEncoder::write_image(
-        image::codecs::png::PngEncoder::new(&mut out),
+    ::image::ImageEncoder::write_image(
+        ::image::codecs::png::PngEncoder::new(&mut out),
         rgb,
         width,
         height,
-        image::ExtendedColorType::Rgb8,
+        ::image::ExtendedColorType::Rgb8,
     )
     .map_err(|e| DecodeError(format!("encoding PNG: {e}")))?;
     Ok(out)
@@ -340,7 +340,7 @@ pub fn test_pattern(width: u32, height: u32, seed: u32) -> RgbImage {
         } else {
             base
         };
-        image::Rgb(px)
+        ::image::Rgb(px)
     })
 }
 

@@ -25,15 +25,16 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::app::{App, Roles};
+use crate::app::{App, Roles};
 use crate::config::Config;
 use crate::event::{Event, EventData, EventId, SessionKey, Style, UploadId, UploadReceived};
 use crate::fold::cards::Status;
+use crate::image::codec;
 use crate::infer::model::{self, Pixels};
-use crate::infer::{codec, publish, registry};
+use crate::infer::{publish, registry};
 
 #[derive(Debug, Args)]
-pub(super) struct InferArgs {
+pub(crate) struct InferArgs {
     /// Directory with the exported models (`scripts/export-models` prints it).
     #[arg(long, env = "ATELIER_BENCH_MODELS")]
     models_dir: PathBuf,
@@ -79,7 +80,7 @@ pub(super) struct InferArgs {
 /// Arguments of the memory probe (a child process per measurement: peak
 /// resident memory only grows within a process).
 #[derive(Debug, Args)]
-pub(super) struct MemoryProbeArgs {
+pub(crate) struct MemoryProbeArgs {
     #[arg(long)]
     models_dir: PathBuf,
     #[arg(long)]
@@ -447,7 +448,7 @@ async fn put_upload(app: &App, style: &Style, jpeg: &[u8], i: usize) -> anyhow::
     let info = codec::inspect(jpeg, codec::Caps::from(&app.config.uploads))?;
     Ok(Event {
         id: EventId(uuid::Uuid::now_v7()),
-        time: crate::api::now(),
+        time: crate::edge::now(),
         principal: publish::system_principal("bench"),
         data: EventData::UploadReceived(UploadReceived {
             upload_id,
@@ -467,7 +468,7 @@ async fn put_upload(app: &App, style: &Style, jpeg: &[u8], i: usize) -> anyhow::
 async fn wait_done(app: &App, id: UploadId) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        if let Some(card) = app.views.upload(id).await?
+        if let Some(card) = app.views.cards().await?.upload(id).await?
             && matches!(card.status, Some(Status::Completed | Status::Failed))
         {
             if card.status == Some(Status::Failed) {

@@ -13,7 +13,6 @@ pub use read::DlqLog;
 
 use crate::bus::{BusError, Producer, Record};
 use crate::event::Topic;
-use crate::telemetry::names;
 
 /// DLQ header names.
 pub mod header {
@@ -174,7 +173,7 @@ pub async fn send(
             rec.payload.as_deref(),
         )
         .await?;
-    metrics::counter!(names::DLQ, "stage" => stage.to_owned()).increment(1);
+    crate::telemetry::emit::dead_letter(stage);
     tracing::warn!(
         stage,
         topic,

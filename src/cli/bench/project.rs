@@ -1,39 +1,30 @@
-//! `atelier bench`: end-to-end benchmarks that need running services.
-//!
-//! `bench project` writes a poll workload to a fresh namespace of the
+//! `atelier bench project` writes a poll workload to a fresh namespace of the
 //! configured Kafka (or the embedded cluster), then runs the polls projector
 //! from offset 0 into the configured view store and reports events/s and
 //! view statements per event. Pin it to one core with `taskset -c 0`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use futures::StreamExt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use super::loadgen::Zipf;
 use crate::bus::consumer::{self, ConsumerSpec};
 use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
+use crate::cli::loadgen::Zipf;
 use crate::config::{Config, ViewBackend};
 use crate::event::{
     Event, EventData, EventId, PollCreated, PollId, Principal, Question, Topic, UserId, VoteCast,
 };
 use crate::fold::poll::FoldConfig;
-use crate::project::{PollProjector, Watermarks};
-
-#[derive(Debug, Subcommand)]
-pub(super) enum BenchCmd {
-    /// Projector throughput: Kafka → fold → view store.
-    Project(ProjectArgs),
-}
+use crate::project::{Context as ProjectorContext, ViewProjector, Watermarks};
 
 #[derive(Debug, Args)]
-pub(super) struct ProjectArgs {
+pub(crate) struct ProjectArgs {
     /// Votes to project.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
@@ -51,7 +42,7 @@ pub(super) struct ProjectArgs {
 /// Builds the workload: poll creations then Zipf-distributed votes.
 pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = crate::api::now();
+    let t0 = crate::edge::now();
     let owner = Principal {
         id: UserId::parse("bench-owner").expect("valid"),
         name: "Bench".into(),
@@ -106,8 +97,7 @@ pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Ev
     out
 }
 
-pub(super) async fn run(mut cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
-    let BenchCmd::Project(a) = cmd;
+pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     cfg.kafka.namespace = format!("bench-{run_id}.");
     if let Some(v) = a.views {
@@ -166,15 +156,17 @@ pub(super) async fn run(mut cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
         .await
         .context("opening the view store")?;
     let watermarks = Watermarks::new();
-    let projector = Arc::new(PollProjector::new(
+    let projector = crate::project::views::polls(
         views.clone(),
-        producer.clone(),
-        cfg.projector.clone(),
-        FoldConfig {
-            voter_key: b"bench".to_vec(),
+        &ProjectorContext {
+            dlq: producer.clone(),
+            watermarks: watermarks.clone(),
+            cfg: cfg.projector.clone(),
+            fold: FoldConfig {
+                voter_key: b"bench".to_vec(),
+            },
         },
-        watermarks.clone(),
-    ));
+    );
     let mut base = client_config(&cfg.kafka, &brokers);
     base.set("session.timeout.ms", "6000");
     let spec = ConsumerSpec {

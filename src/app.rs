@@ -1,6 +1,9 @@
-//! Builds the running application once, for `main` and for tests: the log
-//! (embedded or real), the view store, the projector and the HTTP API, all
-//! under one shutdown token.
+//! The composition root: builds the running application once, for `main`
+//! and for tests. [`App::start`] opens what every role shares (the log,
+//! embedded or real; the view store and its generations; blobs; the models
+//! catalog), then runs one builder per role: the inference worker, the
+//! projectors, the HTTP API. All-in-one (`atelier up`) is all three. Every
+//! task runs under one shutdown token.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,24 +11,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth};
 use crate::blob::BlobStore;
-use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
+use crate::bus::{EmbeddedCluster, Heads, Producer, client_config, topics};
 use crate::config::{Config, Secret, ViewBackend};
-use crate::event::Style;
-use crate::event::Topic;
+use crate::event::{Style, Topic};
 use crate::infer::registry::{self, Catalog, Registry};
 use crate::infer::worker::InferWorker;
 use crate::infer::{model, publish};
-use crate::project::supervisor::{Projector, Supervisor};
-use crate::project::{CardProjector, FeedProjector, PollProjector, Watermarks};
-use crate::view::{self, Generations, RoutedStore, ViewStore};
+use crate::project::supervisor::Supervisor;
+use crate::project::{ViewProjector, Watermarks};
+use crate::view::{self, Generations, View};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use tokio::sync::watch;
 
 /// Which parts run in this process.
 #[derive(Clone, Copy, Debug)]
@@ -63,20 +65,16 @@ pub struct App {
     pub brokers: String,
     /// The effective configuration (with generated dev secrets).
     pub config: Config,
-    /// The view store (reads go to each view's active generation).
-    pub views: Arc<dyn ViewStore>,
-    /// The views' generations.
-    pub gens: Arc<Generations>,
+    /// The views' generations: reads of a view go to its active one.
+    pub views: Arc<Generations>,
+    /// Where the topics end.
+    pub heads: Heads,
     /// A producer on the log.
     pub producer: Producer,
     /// Applied offsets.
     pub watermarks: Arc<Watermarks>,
-    /// The polls projector (when it runs).
-    pub projector: Option<Arc<PollProjector>>,
-    /// The feed projector (when it runs).
-    pub feed: Option<Arc<FeedProjector>>,
-    /// The cards projector (when it runs).
-    pub cards: Option<Arc<CardProjector>>,
+    /// The projectors of the views' active generations (when they run).
+    pub projectors: Vec<Arc<dyn ViewProjector>>,
     /// Images and models.
     pub blobs: Arc<dyn BlobStore>,
     /// Styles with a published model.
@@ -139,7 +137,32 @@ pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
 impl App {
     /// Starts the roles on the configured backends.
     pub async fn start(cfg: Config, roles: Roles) -> anyhow::Result<App> {
-        let cfg = with_dev_auth(cfg)?;
+        let mut app = App::open(with_dev_auth(cfg)?).await?;
+        let engine = if roles.infer {
+            Some(model::engine(&app.config.infer).context("the inference role")?)
+        } else {
+            None
+        };
+        app.follow_models(engine.as_ref())?;
+        if !app.config.infer.models_dir.is_empty() {
+            bootstrap_models(&app, engine.as_ref()).await?;
+        }
+        if roles.infer {
+            app.start_infer();
+        }
+        if roles.projector {
+            app.start_projectors().await?;
+        } else if roles.api {
+            app.start_change_follower();
+        }
+        if roles.api {
+            app.start_api().await?;
+        }
+        Ok(app)
+    }
+
+    /// What every role shares: the log, the views, the blobs, the catalog.
+    async fn open(cfg: Config) -> anyhow::Result<App> {
         let (cluster, brokers) = if cfg.kafka.is_embedded() {
             let c = EmbeddedCluster::start(1).context("starting the embedded Kafka cluster")?;
             topics::ensure_embedded(&c, &cfg.kafka)?;
@@ -151,187 +174,154 @@ impl App {
         let base = view::open(&cfg.views)
             .await
             .context("opening the view store")?;
-        let gens = Generations::new(base, &cfg.views);
-        // Where the topics end: one client for the supervisor and the API.
-        let heads = crate::bus::Heads::new(&cfg.kafka, &brokers)?;
-        // Reads go to each view's active generation.
-        let views: Arc<dyn ViewStore> = Arc::new(RoutedStore::new(gens.clone()));
-        let producer = Producer::new(&cfg.kafka, &brokers, "atelier/ingest")?;
-        let watermarks = Watermarks::new();
-        let shutdown = CancellationToken::new();
-        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
         let blobs = crate::blob::open(&cfg.blobs, &cfg.data_dir)
             .await
             .context("opening the blob store")?;
-
-        // Models: the catalog (what the edge accepts) everywhere, the loaded
-        // models where inference runs.
-        let catalog = Catalog::new();
-        let engine = if roles.infer {
-            Some(model::engine(&cfg.infer).context("the inference role")?)
-        } else {
-            None
-        };
-        let registry = engine
-            .as_ref()
-            .map(|e| Registry::new(e.clone(), blobs.clone()));
-        let (ready_tx, models_ready) = watch::channel(false);
-        {
-            let (kafka, brokers, catalog, registry, token) = (
-                cfg.kafka.clone(),
-                brokers.clone(),
-                catalog.clone(),
-                registry.clone(),
-                shutdown.clone(),
-            );
-            tasks.push((
-                "models follower",
-                tokio::spawn(async move {
-                    Ok(
-                        registry::follow(&kafka, &brokers, catalog, registry, ready_tx, token)
-                            .await?,
-                    )
-                }),
-            ));
-        }
-        if !cfg.infer.models_dir.is_empty() {
-            bootstrap_models(
-                &cfg,
-                engine.as_ref(),
-                blobs.as_ref(),
-                &producer,
-                &catalog,
-                models_ready.clone(),
-            )
-            .await?;
-        }
-        if let Some(registry) = &registry {
-            let worker = InferWorker {
-                cfg: cfg.infer.clone(),
-                uploads: cfg.uploads.clone(),
-                kafka: cfg.kafka.clone(),
-                brokers: brokers.clone(),
-                registry: registry.clone(),
-                blobs: blobs.clone(),
-                models_ready: models_ready.clone(),
-                group: String::new(),
-            };
-            let (gens, token) = (gens.clone(), shutdown.clone());
-            tasks.push((
-                "inference worker",
-                tokio::spawn(async move { run_infer(worker, gens, token).await }),
-            ));
-        }
-
-        let (projector, feed, cards) = if roles.projector {
-            let mut sup = Supervisor::new(
-                gens.clone(),
-                &cfg,
-                &brokers,
-                cluster.is_some(),
-                watermarks.clone(),
-                heads.clone(),
-            )?;
-            let started = sup.start(&shutdown).await?;
-            let token = shutdown.clone();
-            tasks.push((
-                "projector supervisor",
-                tokio::spawn(async move { sup.run(token).await }),
-            ));
-            // Serve only once the projectors have joined their groups, so
-            // that the first read-your-write does not wait out a group join.
-            let wait = Duration::from_secs(30);
-            let joined = futures::future::join_all(started.iter().map(|p| p.wait_assigned(wait)));
-            if !joined.await.into_iter().all(|j| j) {
-                tracing::warn!("a projector has no partitions yet; reads may lag");
-            }
-            let (mut polls, mut feed, mut cards) = (None, None, None);
-            for p in started {
-                match p {
-                    Projector::Polls(p) => polls = Some(p),
-                    Projector::Feed(p) => feed = Some(p),
-                    Projector::Cards(p) => cards = Some(p),
-                }
-            }
-            (polls, feed, cards)
-        } else {
-            (None, None, None)
-        };
-
-        if roles.api && !roles.projector {
-            // No projector here: learn about view changes by following the
-            // topics behind the checkpoints (live updates, prompt `?after`).
-            let (kafka, brokers, views, wm, token) = (
-                cfg.kafka.clone(),
-                brokers.clone(),
-                views.clone(),
-                watermarks.clone(),
-                shutdown.clone(),
-            );
-            tasks.push((
-                "change follower",
-                tokio::spawn(async move {
-                    crate::project::follow::follow(&kafka, &brokers, views, wm, token)
-                        .await
-                        .context("change follower")
-                }),
-            ));
-        }
-
-        let addr = if roles.api {
-            let auth = Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?;
-            let mut state = AppState::new(
-                &cfg,
-                producer.clone(),
-                views.clone(),
-                auth,
-                watermarks.clone(),
-                blobs.clone(),
-                catalog.clone(),
-            );
-            state.shutdown = shutdown.clone();
-            state.brokers = brokers.clone();
-            state.gens = Some(gens.clone());
-            state.heads = Some(heads.clone());
-            let app = api::router(state, cfg.http.body_limit);
-            let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-                .await
-                .with_context(|| format!("binding {}", cfg.http.listen))?;
-            let addr = listener.local_addr()?;
-            let token = shutdown.clone();
-            tasks.push((
-                "http",
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move { token.cancelled().await })
-                        .await
-                        .context("http server")
-                }),
-            ));
-            Some(addr)
-        } else {
-            None
-        };
-
+        let (_, models_ready) = watch::channel(false);
         Ok(App {
-            addr,
+            addr: None,
+            views: Generations::new(base, &cfg.views),
+            // Where the topics end: one client for the supervisor and the API.
+            heads: Heads::new(&cfg.kafka, &brokers)?,
+            producer: Producer::new(&cfg.kafka, &brokers, "atelier/ingest")?,
+            watermarks: Watermarks::new(),
+            projectors: Vec::new(),
+            blobs,
+            catalog: Catalog::new(),
+            registry: None,
+            models_ready,
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
             brokers,
             config: cfg,
-            views,
-            gens,
-            producer,
-            watermarks,
-            projector,
-            feed,
-            cards,
-            blobs,
-            catalog,
-            registry,
-            models_ready,
-            shutdown,
-            tasks,
             cluster,
         })
+    }
+
+    fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks.push((name, tokio::spawn(task)));
+    }
+
+    /// Models: the catalog (what the edge accepts) everywhere, the loaded
+    /// models where inference runs (with an engine).
+    fn follow_models(&mut self, engine: Option<&Arc<dyn model::Engine>>) -> anyhow::Result<()> {
+        self.registry = engine.map(|e| Registry::new(e.clone(), self.blobs.clone()));
+        let (ready_tx, ready) = watch::channel(false);
+        self.models_ready = ready;
+        let (kafka, brokers, catalog, registry, token) = (
+            self.config.kafka.clone(),
+            self.brokers.clone(),
+            self.catalog.clone(),
+            self.registry.clone(),
+            self.shutdown.clone(),
+        );
+        self.spawn("models follower", async move {
+            Ok(registry::follow(&kafka, &brokers, catalog, registry, ready_tx, token).await?)
+        });
+        Ok(())
+    }
+
+    /// The inference role: the worker in its stage's current consumer group.
+    fn start_infer(&mut self) {
+        let Some(registry) = self.registry.clone() else {
+            return;
+        };
+        let worker = InferWorker {
+            cfg: self.config.infer.clone(),
+            uploads: self.config.uploads.clone(),
+            kafka: self.config.kafka.clone(),
+            brokers: self.brokers.clone(),
+            registry,
+            blobs: self.blobs.clone(),
+            models_ready: self.models_ready.clone(),
+            group: String::new(),
+        };
+        let (gens, token) = (self.views.clone(), self.shutdown.clone());
+        self.spawn("inference worker", async move {
+            run_infer(worker, gens, token).await
+        });
+    }
+
+    /// The projector role: one projector per view and generation, under a
+    /// supervisor. Returns once the active ones have joined their groups, so
+    /// that the first read-your-write does not wait out a group join.
+    async fn start_projectors(&mut self) -> anyhow::Result<()> {
+        let mut sup = Supervisor::new(
+            self.views.clone(),
+            &self.config,
+            &self.brokers,
+            self.cluster.is_some(),
+            self.watermarks.clone(),
+            self.heads.clone(),
+        )?;
+        self.projectors = sup.start(&self.shutdown).await?;
+        let token = self.shutdown.clone();
+        self.spawn("projector supervisor", async move { sup.run(token).await });
+        let wait = Duration::from_secs(30);
+        let joined =
+            futures::future::join_all(self.projectors.iter().map(|p| p.wait_assigned(wait)));
+        if !joined.await.into_iter().all(|j| j) {
+            tracing::warn!("a projector has no partitions yet; reads may lag");
+        }
+        Ok(())
+    }
+
+    /// An API process without projectors learns about view changes by
+    /// following the topics behind the checkpoints (live updates, prompt
+    /// `?after`).
+    fn start_change_follower(&mut self) {
+        let (kafka, brokers, views, wm, token) = (
+            self.config.kafka.clone(),
+            self.brokers.clone(),
+            self.views.clone(),
+            self.watermarks.clone(),
+            self.shutdown.clone(),
+        );
+        self.spawn("change follower", async move {
+            crate::project::follow::follow(&kafka, &brokers, views, wm, token)
+                .await
+                .context("change follower")
+        });
+    }
+
+    /// The API role: the HTTP server, with its state built complete.
+    async fn start_api(&mut self) -> anyhow::Result<()> {
+        let cfg = &self.config;
+        let state = AppState::new(
+            cfg,
+            api::Parts {
+                producer: self.producer.clone(),
+                views: self.views.clone(),
+                heads: self.heads.clone(),
+                auth: Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?,
+                watermarks: self.watermarks.clone(),
+                blobs: self.blobs.clone(),
+                catalog: self.catalog.clone(),
+                brokers: self.brokers.clone(),
+                shutdown: self.shutdown.clone(),
+            },
+        );
+        let app = api::router(state, cfg.http.body_limit);
+        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.http.listen))?;
+        self.addr = Some(listener.local_addr()?);
+        let token = self.shutdown.clone();
+        self.spawn("http", async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .context("http server")
+        });
+        Ok(())
+    }
+
+    /// The running projector of `view` (when this process projects).
+    pub fn projector(&self, view: View) -> Option<&Arc<dyn ViewProjector>> {
+        self.projectors.iter().find(|p| p.view() == view)
     }
 
     /// The API's base URL.
@@ -391,8 +381,11 @@ async fn run_infer(
     gens: Arc<Generations>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use crate::view::View;
-    let current = || async { gens.row(View::Infer).await.map(|g| g.active) };
+    let current = || async {
+        gens.row(crate::infer::replay::STAGE)
+            .await
+            .map(|g| g.active)
+    };
     let mut generation = loop {
         match current().await {
             Ok(g) => break g,
@@ -407,7 +400,7 @@ async fn run_infer(
     };
     loop {
         let mut w = proto.clone();
-        w.group = crate::project::supervisor::infer_group(generation);
+        w.group = crate::infer::replay::infer_group(generation);
         let child = shutdown.child_token();
         tracing::info!(group = %w.group, "inference worker starting");
         let mut task = tokio::spawn(w.run(child.clone()));
@@ -438,14 +431,10 @@ async fn run_infer(
 /// model with the same bytes yet (the embedded log starts empty on every
 /// `atelier up`; on real Kafka this is a no-op after the first start).
 async fn bootstrap_models(
-    cfg: &Config,
+    app: &App,
     engine: Option<&Arc<dyn model::Engine>>,
-    blobs: &dyn BlobStore,
-    producer: &Producer,
-    catalog: &Catalog,
-    mut ready: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let dir = Path::new(&cfg.infer.models_dir);
+    let dir = Path::new(&app.config.infer.models_dir);
     let Some(engine) = engine else {
         tracing::warn!(
             dir = %dir.display(),
@@ -453,6 +442,7 @@ async fn bootstrap_models(
         );
         return Ok(());
     };
+    let mut ready = app.models_ready.clone();
     tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
         .await
         .context("reading the models topic")?
@@ -474,14 +464,21 @@ async fn bootstrap_models(
         };
         let bytes = bytes::Bytes::from(std::fs::read(&path)?);
         let sha = registry::sha256_hex(&bytes);
-        if catalog.get(&style).is_some_and(|p| p.sha256 == sha) {
+        if app.catalog.get(&style).is_some_and(|p| p.sha256 == sha) {
             continue;
         }
-        let (p, _) = publish::publish(engine, blobs, producer, style, None, bytes)
-            .await
-            .with_context(|| format!("publishing {}", path.display()))?;
+        let (p, _) = publish::publish(
+            engine,
+            app.blobs.as_ref(),
+            &app.producer,
+            style,
+            None,
+            bytes,
+        )
+        .await
+        .with_context(|| format!("publishing {}", path.display()))?;
         // Known at once (the follower will say the same a moment later).
-        catalog.publish(&p);
+        app.catalog.publish(&p);
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -29,36 +29,20 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::app::{App, Roles};
-use crate::api::{Token, new_id, now};
+use crate::api::Token;
+use crate::app::{App, Roles};
 use crate::bus::Producer;
 use crate::bus::producer::Appended;
 use crate::config::{Config, Secret, ViewBackend};
+use crate::edge::{new_id, now};
 use crate::event::{
     Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, PollCreated,
     PollId, Principal, Question, Topic, UserId, VoteCast,
 };
-use crate::view::ViewStore;
-
-/// `atelier bench`: the benchmarks of `bench.rs`, and `reads`.
-#[derive(Debug, Subcommand)]
-pub(super) enum BenchCmd {
-    #[command(flatten)]
-    Other(super::bench::BenchCmd),
-    /// Read latency and throughput per endpoint, and produce-to-visible
-    /// freshness, against the configured (or given) backends.
-    Reads(ReadsArgs),
-    /// Inference: images/s and latency against Python in-process and one
-    /// Python process per image, a batch-size sweep, and (--memory)
-    /// resident memory with 1 and 8 uploads in flight.
-    Infer(super::bench_infer::InferArgs),
-    /// One memory measurement of `bench infer --memory` (run as a child).
-    #[command(hide = true)]
-    InferMemoryProbe(super::bench_infer::MemoryProbeArgs),
-}
+use crate::view::Generations;
 
 #[derive(Debug, Args)]
-pub(super) struct ReadsArgs {
+pub(crate) struct ReadsArgs {
     /// View store (default: the configured one).
     #[arg(long)]
     views: Option<ViewBackend>,
@@ -123,15 +107,6 @@ const SEED_IN_FLIGHT: usize = 5_000;
 const VISIBLE_WITHIN: Duration = Duration::from_secs(600);
 /// Freshness producer tick.
 const TICK: Duration = Duration::from_millis(10);
-
-pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
-    match cmd {
-        BenchCmd::Other(c) => super::bench::run(cfg, c).await,
-        BenchCmd::Reads(a) => reads(cfg, a).await,
-        BenchCmd::Infer(a) => super::bench_infer::run(cfg, a).await,
-        BenchCmd::InferMemoryProbe(a) => super::bench_infer::memory_probe(cfg, a).await,
-    }
-}
 
 /// What the clients read from.
 #[derive(Debug, Default)]
@@ -247,7 +222,7 @@ struct Report {
     freshness: Option<Freshness>,
 }
 
-async fn reads(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
+pub(super) async fn run(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(a.sample_every > 0, "--sample-every must be at least 1");
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -294,7 +269,7 @@ async fn reads(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
         Ok(app) => app,
         Err(e) => {
             if !a.keep {
-                super::app::delete_run_data(&cfg).await;
+                crate::app::delete_run_data(&cfg).await;
             }
             return Err(e);
         }
@@ -302,7 +277,7 @@ async fn reads(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     let result = bench(&app, kafka, &a).await;
     let stopped = app.stop().await;
     if !a.keep {
-        super::app::delete_run_data(&cfg).await;
+        crate::app::delete_run_data(&cfg).await;
     }
     let report = result?;
     stopped?;
@@ -706,7 +681,7 @@ async fn phase(
     kind: Kind,
     targets: &Arc<Targets>,
     a: &ReadsArgs,
-    views: &Arc<dyn ViewStore>,
+    views: &Arc<Generations>,
 ) -> Row {
     let (reads0, _) = views.counts();
     let start = Instant::now();
@@ -789,7 +764,7 @@ async fn freshness(
     let per_tick = a.rate as f64 * TICK.as_secs_f64();
     let mut interval = tokio::time::interval(TICK);
     let mut rng = SmallRng::seed_from_u64(99);
-    let zipf = (a.skew > 0.0).then(|| super::loadgen::Zipf::new(t.items.len(), a.skew));
+    let zipf = (a.skew > 0.0).then(|| crate::cli::loadgen::Zipf::new(t.items.len(), a.skew));
     let mut tasks = JoinSet::new();
     let mut n = 0u64;
     let start = Instant::now();

@@ -1,0 +1,38 @@
+//! `atelier bench`: end-to-end benchmarks that need running services (the
+//! hot paths alone are criterion benches in `benches/`). Each prints what it
+//! measured and how.
+
+mod infer;
+mod project;
+mod reads;
+
+use clap::Subcommand;
+
+use crate::config::Config;
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub(super) enum BenchCmd {
+    /// Projector throughput: Kafka → fold → view store.
+    Project(project::ProjectArgs),
+    /// Read latency and throughput per endpoint, and produce-to-visible
+    /// freshness, against the configured (or given) backends.
+    Reads(reads::ReadsArgs),
+    /// Inference: images/s and latency against Python in-process and one
+    /// Python process per image, a batch-size sweep, and (--memory)
+    /// resident memory with 1 and 8 uploads in flight.
+    Infer(infer::InferArgs),
+    /// One memory measurement of `bench infer --memory` (run as a child).
+    #[command(hide = true)]
+    InferMemoryProbe(infer::MemoryProbeArgs),
+}
+
+/// Runs one benchmark.
+pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Project(a) => project::run(cfg, a).await,
+        BenchCmd::Reads(a) => reads::run(cfg, a).await,
+        BenchCmd::Infer(a) => infer::run(cfg, a).await,
+        BenchCmd::InferMemoryProbe(a) => infer::memory_probe(cfg, a).await,
+    }
+}

@@ -1,0 +1,268 @@
+//! The [`Projection`] of a read-modify-write aggregate (polls, feed items),
+//! generic over its fold ([`Aggregate`]) and its store
+//! ([`AggregateStore`]). Per batch:
+//!
+//! 1. group the events by aggregate, in log order;
+//! 2. load the states (bounded LRU cache per partition first, then one read
+//!    per missing aggregate) and only the rows the batch touches;
+//! 3. fold in log order (the pure fold skips what the version covers),
+//!    cutting a commit every `commit_rows` changed rows, so no single write
+//!    grows huge;
+//! 4. write each aggregate's commits in order, aggregates concurrently
+//!    (bounded by `write_concurrency`).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::Change;
+use super::runtime::{Announce, BatchStats, Positioned, Projection};
+use crate::config::ProjectorConfig;
+use crate::fold::{Aggregate, Outcome, Position, Reason, Versioned};
+use crate::telemetry::emit;
+use crate::view::{AggregateStore, Checkpoint, View, ViewError};
+
+/// Cached states, by partition and aggregate.
+type Cache<A> = Mutex<LruCache<(i32, <A as Aggregate>::Id), <A as Aggregate>::State>>;
+
+/// An aggregate view's projection.
+pub struct Aggregates<A: Aggregate, S: ?Sized> {
+    view: View,
+    store: Arc<S>,
+    fold: A::Config,
+    cfg: ProjectorConfig,
+    /// What a changed state announces.
+    change: fn(&A::State) -> Change,
+    cache: Cache<A>,
+}
+
+impl<A: Aggregate, S: ?Sized> std::fmt::Debug for Aggregates<A, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregates")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate, S: AggregateStore<A> + ?Sized> Aggregates<A, S> {
+    /// The projection of `view` into `store`; `change` says what a changed
+    /// state announces.
+    pub fn new(
+        view: View,
+        store: Arc<S>,
+        fold: A::Config,
+        cfg: ProjectorConfig,
+        change: fn(&A::State) -> Change,
+    ) -> Self {
+        let cap = NonZeroUsize::new(cfg.cache_aggregates.max(1)).expect("nonzero");
+        Self {
+            view,
+            store,
+            fold,
+            cfg,
+            change,
+            cache: Mutex::new(LruCache::new(cap)),
+        }
+    }
+
+    /// The aggregates of these groups, from the cache or the store, with
+    /// the rows their events touch.
+    async fn load(
+        &self,
+        partition: i32,
+        groups: &[(A::Id, Vec<Positioned>)],
+    ) -> Result<Vec<A>, ViewError> {
+        let mut states: HashMap<A::Id, A::State> = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.cache.lock();
+            for (id, _) in groups {
+                match cache.get(&(partition, *id)) {
+                    Some(s) => {
+                        states.insert(*id, s.clone());
+                    }
+                    None => missing.push(*id),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for s in self.store.load(&missing).await? {
+                states.insert(A::id(&s), s);
+            }
+        }
+        let loads: Vec<_> = groups
+            .iter()
+            .map(|(id, events)| {
+                let state = states.remove(id);
+                // Only the rows this batch touches, never all of them; an
+                // aggregate created in this batch has none stored.
+                let (absent, stored): (Vec<_>, Vec<_>) = match &state {
+                    None => (Vec::new(), Vec::new()),
+                    Some(s) => A::touched(&self.fold, s, events)
+                        .into_iter()
+                        .partition(|k| A::surely_absent(s, k)),
+                };
+                async move {
+                    let found = if stored.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.store.load_rows(*id, &stored).await?
+                    };
+                    let mut agg = A::from_state(state);
+                    for k in absent.into_iter().chain(stored) {
+                        agg.load_row(k, None);
+                    }
+                    for (k, r) in found {
+                        agg.load_row(k, Some(r));
+                    }
+                    Ok::<_, ViewError>(agg)
+                }
+            })
+            .collect();
+        futures::stream::iter(loads)
+            .buffered(self.cfg.write_concurrency.max(1))
+            .try_collect()
+            .await
+    }
+}
+
+/// What a batch of aggregates writes, and their states once it is durable.
+#[allow(missing_debug_implementations)]
+pub struct Plan<A: Aggregate> {
+    /// Per aggregate, its commits in order.
+    commits: Vec<(A::Id, Vec<A::Commit>)>,
+    /// Every aggregate of the batch: its state, and whether it changed.
+    finals: Vec<(A::Id, A::State, bool)>,
+    /// Every aggregate of the batch (to forget on failure).
+    ids: Vec<A::Id>,
+}
+
+#[async_trait]
+impl<A, S> Projection for Aggregates<A, S>
+where
+    A: Aggregate,
+    S: AggregateStore<A> + ?Sized + 'static,
+{
+    type Plan = Plan<A>;
+
+    async fn plan(
+        &self,
+        partition: i32,
+        events: Vec<Positioned>,
+        stats: &mut BatchStats,
+        cp: &mut Checkpoint,
+    ) -> Result<Plan<A>, ViewError> {
+        let mut groups: Vec<(A::Id, Vec<Positioned>)> = Vec::new();
+        let mut index: HashMap<A::Id, usize> = HashMap::new();
+        for (pos, event) in events {
+            let Some(id) = A::id_of(&event.data) else {
+                continue;
+            };
+            let i = *index.entry(id).or_insert_with(|| {
+                groups.push((id, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push((pos, event));
+        }
+        let aggs = self.load(partition, &groups).await?;
+        let mut plan = Plan {
+            commits: Vec::new(),
+            finals: Vec::new(),
+            ids: groups.iter().map(|(id, _)| *id).collect(),
+        };
+        let limit = self.cfg.commit_rows.max(1);
+        for ((id, events), mut agg) in groups.iter().zip(aggs) {
+            let mut mine = Vec::new();
+            for (pos, e) in events {
+                match agg.apply(&self.fold, *pos, e) {
+                    Outcome::Applied => stats.applied += 1,
+                    Outcome::Duplicate => stats.duplicates += 1,
+                    Outcome::Rejected(r) => {
+                        stats.rejected += 1;
+                        emit::fold_rejected(self.view.as_str(), r.as_str());
+                        // No aggregate to count it in: the partition does.
+                        if agg.state().is_none() {
+                            *cp.rejected.entry(r.as_str().to_owned()).or_default() += 1;
+                        }
+                    }
+                }
+                if agg.dirty_rows() >= limit
+                    && let Some(c) = agg.take_commit()
+                {
+                    mine.push(c);
+                }
+            }
+            if let Some(c) = agg.take_commit() {
+                mine.push(c);
+            }
+            let changed = !mine.is_empty();
+            if let Some(s) = agg.into_state() {
+                plan.finals.push((*id, s, changed));
+            }
+            if changed {
+                plan.commits.push((*id, mine));
+            }
+        }
+        stats.commits = plan.commits.iter().map(|(_, c)| c.len() as u64).sum();
+        Ok(plan)
+    }
+
+    async fn write(&self, plan: &Plan<A>) -> Result<(), ViewError> {
+        let store = &self.store;
+        // Collected first: a lazy map here trips the compiler's lifetime
+        // inference for the `Send` future of the handler.
+        let writes: Vec<_> = plan
+            .commits
+            .iter()
+            .map(|(_, cs)| async move {
+                for c in cs {
+                    store.commit(c).await?;
+                }
+                Ok::<_, ViewError>(())
+            })
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(self.cfg.write_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    fn applied(&self, last: Position, plan: Plan<A>, mut announce: Option<Announce<'_>>) {
+        let partition = last.partition;
+        let mut cache = self.cache.lock();
+        for (id, s, changed) in plan.finals {
+            if changed && let Some(a) = announce.as_mut() {
+                a((self.change)(&s), s.position());
+            }
+            cache.put((partition, id), s);
+        }
+    }
+
+    /// Some writes may have landed: forget the cached states of this batch
+    /// so that the retry reloads states consistent with the stored rows.
+    fn failed(&self, partition: i32, plan: &Plan<A>) {
+        let mut cache = self.cache.lock();
+        for id in &plan.ids {
+            cache.pop(&(partition, *id));
+        }
+    }
+
+    /// Drops every cached aggregate of the partition.
+    fn assigned(&self, partition: i32) {
+        let mut cache = self.cache.lock();
+        let stale: Vec<_> = cache
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            cache.pop(&k);
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The generic projector: what every view's projector shares. Per
+//! mini-batch of one partition:
+//!
+//! 1. read the partition's checkpoint (cached after the first read);
+//! 2. decode in log order, skipping what the checkpoint covers; poison
+//!    records go to the DLQ (each append acknowledged before going on);
+//! 3. the view's [`Projection`] folds the events into a plan, then writes
+//!    it (derived rows first, versioned aggregates `USING TIMESTAMP` from
+//!    their offsets);
+//! 4. the checkpoint is saved; only then does the consumer loop store the
+//!    offset;
+//! 5. if the projector is live, the changes and the watermark are
+//!    announced (a rebuild's projector runs silent until its swap).
+//!
+//! The runtime owns the checkpoint cache, assignment tracking, totals, the
+//! live switch and the batch metrics; a view brings only its fold, its
+//! store and its hooks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{Change, Watermarks};
+use crate::bus::{Batch, HandlerError, PartitionHandler, Producer};
+use crate::dlq;
+use crate::event::{Event, Topic, wire};
+use crate::fold::Position;
+use crate::telemetry::emit;
+use crate::view::{Checkpoint, CheckpointStore, View, ViewError};
+
+/// An event with its log position.
+pub type Positioned = (Position, Event);
+
+/// Counts of one batch, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Events folded and applied.
+    pub applied: u64,
+    /// Events skipped as already applied.
+    pub duplicates: u64,
+    /// Events refused by a rule.
+    pub rejected: u64,
+    /// Records sent to the DLQ.
+    pub poison: u64,
+    /// Aggregate commits (or row patches) written.
+    pub commits: u64,
+}
+
+impl BatchStats {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, o: &BatchStats) {
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.rejected += o.rejected;
+        self.poison += o.poison;
+        self.commits += o.commits;
+    }
+}
+
+/// Where a changed row's announcement goes: the change, and the position
+/// that caused it.
+pub type Announce<'a> = &'a mut dyn FnMut(Change, Position);
+
+/// What one view brings to the runtime: how a batch's events become
+/// writes, and what to do once they are durable. Hooks other than `plan`,
+/// `write` and `applied` default to no-ops.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// What one batch writes.
+    type Plan: Send + Sync;
+
+    /// Folds a partition's decoded events (log order) into a plan; may read
+    /// the store. Counts go to `stats`; refusals no aggregate can hold (an
+    /// event for an aggregate that does not exist) to `cp.rejected`.
+    async fn plan(
+        &self,
+        partition: i32,
+        events: Vec<Positioned>,
+        stats: &mut BatchStats,
+        cp: &mut Checkpoint,
+    ) -> Result<Self::Plan, ViewError>;
+
+    /// Writes a plan; the checkpoint is saved after it.
+    async fn write(&self, plan: &Self::Plan) -> Result<(), ViewError>;
+
+    /// The plan and its checkpoint are durable up to `last` (the batch's
+    /// last record): update caches; `announce` (when the projector is live)
+    /// each changed row.
+    fn applied(&self, last: Position, plan: Self::Plan, announce: Option<Announce<'_>>);
+
+    /// Writing failed (some of it may have landed): forget what may be
+    /// stale before the retry.
+    fn failed(&self, _partition: i32, _plan: &Self::Plan) {}
+
+    /// A partition was assigned to this process: another one may have
+    /// written it meanwhile.
+    fn assigned(&self, _partition: i32) {}
+}
+
+/// Whether a projector's generation serves reads. A rebuild's projector
+/// runs silent (its progress must not answer `?after` or feed live updates
+/// for rows readers cannot see yet) until its generation is swapped in.
+#[derive(Debug)]
+pub struct Live(std::sync::atomic::AtomicBool);
+
+impl Default for Live {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicBool::new(true))
+    }
+}
+
+impl Live {
+    /// Serving reads?
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// Starts or stops announcing.
+    pub fn set(&self, live: bool) {
+        self.0.store(live, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Counts assigned partitions so that callers can wait for the group join.
+#[derive(Debug)]
+struct Assigned(tokio::sync::watch::Sender<usize>);
+
+impl Default for Assigned {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl Assigned {
+    fn inc(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until at least one partition was assigned, or `timeout`.
+    async fn wait(&self, timeout: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// A running projector of one view, as its supervisor sees it.
+#[async_trait]
+pub trait ViewProjector: PartitionHandler + std::fmt::Debug {
+    /// The view.
+    fn view(&self) -> View;
+    /// Whether it announces what it applies (see [`Live`]).
+    fn live(&self) -> &Live;
+    /// Totals since start.
+    fn totals(&self) -> BatchStats;
+    /// Waits until it has been assigned at least one partition (it has
+    /// joined its consumer group), or `timeout` passed.
+    async fn wait_assigned(&self, timeout: Duration) -> bool;
+}
+
+/// What every projector is built with.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Where poison records go.
+    pub dlq: Producer,
+    /// Where progress and changes are announced.
+    pub watermarks: Arc<Watermarks>,
+    /// Tuning.
+    pub cfg: crate::config::ProjectorConfig,
+    /// The fold configuration (the anonymous voters' key).
+    pub fold: crate::fold::poll::FoldConfig,
+}
+
+/// The projector of one view: the runtime around a [`Projection`].
+pub struct Projector<P> {
+    view: View,
+    projection: P,
+    checkpoints: Arc<dyn CheckpointStore>,
+    dlq: Producer,
+    watermarks: Arc<Watermarks>,
+    cache: Mutex<HashMap<(String, i32), Checkpoint>>,
+    totals: Mutex<BatchStats>,
+    assigned: Assigned,
+    live: Live,
+}
+
+impl<P> std::fmt::Debug for Projector<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projector")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Projection> Projector<P> {
+    /// The projector of `view`, keeping its checkpoints in `checkpoints`
+    /// (the store its projection writes to).
+    pub fn new(
+        view: View,
+        projection: P,
+        checkpoints: Arc<dyn CheckpointStore>,
+        ctx: &Context,
+    ) -> Self {
+        Self {
+            view,
+            projection,
+            checkpoints,
+            dlq: ctx.dlq.clone(),
+            watermarks: ctx.watermarks.clone(),
+            cache: Mutex::new(HashMap::new()),
+            totals: Mutex::new(BatchStats::default()),
+            assigned: Assigned::default(),
+            live: Live::default(),
+        }
+    }
+
+    /// The DLQ stage of this view's records.
+    pub fn stage(&self) -> String {
+        format!("project.{}", self.view.as_str())
+    }
+
+    /// The checkpoint of a partition (offset -1 when none is stored).
+    async fn checkpoint(&self, topic: &str, partition: i32) -> Result<Checkpoint, ViewError> {
+        if let Some(cp) = self.cache.lock().get(&(topic.to_owned(), partition)) {
+            return Ok(cp.clone());
+        }
+        Ok(self
+            .checkpoints
+            .checkpoint(self.view.as_str(), topic, partition)
+            .await?
+            .unwrap_or_else(|| Checkpoint::start(self.view.as_str(), topic, partition)))
+    }
+
+    /// Decodes a batch in log order, skipping records at or below `applied`
+    /// (the checkpoint) and dead-lettering those that cannot be decoded or
+    /// do not belong to this view's topics; each DLQ append is acknowledged
+    /// before going on.
+    async fn decode(
+        &self,
+        batch: &Batch,
+        applied: i64,
+        stats: &mut BatchStats,
+    ) -> Result<Vec<Positioned>, HandlerError> {
+        let expect: &[Topic] = self.view.topics();
+        let expect_one = match expect {
+            [t] => Some(*t),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(batch.records.len());
+        for rec in &batch.records {
+            if rec.offset <= applied {
+                stats.duplicates += 1;
+                continue;
+            }
+            let decoded = wire::decode(
+                rec.header_pairs(),
+                rec.payload.as_deref().unwrap_or_default(),
+                expect_one,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|e| {
+                if expect.contains(&e.topic()) {
+                    Ok(e)
+                } else {
+                    Err(format!(
+                        "{} does not belong on {}",
+                        e.data.type_name(),
+                        batch.topic
+                    ))
+                }
+            });
+            match decoded {
+                Ok(e) => out.push((
+                    Position {
+                        partition: batch.partition,
+                        offset: rec.offset,
+                    },
+                    e,
+                )),
+                Err(reason) => {
+                    dlq::send(
+                        &self.dlq,
+                        &self.stage(),
+                        &batch.topic,
+                        batch.partition,
+                        rec,
+                        &reason,
+                        1,
+                    )
+                    .await
+                    .map_err(|e| HandlerError {
+                        message: format!("DLQ: {e}"),
+                        retriable: true,
+                    })?;
+                    stats.poison += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Processes one batch; see the module docs for the steps.
+    pub async fn process(&self, batch: &Batch) -> Result<BatchStats, HandlerError> {
+        let mut stats = BatchStats::default();
+        let Some(last) = batch.records.last().map(|r| r.offset) else {
+            return Ok(stats);
+        };
+        let mut cp = self
+            .checkpoint(&batch.topic, batch.partition)
+            .await
+            .map_err(view_err)?;
+        let started = Instant::now();
+        let events = self.decode(batch, cp.offset, &mut stats).await?;
+        let newest = events.iter().map(|(_, e)| e.time).max();
+        let plan = self
+            .projection
+            .plan(batch.partition, events, &mut stats, &mut cp)
+            .await
+            .map_err(view_err)?;
+        let folded = started.elapsed();
+        let wrote = Instant::now();
+        cp.offset = last;
+        let written = match self.projection.write(&plan).await {
+            Ok(()) => self.checkpoints.save_checkpoint(&cp).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            self.projection.failed(batch.partition, &plan);
+            return Err(view_err(e));
+        }
+        let write = wrote.elapsed();
+        let live = self.live.get();
+        let changes = &self.watermarks.changes;
+        let mut announce = |c: Change, at: Position| changes.publish(c, &batch.topic, at);
+        let at = Position {
+            partition: batch.partition,
+            offset: last,
+        };
+        self.projection
+            .applied(at, plan, live.then_some(&mut announce as Announce<'_>));
+        self.cache
+            .lock()
+            .insert((cp.topic.clone(), cp.partition), cp);
+        if live {
+            self.watermarks.publish(&batch.topic, batch.partition, last);
+        }
+        emit::batch(emit::Batch {
+            view: self.view.as_str(),
+            records: batch.records.len(),
+            applied: stats.applied,
+            duplicates: stats.duplicates,
+            commits: stats.commits,
+            fold: folded,
+            write,
+            freshness: newest.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO)),
+        });
+        self.totals.lock().add(&stats);
+        Ok(stats)
+    }
+}
+
+/// A view-store error as the consumer loop sees it.
+fn view_err(e: ViewError) -> HandlerError {
+    HandlerError {
+        retriable: e.is_retriable(),
+        message: e.to_string(),
+    }
+}
+
+#[async_trait]
+impl<P: Projection> PartitionHandler for Projector<P> {
+    async fn assigned(&self, topic: &str, partition: i32) {
+        self.assigned.inc();
+        // Another process may have written this partition meanwhile: forget
+        // everything cached about it.
+        self.cache.lock().remove(&(topic.to_owned(), partition));
+        self.projection.assigned(partition);
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
+        self.process(batch).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl<P: Projection> ViewProjector for Projector<P> {
+    fn view(&self) -> View {
+        self.view
+    }
+
+    fn live(&self) -> &Live {
+        &self.live
+    }
+
+    fn totals(&self) -> BatchStats {
+        *self.totals.lock()
+    }
+
+    async fn wait_assigned(&self, timeout: Duration) -> bool {
+        self.assigned.wait(timeout).await
+    }
+}

@@ -1,0 +1,313 @@
+//! The CQL view store: ScyllaDB in production, Apache Cassandra 5 in CI (same
+//! CQL, same driver). Statements are prepared once; fan-out is bounded.
+//!
+//! One module per view (and one for the control rows), as in
+//! `view/embedded/`: each holds its tables' schema, its row mappers and its
+//! prepared statements. Every statement passes through [`Db`], which counts
+//! it by what it is (a read, a write, or a control-row statement, which is
+//! not a view statement), so no store method counts for itself.
+//!
+//! A poll is one partition of `polls`: the aggregate lives in static columns
+//! (with its version, `src_offset`) and each voter's ballot is a clustering
+//! row, so the aggregate and its ballots change in one single-partition
+//! batch, which CQL applies atomically and in isolation.
+
+mod cards;
+mod control;
+mod feed;
+mod polls;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{Counters, Store, View, ViewError};
+use crate::config::ViewsConfig;
+
+/// Most values in one `IN (...)` list.
+const IN_CHUNK: usize = 100;
+/// Most concurrent single-partition reads of one call.
+const FANOUT: usize = 32;
+
+/// What a statement is, for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Reads a view or checkpoint table.
+    Read,
+    /// Writes one.
+    Write,
+    /// Reads or writes the generation rows: readers consult them through a
+    /// cache, never per request, so they are not view statements.
+    Control,
+}
+
+/// A prepared statement and what it is.
+#[derive(Clone, Debug)]
+struct Stmt {
+    prepared: PreparedStatement,
+    kind: Kind,
+}
+
+/// The session of one keyspace: every statement of the store passes
+/// through here, and is counted here.
+#[derive(Debug)]
+struct Db {
+    session: Session,
+    keyspace: String,
+    counters: Counters,
+}
+
+/// Boxed bound values of one batch statement.
+type Values = Vec<Box<dyn SerializeRow + Send + Sync>>;
+
+impl Db {
+    /// Prepares `cql` (with `{ks}` for the keyspace) and classifies it.
+    async fn prepare(&self, cql: &str) -> Result<Stmt, ViewError> {
+        let cql = cql.replace("{ks}", &self.keyspace);
+        let kind = if cql.contains(&format!("{}.generations", self.keyspace)) {
+            Kind::Control
+        } else if cql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
+            Kind::Read
+        } else {
+            Kind::Write
+        };
+        let prepared = self
+            .session
+            .prepare(cql)
+            .await
+            .map_err(|e| ViewError::Rejected(e.to_string()))?;
+        Ok(Stmt { prepared, kind })
+    }
+
+    /// Prepares several statements, in order.
+    async fn prepare_all<const N: usize>(&self, cql: [&str; N]) -> Result<[Stmt; N], ViewError> {
+        let mut out = Vec::with_capacity(N);
+        for c in cql {
+            out.push(self.prepare(c).await?);
+        }
+        out.try_into()
+            .map_err(|_| ViewError::Rejected("a statement went missing".into()))
+    }
+
+    /// Executes one statement (unpaged).
+    async fn run(&self, st: &Stmt, values: impl SerializeRow) -> Result<QueryResult, ViewError> {
+        match st.kind {
+            Kind::Read => self.counters.read(),
+            Kind::Write => self.counters.write(1),
+            Kind::Control => {}
+        }
+        self.session
+            .execute_unpaged(&st.prepared, values)
+            .await
+            .map_err(exec_err)
+    }
+
+    /// A batch of `statements` with their `values`, all written at `ts`
+    /// (`None`: each statement says its own `USING TIMESTAMP`).
+    async fn batch(
+        &self,
+        ts: Option<i64>,
+        statements: &[&Stmt],
+        values: Values,
+    ) -> Result<(), ViewError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_timestamp(ts);
+        for st in statements {
+            batch.append_statement(st.prepared.clone());
+        }
+        self.counters.write(batch.statements.len() as u64);
+        self.session.batch(&batch, values).await.map_err(exec_err)?;
+        Ok(())
+    }
+
+    /// A schema statement (not a view statement; not counted).
+    async fn ddl(&self, cql: &str) -> Result<(), ViewError> {
+        self.session
+            .query_unpaged(cql.replace("{ks}", &self.keyspace), ())
+            .await
+            .map_err(exec_err)?;
+        Ok(())
+    }
+}
+
+/// The prepared statements, by module.
+#[derive(Debug)]
+struct Statements {
+    polls: polls::Statements,
+    feed: feed::Statements,
+    cards: cards::Statements,
+    control: control::Statements,
+}
+
+/// The CQL store.
+#[derive(Debug)]
+pub struct CqlStore {
+    db: Db,
+    replication_factor: u32,
+    st: tokio::sync::OnceCell<Statements>,
+}
+
+impl CqlStore {
+    /// Connects to the cluster (the schema is created by `migrate`).
+    pub async fn connect(cfg: &ViewsConfig) -> Result<Self, ViewError> {
+        if !cfg
+            .keyspace
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            return Err(ViewError::Rejected(format!(
+                "keyspace {:?}: use letters, digits and _",
+                cfg.keyspace
+            )));
+        }
+        let mut b = SessionBuilder::new().known_nodes(&cfg.contact_points);
+        if !cfg.username.is_empty() {
+            b = b.user(&cfg.username, cfg.password.expose());
+        }
+        let session = b.build().await.map_err(unavailable)?;
+        Ok(Self {
+            db: Db {
+                session,
+                keyspace: cfg.keyspace.clone(),
+                counters: Counters::default(),
+            },
+            replication_factor: cfg.replication_factor.max(1),
+            st: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    fn st(&self) -> Result<&Statements, ViewError> {
+        self.st
+            .get()
+            .ok_or_else(|| ViewError::Rejected("migrate() was not called".into()))
+    }
+
+    /// The tables of one view; `None` when this store has no such view.
+    fn tables_of(view: View) -> Option<&'static [&'static str]> {
+        [
+            (super::polls::VIEW, polls::TABLES),
+            (super::feed::VIEW, feed::TABLES),
+            (super::cards::VIEW, cards::TABLES),
+        ]
+        .into_iter()
+        .find(|(v, _)| *v == view)
+        .map(|(_, t)| t)
+    }
+}
+
+#[async_trait]
+impl Store for CqlStore {
+    fn backend(&self) -> &'static str {
+        "cql"
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        self.db.counters.get()
+    }
+
+    async fn migrate(&self) -> Result<(), ViewError> {
+        self.db
+            .ddl(&format!(
+                "CREATE KEYSPACE IF NOT EXISTS {{ks}} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+                self.replication_factor
+            ))
+            .await?;
+        for ddl in [polls::SCHEMA, feed::SCHEMA, cards::SCHEMA, control::SCHEMA]
+            .into_iter()
+            .flatten()
+        {
+            self.db.ddl(ddl).await?;
+        }
+        self.db
+            .session
+            .await_schema_agreement()
+            .await
+            .map_err(unavailable)?;
+        let st = Statements {
+            polls: polls::Statements::prepare(&self.db).await?,
+            feed: feed::Statements::prepare(&self.db).await?,
+            cards: cards::Statements::prepare(&self.db).await?,
+            control: control::Statements::prepare(&self.db).await?,
+        };
+        let _ = self.st.set(st);
+        Ok(())
+    }
+
+    async fn drop_view(&self, view: View) -> Result<(), ViewError> {
+        let tables =
+            Self::tables_of(view).ok_or_else(|| ViewError::Rejected(format!("no view {view}")))?;
+        for t in tables {
+            self.db.ddl(&format!("TRUNCATE {{ks}}.{t}")).await?;
+        }
+        self.drop_checkpoints(view.as_str()).await
+    }
+
+    async fn drop_store(&self) -> Result<(), ViewError> {
+        self.db.ddl("DROP KEYSPACE IF EXISTS {ks}").await
+    }
+}
+
+fn us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("view values serialize")
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(col: &str, s: Option<String>) -> Result<T, ViewError> {
+    serde_json::from_str(s.as_deref().unwrap_or("null"))
+        .map_err(|e| ViewError::Corrupt(format!("{col}: {e}")))
+}
+
+/// Runs reads at most [`FANOUT`] at a time and concatenates what they found
+/// (an `Option` or a `Vec` each).
+async fn fan_out<F, I>(reads: Vec<F>) -> Result<Vec<I::Item>, ViewError>
+where
+    F: std::future::Future<Output = Result<I, ViewError>>,
+    I: IntoIterator,
+{
+    let found: Vec<I> = futures::stream::iter(reads)
+        .buffer_unordered(FANOUT)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ViewError {
+    ViewError::Unavailable(e.to_string())
+}
+
+/// Classifies a driver error: request failures (timeouts, connection loss,
+/// overload) are retriable; the rest are statements the store refused.
+fn exec_err(e: scylla::errors::ExecutionError) -> ViewError {
+    use scylla::errors::{DbError as D, ExecutionError as E, RequestAttemptError as R};
+    match &e {
+        E::BadQuery(_) | E::PrepareError(_) => ViewError::Rejected(e.to_string()),
+        E::LastAttemptError(R::DbError(
+            D::SyntaxError
+            | D::Invalid
+            | D::Unauthorized
+            | D::ConfigError
+            | D::AlreadyExists { .. }
+            | D::ProtocolError,
+            _,
+        )) => ViewError::Rejected(e.to_string()),
+        _ => unavailable(e),
+    }
+}
+
+fn rows_err(e: impl std::fmt::Display) -> ViewError {
+    ViewError::Corrupt(e.to_string())
+}

@@ -1,0 +1,69 @@
+//! The cards view on the embedded tables: `cards` (a session's slots) and
+//! `uploads` (one job status per upload), patched per cell by merge order.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use super::EmbeddedStore;
+use super::table::{Mutation, Table, from_cells, page, to_cells};
+use crate::event::{SessionKey, UploadId};
+use crate::fold::cards::{Card, Patch};
+use crate::view::{CardsStore, Counters, ViewError};
+
+#[derive(Debug)]
+pub(super) struct Tables {
+    cards: Table<SessionKey, u8>,
+    uploads: Table<UploadId, ()>,
+}
+
+impl Tables {
+    pub(super) fn new(c: &Arc<Counters>) -> Self {
+        Self {
+            cards: Table::new(c),
+            uploads: Table::new(c),
+        }
+    }
+
+    pub(super) fn clear(&self) {
+        self.cards.clear();
+        self.uploads.clear();
+    }
+}
+
+/// The cells of a patch: what it sets, and the columns it clears.
+fn patch_cells(p: &Patch) -> Map<String, Value> {
+    let mut m = to_cells(&p.set);
+    for c in p.clears() {
+        m.insert((*c).to_owned(), Value::Null);
+    }
+    m
+}
+
+#[async_trait]
+impl CardsStore for EmbeddedStore {
+    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
+        for p in cards {
+            self.cards.cards.batch(
+                &p.session_key,
+                p.ts,
+                vec![Mutation::Upsert(p.slot, patch_cells(p))],
+            );
+        }
+        for p in uploads {
+            self.cards
+                .uploads
+                .batch(&p.upload_id, p.ts, vec![Mutation::Static(patch_cells(p))]);
+        }
+        Ok(())
+    }
+
+    async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
+        self.cards.cards.rows(session, |rows| page(rows, None, 3))
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
+        self.cards.uploads.statics(&id).map(from_cells).transpose()
+    }
+}

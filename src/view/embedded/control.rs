@@ -1,0 +1,95 @@
+//! The control rows on the embedded store: checkpoints in a table of their
+//! own, generation rows behind a lock (compare-and-set on `rev`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::EmbeddedStore;
+use super::table::{Mutation, Row, Table, from_cells, to_cells};
+use crate::view::{
+    Checkpoint, CheckpointStore, Counters, Generation, GenerationStore, ViewError, write_timestamp,
+};
+
+#[derive(Debug)]
+pub(super) struct Tables {
+    checkpoints: Table<String, (String, i32)>,
+    /// The control rows of view generations, by view (or stage) name.
+    generations: parking_lot::Mutex<BTreeMap<String, Generation>>,
+}
+
+impl Tables {
+    pub(super) fn new(c: &Arc<Counters>) -> Self {
+        Self {
+            checkpoints: Table::new(c),
+            generations: Default::default(),
+        }
+    }
+
+    /// Forgets every checkpoint of one view.
+    pub(super) fn drop_checkpoints(&self, view: &str) {
+        self.checkpoints.remove(&view.to_owned());
+    }
+
+    /// Forgets every checkpoint.
+    pub(super) fn clear_checkpoints(&self) {
+        self.checkpoints.clear();
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for EmbeddedStore {
+    async fn checkpoint(
+        &self,
+        view: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, ViewError> {
+        self.control.checkpoints.rows(&view.to_owned(), |rows| {
+            rows.and_then(|r| r.get(&(topic.to_owned(), partition)))
+                .and_then(Row::live)
+                .map(from_cells)
+                .transpose()
+        })
+    }
+
+    async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
+        self.control.checkpoints.batch(
+            &cp.view,
+            write_timestamp(cp.offset),
+            vec![Mutation::Upsert(
+                (cp.topic.clone(), cp.partition),
+                to_cells(cp),
+            )],
+        );
+        Ok(())
+    }
+
+    async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
+        self.control.checkpoints.rows(&view.to_owned(), |rows| {
+            rows.into_iter()
+                .flat_map(|r| r.values())
+                .filter_map(Row::live)
+                .map(from_cells)
+                .collect()
+        })
+    }
+}
+
+#[async_trait]
+impl GenerationStore for EmbeddedStore {
+    async fn generations(&self) -> Result<Vec<Generation>, ViewError> {
+        Ok(self.control.generations.lock().values().cloned().collect())
+    }
+
+    async fn set_generation(&self, next: &Generation, expected: i64) -> Result<bool, ViewError> {
+        let mut rows = self.control.generations.lock();
+        let stored = rows.get(&next.view).map_or(0, |g| g.rev);
+        if stored != expected {
+            return Ok(false);
+        }
+        rows.insert(next.view.clone(), next.clone());
+        Ok(true)
+    }
+}

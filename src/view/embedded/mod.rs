@@ -1,0 +1,86 @@
+//! The embedded view store: an in-process wide-column store with the CQL
+//! data model, so that the embedded default and ScyllaDB behave alike. The
+//! tables and their semantics are in `table`; one module per view (and one
+//! for the control rows) maps that view's rows onto them, as `view/cql/`
+//! does onto CQL tables.
+
+mod cards;
+mod control;
+mod feed;
+mod polls;
+mod table;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Counters, Store, View, ViewError};
+
+/// The embedded store (the default of `atelier up`).
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    polls: polls::Tables,
+    feed: feed::Tables,
+    cards: cards::Tables,
+    control: control::Tables,
+    counters: Arc<Counters>,
+}
+
+impl Default for EmbeddedStore {
+    fn default() -> Self {
+        let counters = Arc::new(Counters::default());
+        Self {
+            polls: polls::Tables::new(&counters),
+            feed: feed::Tables::new(&counters),
+            cards: cards::Tables::new(&counters),
+            control: control::Tables::new(&counters),
+            counters,
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Clears one view's tables; `false` when this store holds no such view.
+    fn clear_view(&self, view: View) -> bool {
+        let all: [(View, &dyn Fn()); 3] = [
+            (super::polls::VIEW, &|| self.polls.clear()),
+            (super::feed::VIEW, &|| self.feed.clear()),
+            (super::cards::VIEW, &|| self.cards.clear()),
+        ];
+        all.iter()
+            .find(|(v, _)| *v == view)
+            .map(|(_, clear)| clear())
+            .is_some()
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        self.counters.get()
+    }
+
+    async fn migrate(&self) -> Result<(), ViewError> {
+        Ok(())
+    }
+
+    async fn drop_view(&self, view: View) -> Result<(), ViewError> {
+        if !self.clear_view(view) {
+            return Err(ViewError::Rejected(format!("no view {view}")));
+        }
+        self.control.drop_checkpoints(view.as_str());
+        Ok(())
+    }
+
+    async fn drop_store(&self) -> Result<(), ViewError> {
+        self.polls.clear();
+        self.feed.clear();
+        self.cards.clear();
+        self.control.clear_checkpoints();
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! The polls view on the embedded tables: `polls` (the aggregate in static
+//! cells, a ballot per voter row), `polls_by_owner` and `poll_voters`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::EmbeddedStore;
+use super::table::{Mutation, Row, Table, from_cells, page, to_cells};
+use crate::event::{PollId, QuestionId, UserId};
+use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
+use crate::view::polls::voter_changes;
+use crate::view::{
+    Counters, OwnerCursor, OwnerPollRow, PollsStore, ViewError, VoterRow, write_timestamp,
+};
+
+/// Newest first: clustering order `created_at DESC, poll_id DESC`.
+type OwnerKey = std::cmp::Reverse<(i64, PollId)>;
+
+#[derive(Debug)]
+pub(super) struct Tables {
+    polls: Table<PollId, VoterKey>,
+    by_owner: Table<UserId, OwnerKey>,
+    voters: Table<(PollId, QuestionId), String>,
+}
+
+impl Tables {
+    pub(super) fn new(c: &Arc<Counters>) -> Self {
+        Self {
+            polls: Table::new(c),
+            by_owner: Table::new(c),
+            voters: Table::new(c),
+        }
+    }
+
+    pub(super) fn clear(&self) {
+        self.polls.clear();
+        self.by_owner.clear();
+        self.voters.clear();
+    }
+}
+
+#[async_trait]
+impl PollsStore for EmbeddedStore {
+    async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.polls.polls.statics(id) {
+                out.push(from_cells(m)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_ballots(
+        &self,
+        poll: PollId,
+        voters: &[VoterKey],
+    ) -> Result<Vec<(VoterKey, Ballot)>, ViewError> {
+        self.polls.polls.rows(&poll, |rows| {
+            let Some(rows) = rows else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for v in voters {
+                if let Some(m) = rows.get(v).and_then(Row::live) {
+                    out.push((v.clone(), from_cells(m)?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
+        let s = &c.state;
+        let ts = write_timestamp(s.position.offset);
+        // Derived rows first: a crash before the aggregate is repaired by
+        // re-applying, which rewrites them.
+        let row = OwnerPollRow::of(s);
+        self.polls.by_owner.batch(
+            &s.owner.id,
+            ts,
+            vec![Mutation::Upsert(
+                std::cmp::Reverse((s.created_at.timestamp_micros(), s.poll_id)),
+                to_cells(&row),
+            )],
+        );
+        for (q, changes) in voter_changes(c) {
+            let vm = changes
+                .into_iter()
+                .map(|(v, row)| match row {
+                    Some(r) => Mutation::Upsert(v.to_owned(), to_cells(&r)),
+                    None => Mutation::Delete(v.to_owned()),
+                })
+                .collect::<Vec<_>>();
+            self.polls.voters.batch(&(s.poll_id, q), ts, vm);
+        }
+        let mut muts = Vec::with_capacity(c.ballots.len() + 1);
+        muts.push(Mutation::Static(to_cells(s)));
+        for (k, b) in &c.ballots {
+            muts.push(match b {
+                Some(b) => Mutation::Upsert(k.clone(), to_cells(b)),
+                None => Mutation::Delete(k.clone()),
+            });
+        }
+        self.polls.polls.batch(&s.poll_id, ts, muts);
+        Ok(())
+    }
+
+    async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
+        self.polls.polls.statics(&id).map(from_cells).transpose()
+    }
+
+    async fn polls_by_owner(
+        &self,
+        owner: &UserId,
+        before: Option<OwnerCursor>,
+        limit: usize,
+    ) -> Result<Vec<OwnerPollRow>, ViewError> {
+        let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
+        self.polls
+            .by_owner
+            .rows(owner, |rows| page(rows, after, limit))
+    }
+
+    async fn question_voters(
+        &self,
+        poll: PollId,
+        question: QuestionId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VoterRow>, ViewError> {
+        self.polls.voters.rows(&(poll, question), |rows| {
+            page(rows, after.map(str::to_owned), limit)
+        })
+    }
+
+    async fn scan_polls(
+        &self,
+        after: Option<PollId>,
+        limit: usize,
+    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
+        let limit = limit.max(1);
+        self.polls.polls.scan(|parts| {
+            // Partitions are hashed, not ordered: one walk keeps the `limit`
+            // smallest ids past the cursor in a max-heap, so a page costs one
+            // pass over the table and `limit` ids of memory, never a sorted
+            // copy of every key.
+            let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
+            for id in parts.keys().filter(|id| after.is_none_or(|a| **id > a)) {
+                if heap.len() < limit {
+                    heap.push(*id);
+                } else if heap.peek().is_some_and(|top| id < top) {
+                    heap.pop();
+                    heap.push(*id);
+                }
+            }
+            let ids = heap.into_sorted_vec();
+            let next = (ids.len() == limit).then(|| ids.last().copied()).flatten();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                // As in CQL, a partition without its aggregate is not a poll.
+                if let Some(m) = parts.get(id).and_then(|p| p.statics.live()) {
+                    out.push(from_cells(m)?);
+                }
+            }
+            Ok((out, next))
+        })
+    }
+}
