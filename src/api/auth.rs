@@ -154,6 +154,13 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+impl aide::OperationInput for Authed {
+    fn operation_input(_: &mut aide::generate::GenContext, op: &mut aide::openapi::Operation) {
+        super::contract::secured(op);
+        super::contract::add_errors(op, &[401]);
+    }
+}
+
 /// An authenticated caller listed in `auth.admins`: the operations routes
 /// (replay, DLQ, export) take this instead of [`Authed`].
 #[derive(Clone, Debug)]
@@ -172,6 +179,13 @@ impl FromRequestParts<AppState> for Admin {
                 format!("{} is not in auth.admins", p.id),
             ))
         }
+    }
+}
+
+impl aide::OperationInput for Admin {
+    fn operation_input(_: &mut aide::generate::GenContext, op: &mut aide::openapi::Operation) {
+        super::contract::secured(op);
+        super::contract::add_errors(op, &[401, 403]);
     }
 }
 

@@ -8,12 +8,17 @@
 //! `Cache-Control: no-cache` so that a new binary's page is never mixed with
 //! an old cached module.
 
-use axum::Router;
+use aide::axum::ApiRouter;
+use aide::axum::routing::get_with;
+use aide::generate::GenContext;
+use aide::openapi::{Operation, Response as DocResponse, StatusCode as Status};
 use axum::extract::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
+use super::contract::{op, raw_response};
 use super::{ApiError, AppState};
 
 /// The page itself.
@@ -76,13 +81,110 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                    img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/dashboard/{file}", get(asset))
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
+            "/",
+            get_with(index, |t| {
+                op(
+                    t,
+                    "dashboard",
+                    "ops",
+                    "The live dashboard",
+                    "An HTML page over the public reads: the feed (paged, live), an owner's \
+                     polls with live tallies, a session's cards with their images, and \
+                     pipeline health from `/v1/pipeline`. Parameters, read by the page: \
+                     `?owner=`, `?session=`, `?poll=` or `#poll=`.",
+                    &[],
+                )
+            }),
+        )
+        .api_route(
+            "/dashboard/{file}",
+            get_with(asset, |t| {
+                op(
+                    t,
+                    "dashboardAsset",
+                    "ops",
+                    "A script or style sheet of the dashboard",
+                    "The ES modules and the style sheet the page loads, built into the binary.",
+                    &[404],
+                )
+            }),
+        )
+}
+
+/// A file of the dashboard in a path.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct AssetPath {
+    /// The file (another name: 404 `unknown_asset`).
+    #[schemars(with = "AssetName")]
+    file: String,
+}
+
+/// The names of [`ASSETS`].
+struct AssetName;
+
+impl JsonSchema for AssetName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DashboardAsset".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = ASSETS.iter().map(|(n, _, _)| *n).collect();
+        schemars::json_schema!({"type": "string", "enum": names})
+    }
 }
 
 /// A static answer: the content with its type, revalidated on every load.
+struct File {
+    content_type: &'static str,
+    body: &'static str,
+}
+
+/// The media types a [`File`] answer of a route can have.
+trait Media {
+    const TYPES: &'static [&'static str];
+}
+
+/// The page.
+struct Html;
+impl Media for Html {
+    const TYPES: &'static [&'static str] = &["text/html"];
+}
+
+/// A module or style sheet.
+struct Script;
+impl Media for Script {
+    const TYPES: &'static [&'static str] = &["text/javascript", "text/css"];
+}
+
+/// A [`File`] of media `M`.
+struct Static<M>(File, std::marker::PhantomData<M>);
+
+impl<M: Media> aide::OperationOutput for Static<M> {
+    type Inner = String;
+
+    fn inferred_responses(
+        _: &mut GenContext,
+        _: &mut Operation,
+    ) -> Vec<(Option<Status>, DocResponse)> {
+        vec![(
+            Some(Status::Code(200)),
+            raw_response(
+                "The file, revalidated on every load.",
+                M::TYPES,
+                schemars::json_schema!({"type": "string"}),
+            ),
+        )]
+    }
+}
+
+impl<M> IntoResponse for Static<M> {
+    fn into_response(self) -> Response {
+        file(self.0.content_type, self.0.body)
+    }
+}
+
 fn file(content_type: &'static str, body: &'static str) -> Response {
     let mut res = body.into_response();
     let h = res.headers_mut();
@@ -100,17 +202,26 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /`: the dashboard page.
-async fn index() -> Response {
-    file("text/html; charset=utf-8", INDEX)
+async fn index() -> Static<Html> {
+    Static(
+        File {
+            content_type: "text/html; charset=utf-8",
+            body: INDEX,
+        },
+        std::marker::PhantomData,
+    )
 }
 
 /// `GET /dashboard/{file}`: one of [`ASSETS`]; anything else is the API's
 /// JSON 404, like any unknown resource.
-async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn asset(Path(p): Path<AssetPath>) -> Result<Static<Script>, ApiError> {
+    let name = p.file;
     ASSETS
         .iter()
         .find(|(n, _, _)| *n == name)
-        .map(|(_, content_type, body)| file(content_type, body))
+        .map(|(_, content_type, body)| {
+            Static(File { content_type, body }, std::marker::PhantomData)
+        })
         .ok_or_else(|| {
             ApiError::not_found(
                 "unknown_asset",

@@ -23,12 +23,23 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    reason: &'a str,
+/// The body of every error answer.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Error")]
+pub struct ErrorBody {
+    /// A stable, machine-readable code (`unknown_poll`, `invalid_body`, ...).
+    pub error: String,
+    /// What went wrong, for a person.
+    pub reason: String,
+    /// The field the error is about, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<String>,
+}
+
+/// The statuses an error may have are declared by each route (see
+/// `contract::op`), not inferred from the type.
+impl aide::OperationOutput for ApiError {
+    type Inner = ErrorBody;
 }
 
 impl ApiError {
@@ -110,10 +121,10 @@ impl IntoResponse for ApiError {
         }
         let mut res = (
             self.status,
-            Json(Body {
-                error: self.code,
-                reason: &self.reason,
-                field: self.field.as_deref(),
+            Json(ErrorBody {
+                error: self.code.to_owned(),
+                reason: self.reason,
+                field: self.field,
             }),
         )
             .into_response();

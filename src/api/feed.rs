@@ -6,48 +6,158 @@
 //! 4xx; what only the log order can decide (a second like, unliking without
 //! a like) is decided by the fold and counted in the item's `rejected`.
 
-use axum::Router;
+use aide::axum::ApiRouter;
+use aide::axum::routing::{get_with, post_with};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AfterQuery, accepted, append, decode_time_cursor, encode_time_cursor, etagged, fresh, fresh_row,
+    Accepted, Etagged, IfNoneMatch, ItemRef, TIME_CURSOR, append, decode_time_cursor,
+    encode_time_cursor, fresh, fresh_row,
 };
-use super::json::{JsonBody, QueryParams};
+use super::contract::op;
+use super::json::{Int, JsonBody, QueryParams};
+use super::token::{AFTER_DOC, Token};
 use super::{ApiError, AppState, Authed};
 use crate::edge::new_id;
-use crate::event::{EventData, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal};
+use crate::event::{
+    BODY_MAX, EventData, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, LINE_MAX,
+    Principal, TEXT, Topic,
+};
 use crate::fold::Position;
 use crate::fold::feed::{FeedKind, ItemState, RecentMember};
 use crate::view::TimelineRow;
 use crate::view::feed::VIEW;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/feed", post(create).get(timeline))
-        .route("/v1/feed/{id}", get(read).delete(remove))
-        .route("/v1/feed/{id}/likes", post(like).delete(unlike))
-        .route("/v1/feed/{id}/members", post(join).delete(leave))
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
+            "/v1/feed",
+            post_with(create, |t| {
+                op(
+                    t,
+                    "createFeedItem",
+                    "feed",
+                    "Create a post, game or team",
+                    "Appends `FeedItemCreated` with a new item id; the caller is its author.",
+                    &[503],
+                )
+            })
+            .get_with(timeline, |t| {
+                op(
+                    t,
+                    "readTimeline",
+                    "feed",
+                    "The feed, newest first",
+                    "All kinds or one; cursor-paged by (time, id), so items arriving meanwhile \
+                     never shift a walk. One view query.",
+                    &[409, 503],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/feed/{id}",
+            get_with(read, |t| {
+                op(
+                    t,
+                    "readFeedItem",
+                    "feed",
+                    "Read a feed item",
+                    "The item with its counts, recent members and rejections; a deleted item \
+                     is 410 `item_deleted`. One view query.",
+                    &[404, 409, 410, 503],
+                )
+            })
+            .delete_with(remove, |t| {
+                op(
+                    t,
+                    "deleteFeedItem",
+                    "feed",
+                    "Delete a feed item (author only)",
+                    "Appends `FeedItemDeleted`; someone else is 403 `not_author`.",
+                    &[403, 404, 409, 410, 503],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/feed/{id}/likes",
+            post_with(like, |t| {
+                op(
+                    t,
+                    "likeFeedItem",
+                    "feed",
+                    "Like a feed item",
+                    "Appends `FeedItemLiked`; a second like is decided by the fold and counted \
+                     in the item's `rejected`.",
+                    &[404, 409, 410, 503],
+                )
+            })
+            .delete_with(unlike, |t| {
+                op(
+                    t,
+                    "unlikeFeedItem",
+                    "feed",
+                    "Withdraw your like",
+                    "Appends `FeedItemUnliked`; unliking without a like is decided by the fold \
+                     and counted in the item's `rejected`.",
+                    &[404, 409, 410, 503],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/feed/{id}/members",
+            post_with(join, |t| {
+                op(
+                    t,
+                    "joinFeedItem",
+                    "feed",
+                    "Join a game or team",
+                    "Appends `FeedItemJoined`; a post is 409 `not_joinable`.",
+                    &[404, 409, 410, 503],
+                )
+            })
+            .delete_with(leave, |t| {
+                op(
+                    t,
+                    "leaveFeedItem",
+                    "feed",
+                    "Leave a game or team",
+                    "Appends `FeedItemLeft`; a post is 409 `not_joinable`.",
+                    &[404, 409, 410, 503],
+                )
+            }),
+        )
 }
 
 /// `POST /v1/feed`: the kind and its fields; strict (unknown fields are a 422).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum CreateItem {
+    /// A post.
     Post {
+        /// Its title.
+        #[schemars(length(min = 1, max = LINE_MAX), pattern(TEXT))]
         title: String,
+        /// Its text.
         #[serde(default)]
+        #[schemars(length(max = BODY_MAX), pattern(TEXT))]
         body: String,
     },
+    /// A game people can join.
     Game {
+        /// Its name.
+        #[schemars(length(min = 1, max = LINE_MAX), pattern(TEXT))]
         name: String,
+        /// Where it takes place.
+        #[schemars(length(min = 1, max = LINE_MAX), pattern(TEXT))]
         location: String,
     },
+    /// A team people can join.
     Team {
+        /// Its room.
+        #[schemars(length(min = 1, max = LINE_MAX), pattern(TEXT))]
         room: String,
     },
 }
@@ -62,6 +172,27 @@ impl From<CreateItem> for FeedContent {
     }
 }
 
+/// A feed item in a path.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct ItemPath {
+    /// The item's id (unknown or malformed: 404 `unknown_item`).
+    #[schemars(with = "uuid::Uuid")]
+    id: String,
+}
+
+fn feed_token() -> String {
+    Token::pattern(&[Topic::Feed])
+}
+
+/// `?after=` of the feed view.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "FeedAfter")]
+struct AfterQuery {
+    #[schemars(pattern(feed_token()), description = AFTER_DOC)]
+    after: Option<String>,
+}
+
 fn item_id(s: &str) -> Result<FeedItemId, ApiError> {
     FeedItemId::parse(s).map_err(|_| ApiError::not_found("unknown_item", format!("no item {s:?}")))
 }
@@ -70,19 +201,14 @@ async fn create(
     State(st): State<AppState>,
     Authed(principal): Authed,
     JsonBody(req): JsonBody<CreateItem>,
-) -> Result<Response, ApiError> {
+) -> Result<Accepted<ItemRef>, ApiError> {
     let id = FeedItemId(new_id());
     let data = FeedItemCreated {
         item_id: id,
         content: req.into(),
     };
     let (event_id, token) = append(&st, principal, EventData::FeedItemCreated(data)).await?;
-    Ok(accepted(
-        event_id,
-        Some(("item_id", id.to_string())),
-        token,
-        Some(format!("/v1/feed/{id}")),
-    ))
+    Ok(Accepted::new(event_id, ItemRef { item_id: id }, token).at(format!("/v1/feed/{id}")))
 }
 
 /// Reads an item, after `?after` when given.
@@ -121,7 +247,7 @@ async fn act(
     id: String,
     after: Option<String>,
     make: fn(FeedItemRef) -> EventData,
-) -> Result<Response, ApiError> {
+) -> Result<Accepted<ItemRef>, ApiError> {
     let item = live_item(&st, &id, after.as_deref()).await?;
     let data = make(FeedItemRef {
         item_id: item.item_id,
@@ -142,11 +268,12 @@ async fn act(
         _ => {}
     }
     let (event_id, token) = append(&st, principal, data).await?;
-    Ok(accepted(
+    Ok(Accepted::new(
         event_id,
-        Some(("item_id", item.item_id.to_string())),
+        ItemRef {
+            item_id: item.item_id,
+        },
         token,
-        None,
     ))
 }
 
@@ -154,11 +281,11 @@ macro_rules! action {
     ($name:ident, $variant:ident) => {
         async fn $name(
             State(st): State<AppState>,
-            Path(id): Path<String>,
+            Path(p): Path<ItemPath>,
             QueryParams(q): QueryParams<AfterQuery>,
             Authed(principal): Authed,
-        ) -> Result<Response, ApiError> {
-            act(st, principal, id, q.after, EventData::$variant).await
+        ) -> Result<Accepted<ItemRef>, ApiError> {
+            act(st, principal, p.id, q.after, EventData::$variant).await
         }
     };
 }
@@ -170,18 +297,27 @@ action!(leave, FeedItemLeft);
 action!(remove, FeedItemDeleted);
 
 /// A feed item as `GET /v1/feed/{id}` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "FeedItem")]
 pub(super) struct ItemView {
+    /// The item.
     item_id: FeedItemId,
     /// The kind's fields, with `kind` itself.
     #[serde(flatten)]
     content: FeedContent,
+    /// Who created it (as they were then).
     author: Principal,
+    /// When it was created.
     created_at: DateTime<Utc>,
+    /// Users who like it.
     likes: u64,
+    /// Users who joined it.
     joined: u64,
+    /// The most recent joiners still joined, newest first.
     recent_members: Vec<RecentMember>,
+    /// Refused events, by reason.
     rejected: std::collections::BTreeMap<String, u64>,
+    /// The log position this row reflects.
     version: Position,
 }
 
@@ -222,33 +358,72 @@ pub(super) async fn item_view(
 
 async fn read(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(p): Path<ItemPath>,
     QueryParams(q): QueryParams<AfterQuery>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let item = item_view(&st, item_id(&id)?, q.after.as_deref()).await?;
-    Ok(etagged(&headers, &item))
+    inm: IfNoneMatch,
+) -> Result<Etagged<ItemView>, ApiError> {
+    let item = item_view(&st, item_id(&p.id)?, q.after.as_deref()).await?;
+    Ok(Etagged::new(inm, item))
 }
 
-#[derive(Debug, Deserialize)]
+/// Which timeline.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum KindQuery {
+    /// Posts.
+    Post,
+    /// Games.
+    Game,
+    /// Teams.
+    Team,
+    /// Every kind.
+    #[default]
+    All,
+}
+
+impl KindQuery {
+    fn kind(self) -> Option<FeedKind> {
+        match self {
+            KindQuery::Post => Some(FeedKind::Post),
+            KindQuery::Game => Some(FeedKind::Game),
+            KindQuery::Team => Some(FeedKind::Team),
+            KindQuery::All => None,
+        }
+    }
+}
+
+/// A page of a timeline.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TimelineQuery {
-    kind: Option<String>,
+    /// Feed item kind, or `all` (the default).
+    kind: Option<KindQuery>,
+    /// Where the page starts: the previous page's `next_cursor` (malformed:
+    /// 400 `invalid_cursor`).
+    #[schemars(pattern(TIME_CURSOR))]
     cursor: Option<String>,
-    limit: Option<usize>,
+    /// Page size (otherwise: 400 `invalid_limit`).
+    #[schemars(range(min = 1, max = 100), extend("default" = 20))]
+    limit: Option<Int<usize>>,
+    #[schemars(pattern(feed_token()), description = AFTER_DOC)]
     after: Option<String>,
 }
 
 /// A timeline row as a page shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub(super) struct TimelineItem {
+    /// The item.
     item_id: FeedItemId,
     /// The kind's fields, with `kind` itself.
     #[serde(flatten)]
     content: FeedContent,
+    /// Who created it.
     author: Principal,
+    /// When it was created.
     created_at: DateTime<Utc>,
+    /// Users who like it.
     likes: u64,
+    /// Users who joined it.
     joined: u64,
 }
 
@@ -265,10 +440,14 @@ impl From<TimelineRow> for TimelineItem {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A page of a timeline, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
 struct TimelinePage {
+    /// The timeline: `post`, `game`, `team` or `all`.
     kind: String,
+    /// Its items.
     items: Vec<TimelineItem>,
+    /// Pass as `cursor` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
@@ -289,10 +468,10 @@ pub(super) fn parse_kind(kind: Option<&str>) -> Result<Option<FeedKind>, ApiErro
 async fn timeline(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<TimelineQuery>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let kind = parse_kind(q.kind.as_deref())?;
-    let limit = super::common::page_limit(q.limit)?;
+    inm: IfNoneMatch,
+) -> Result<Etagged<TimelinePage>, ApiError> {
+    let kind = q.kind.unwrap_or_default().kind();
+    let limit = super::common::page_limit(q.limit.map(|l| l.0))?;
     let before = q
         .cursor
         .as_deref()
@@ -306,9 +485,9 @@ async fn timeline(
                 .map(|r| encode_time_cursor(r.created_at, r.item_id))
         })
         .flatten();
-    Ok(etagged(
-        &headers,
-        &TimelinePage {
+    Ok(Etagged::new(
+        inm,
+        TimelinePage {
             kind: kind.map_or("all", FeedKind::as_str).to_owned(),
             items: rows.into_iter().map(TimelineItem::from).collect(),
             next_cursor,

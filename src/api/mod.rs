@@ -6,11 +6,11 @@ mod admin;
 mod auth;
 mod cards;
 mod common;
+mod contract;
 mod dashboard;
 mod error;
 mod feed;
 mod json;
-pub mod openapi;
 mod pipeline;
 mod polls;
 mod stream;
@@ -18,18 +18,19 @@ pub mod token;
 mod uploads;
 
 pub use auth::{Admin, Auth, Authed, Claims, mint};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 pub use token::Token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use aide::axum::ApiRouter;
+use aide::axum::routing::get_with;
+use aide::openapi::OpenApi;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::{Json, Router};
 
 use crate::blob::BlobStore;
 use crate::bus::{Heads, Producer};
@@ -70,6 +71,8 @@ pub struct AppState {
     pub ready_lag: u64,
     /// The last pipeline measurement (`/readyz`, `/v1/pipeline`).
     pub(crate) health: Arc<tokio::sync::Mutex<Option<(Instant, pipeline::Measured)>>>,
+    /// How far each partition is known to reach (`?after` tokens).
+    pub(crate) reached: Arc<common::Reached>,
 }
 
 /// The running parts the API is built over.
@@ -113,14 +116,14 @@ impl AppState {
             brokers: p.brokers,
             ready_lag: cfg.http.ready_lag,
             health: Arc::default(),
+            reached: Arc::default(),
         }
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState, body_limit: usize) -> Router {
-    let upload_limit = state.uploads.max_bytes;
-    Router::new()
+/// Every route, each declared once with its documentation.
+fn routes(upload_limit: usize) -> ApiRouter<AppState> {
+    ApiRouter::new()
         .merge(uploads::routes(upload_limit))
         .merge(polls::routes())
         .merge(feed::routes())
@@ -129,9 +132,70 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(admin::routes())
         .merge(dashboard::routes())
         .merge(pipeline::routes())
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::serve))
+        .api_route(
+            "/healthz",
+            get_with(healthz, |t| {
+                contract::op(
+                    t,
+                    "healthz",
+                    "ops",
+                    "Liveness",
+                    "Answers `ok` while the process serves.",
+                    &[],
+                )
+            }),
+        )
+        .api_route(
+            "/metrics",
+            get_with(metrics, |t| {
+                contract::op(
+                    t,
+                    "metrics",
+                    "ops",
+                    "Prometheus metrics",
+                    "The Prometheus text exposition of the process's metrics; 404 when no \
+                     recorder is installed in this process.",
+                    &[404],
+                )
+            }),
+        )
+        .api_route(
+            "/openapi.json",
+            get_with(openapi, |t| {
+                contract::op(
+                    t,
+                    "openapi",
+                    "ops",
+                    "This OpenAPI document",
+                    "The OpenAPI 3.1 description of every route, generated from the code.",
+                    &[],
+                )
+            }),
+        )
+}
+
+/// The OpenAPI document of the routes.
+fn build(upload_limit: usize) -> (Router<AppState>, OpenApi) {
+    let mut api = OpenApi::default();
+    let router = routes(upload_limit).finish_api_with(&mut api, |mut t| {
+        contract::finish(t.inner_mut());
+        t
+    });
+    (router, api)
+}
+
+/// The OpenAPI 3.1 document of the whole API, generated from the routes.
+pub fn document() -> serde_json::Value {
+    let (_, api) = build(UploadsConfig::default().max_bytes);
+    serde_json::to_value(&api).expect("the document serializes")
+}
+
+/// The whole API.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let (router, api) = build(state.uploads.max_bytes);
+    let doc = Arc::new(serde_json::to_value(&api).expect("the document serializes"));
+    router
+        .layer(axum::Extension(Document(doc)))
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route; see the README for the API")
         })
@@ -140,10 +204,54 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(_): State<AppState>) -> Response {
+/// The generated document, served as it is.
+#[derive(Clone, Debug)]
+struct Document(Arc<serde_json::Value>);
+
+/// `GET /openapi.json`.
+async fn openapi(axum::Extension(doc): axum::Extension<Document>) -> Json<serde_json::Value> {
+    Json(doc.0.as_ref().clone())
+}
+
+/// `GET /healthz`.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus text.
+struct Metrics(Response);
+
+impl IntoResponse for Metrics {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl aide::OperationOutput for Metrics {
+    type Inner = String;
+
+    fn inferred_responses(
+        _: &mut aide::generate::GenContext,
+        _: &mut aide::openapi::Operation,
+    ) -> Vec<(Option<aide::openapi::StatusCode>, aide::openapi::Response)> {
+        vec![(
+            Some(aide::openapi::StatusCode::Code(200)),
+            contract::raw_response(
+                "The Prometheus text format.",
+                &["text/plain"],
+                schemars::json_schema!({"type": "string"}),
+            ),
+        )]
+    }
+}
+
+async fn metrics() -> Result<Metrics, ApiError> {
     match crate::telemetry::prometheus() {
-        Some(h) => h.render().into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+        Some(h) => Ok(Metrics(h.render().into_response())),
+        None => Err(ApiError::not_found(
+            "no_metrics",
+            "no metrics recorder is installed in this process",
+        )),
     }
 }
 

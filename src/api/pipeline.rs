@@ -6,24 +6,67 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use aide::axum::ApiRouter;
+use aide::axum::routing::get_with;
+use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use super::common::rebuild_err;
+use super::contract::op;
 use super::{ApiError, AppState};
 use crate::bus::behind;
 use crate::event::Topic;
 use crate::ops;
 use crate::project::supervisor::group_of;
+use crate::view::Phase;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/pipeline", get(pipeline))
-        .route("/readyz", get(readyz))
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
+            "/v1/pipeline",
+            get_with(pipeline, |t| {
+                op(
+                    t,
+                    "pipeline",
+                    "ops",
+                    "Pipeline health",
+                    "Per topic, the records the active generation of its view has applied (a \
+                     counter: its rate is the throughput) and its lag; the records in the DLQ \
+                     topic; each view's generations. The dashboard charts this.",
+                    &[503],
+                )
+            }),
+        )
+        .api_route(
+            "/readyz",
+            get_with(readyz, |t| {
+                op(
+                    t,
+                    "readyz",
+                    "ops",
+                    "Readiness",
+                    "Ready when the view store and the log answer and the views lag the log by \
+                     at most `http.ready_lag` records (otherwise 503 `not_ready`, \
+                     `views_unavailable` or `log_unavailable`). `/healthz` is liveness only.",
+                    &[503],
+                )
+            }),
+        )
+}
+
+/// A view's generations, as the dashboard shows them.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+struct ViewGenerations {
+    /// The view.
+    view: String,
+    /// The generation serving reads.
+    active: u32,
+    /// The generation being rebuilt.
+    building: Option<u32>,
+    /// Where a rebuild stands.
+    phase: Phase,
 }
 
 /// One measurement of the pipeline: per topic `(applied, lag)`, the views'
@@ -31,7 +74,7 @@ pub(super) fn routes() -> Router<AppState> {
 #[derive(Clone, Debug)]
 pub(crate) struct Measured {
     topics: BTreeMap<String, (u64, u64)>,
-    views: Vec<serde_json::Value>,
+    views: Vec<ViewGenerations>,
     dlq: i64,
 }
 
@@ -84,12 +127,12 @@ async fn measure(s: &AppState) -> Result<Measured, ApiError> {
             e.0 += (p.active + 1).max(0) as u64;
             e.1 += lag;
         }
-        gens_out.push(json!({
-            "view": v.generation.view,
-            "active": v.generation.active,
-            "building": v.generation.building,
-            "phase": v.generation.phase,
-        }));
+        gens_out.push(ViewGenerations {
+            view: v.generation.view.clone(),
+            active: v.generation.active,
+            building: v.generation.building,
+            phase: v.generation.phase,
+        });
     }
     let dlq: i64 = heads
         .of(&s.kafka.topic(Topic::Dlq))
@@ -105,45 +148,77 @@ async fn measure(s: &AppState) -> Result<Measured, ApiError> {
     })
 }
 
-async fn pipeline(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let m = measured(&s).await?;
-    let lag = m.lag();
-    let topics: Vec<_> = m
-        .topics
-        .into_iter()
-        .map(|(t, (consumed, lag))| json!({"topic": t, "consumed": consumed, "lag": lag}))
-        .collect();
-    Ok(axum::Json(json!({
-        "at_ms": chrono::Utc::now().timestamp_millis(),
-        "topics": topics,
-        "lag": lag,
-        "dlq": m.dlq,
-        "views": m.views,
-    }))
-    .into_response())
+/// One topic's progress.
+#[derive(Debug, Serialize, JsonSchema)]
+struct TopicHealth {
+    /// The full topic name.
+    topic: String,
+    /// Records the active generation of its view has applied (a counter).
+    consumed: u64,
+    /// Records it has yet to apply.
+    lag: u64,
 }
 
-async fn readyz(State(s): State<AppState>) -> Response {
-    match measured(&s).await {
-        Ok(m) => {
-            let lag = m.lag();
-            if lag <= s.ready_lag {
-                axum::Json(json!({"ready": true, "lag": lag})).into_response()
-            } else {
-                ApiError::unavailable(
-                    "not_ready",
-                    format!(
-                        "the views lag the log by {lag} records (ready at ≤ {})",
-                        s.ready_lag
-                    ),
-                )
-                .into_response()
-            }
-        }
-        Err(e) => {
-            let mut r = e.into_response();
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r
-        }
+/// What the dashboard charts.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Pipeline {
+    /// When this was measured (milliseconds since the epoch).
+    at_ms: i64,
+    /// Per topic.
+    topics: Vec<TopicHealth>,
+    /// Records the views have yet to apply, over all topics.
+    lag: u64,
+    /// Records in the DLQ topic.
+    dlq: i64,
+    /// Each view's generations.
+    views: Vec<ViewGenerations>,
+}
+
+async fn pipeline(State(s): State<AppState>) -> Result<Json<Pipeline>, ApiError> {
+    let m = measured(&s).await?;
+    let lag = m.lag();
+    let topics = m
+        .topics
+        .into_iter()
+        .map(|(topic, (consumed, lag))| TopicHealth {
+            topic,
+            consumed,
+            lag,
+        })
+        .collect();
+    Ok(Json(Pipeline {
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        topics,
+        lag,
+        dlq: m.dlq,
+        views: m.views,
+    }))
+}
+
+/// Ready.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Ready {
+    /// Always `true` (not ready is a 503).
+    ready: bool,
+    /// Records the views have yet to apply.
+    lag: u64,
+}
+
+async fn readyz(State(s): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let m = measured(&s).await.map_err(|mut e| {
+        e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        e
+    })?;
+    let lag = m.lag();
+    if lag <= s.ready_lag {
+        Ok(Json(Ready { ready: true, lag }))
+    } else {
+        Err(ApiError::unavailable(
+            "not_ready",
+            format!(
+                "the views lag the log by {lag} records (ready at ≤ {})",
+                s.ready_lag
+            ),
+        ))
     }
 }

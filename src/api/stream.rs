@@ -12,32 +12,123 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
+use aide::axum::ApiRouter;
+use aide::axum::routing::get_with;
+use aide::generate::GenContext;
+use aide::openapi::{Operation, Response as DocResponse, StatusCode as Status};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures::Stream;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use super::contract::{op, raw_response};
 use super::json::QueryParams;
 use super::{ApiError, AppState, Token};
-use crate::event::{PollId, SessionKey, UploadId};
+use crate::event::{ID_MAX, PollId, SessionKey, TEXT_ID, Topic, UploadId};
 use crate::fold::feed::FeedKind;
 use crate::project::{Announced, Change};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/stream", get(stream))
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new().api_route(
+        "/v1/stream",
+        get_with(stream, |t| {
+            op(
+                t,
+                "stream",
+                "stream",
+                "Live view changes (Server-Sent Events)",
+                "Filters `poll`, `session`, `upload` and `kind` may be combined; none means \
+                 everything. A filtered stream starts with the current state of what it \
+                 names. Each event's `id` is the consistency token of the change (none for \
+                 the initial state); its name says which view row changed (`poll`, `feed`, \
+                 `feed_deleted`, `cards`, `upload`) and its data is that row as its read \
+                 answers it. Bursts are coalesced, and a subscriber that falls too far behind \
+                 gets a `lagged` event and continues with the newest.",
+                &[],
+            )
+        }),
+    )
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// What to follow; several may be given, none means everything.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StreamQuery {
+    /// Follow this poll; the stream starts with its current state.
+    #[schemars(with = "Option<uuid::Uuid>")]
     poll: Option<String>,
+    /// Follow this session's cards; the stream starts with their current
+    /// state.
+    #[schemars(length(min = 1, max = ID_MAX), pattern(TEXT_ID))]
     session: Option<String>,
+    /// Follow this upload's status; the stream starts with its current
+    /// state.
+    #[schemars(with = "Option<uuid::Uuid>")]
     upload: Option<String>,
+    /// Follow feed changes of this kind (`all`: every kind).
+    #[schemars(with = "Option<KindFilter>")]
     kind: Option<String>,
+}
+
+/// A feed kind, or every kind.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum KindFilter {
+    Post,
+    Game,
+    Team,
+    All,
+}
+
+/// The answer: an endless `text/event-stream`.
+struct Live(Response);
+
+impl IntoResponse for Live {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl aide::OperationOutput for Live {
+    type Inner = Self;
+
+    fn inferred_responses(
+        _: &mut GenContext,
+        _: &mut Operation,
+    ) -> Vec<(Option<Status>, DocResponse)> {
+        vec![(
+            Some(Status::Code(200)),
+            raw_response(
+                "Server-Sent Events, until the client or the server goes away.",
+                &["text/event-stream"],
+                schemars::json_schema!({
+                    "description": "One event.",
+                    "type": "object",
+                    "properties": {
+                        "event": {
+                            "type": "string",
+                            "enum": ["poll", "feed", "feed_deleted", "cards", "upload", "lagged"],
+                            "description": "Which view row changed (`lagged`: changes were skipped)."
+                        },
+                        "data": {
+                            "type": "string",
+                            "description": "The row as its read answers it, as JSON (`feed_deleted`: the item's id; `lagged`: a note)."
+                        },
+                        "id": {
+                            "type": "string",
+                            "pattern": Token::pattern(&Topic::ALL),
+                            "description": "The consistency token of the change (none for the initial state)."
+                        }
+                    },
+                    "required": ["event", "data"]
+                }),
+            ),
+        )]
+    }
 }
 
 /// What a subscriber asked for.
@@ -104,14 +195,7 @@ fn parse(q: StreamQuery) -> Result<Filter, ApiError> {
 /// (`None` when it is gone or unreadable: the next change retries).
 async fn render(st: &AppState, a: &Announced) -> Option<Event> {
     // A snapshot (no topic) reflects whatever is applied now: no token.
-    let token = (!a.topic.is_empty()).then(|| {
-        Token {
-            topic: a.topic.clone(),
-            partition: a.position.partition,
-            offset: a.position.offset,
-        }
-        .encode()
-    });
+    let token = Token::at(&a.topic, a.position.partition, a.position.offset).map(|t| t.encode());
     let (name, data) = match &a.change {
         Change::Poll(id) => {
             let p = st.views.polls().await.ok()?.poll(*id).await.ok()??;
@@ -225,7 +309,7 @@ fn events(sub: Sub) -> impl Stream<Item = Result<Event, Infallible>> {
 async fn stream(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<StreamQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Live, ApiError> {
     let filter = parse(q)?;
     // Subscribe before the snapshot, so nothing falls between the two.
     let rx = st.watermarks.changes.subscribe();
@@ -236,7 +320,9 @@ async fn stream(
         rx,
         ready,
     };
-    Ok(Sse::new(events(sub))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(Live(
+        Sse::new(events(sub))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response(),
+    ))
 }

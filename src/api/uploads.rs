@@ -10,21 +10,28 @@
 //! the blob store under a key with 128 random bits, `UploadReceived` is
 //! appended, and the answer is 202 with the upload id and a token.
 
-use axum::Router;
+use aide::axum::ApiRouter;
+use aide::axum::routing::{get_with, post_with};
+use aide::generate::GenContext;
+use aide::openapi::{Operation, Response as DocResponse, StatusCode as Status};
 use axum::body::Body;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{accepted, append, etagged};
+use super::cards::UploadPath;
+use super::common::{Accepted, Etagged, IfNoneMatch, UploadRef, append};
+use super::contract::{header as doc_header, op, raw_response};
 use super::json::{MultipartForm, QueryParams};
 use super::{ApiError, AppState, Authed};
 use crate::edge::new_id;
-use crate::event::{EventData, ModelVersion, SessionKey, Style, UploadId, UploadReceived};
+use crate::event::{
+    EventData, ID_MAX, ModelVersion, NAME_MAX, SessionKey, Style, TEXT_ID, UploadId, UploadReceived,
+};
 use crate::image::codec::{self, Caps, Rejection};
 use crate::infer::registry::sha256_hex;
 
@@ -33,14 +40,92 @@ const FORM_OVERHEAD: usize = 64 * 1024;
 /// Longest text field.
 const MAX_TEXT: usize = 256;
 
-pub(super) fn routes(max_bytes: usize) -> Router<AppState> {
-    Router::new()
-        .route(
+pub(super) fn routes(max_bytes: usize) -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
             "/v1/uploads",
-            post(create).layer(DefaultBodyLimit::max(max_bytes + FORM_OVERHEAD)),
+            post_with(create, |t| {
+                op(
+                    t,
+                    "createUpload",
+                    "uploads",
+                    "Upload an image for stylization",
+                    "A multipart form: `image` (the file), `session_key`, `slot` (1 to 3) and \
+                     `style`. Checked before anything is stored: over `uploads.max_bytes` is \
+                     413 `image_too_large`; a type other than JPEG, PNG or WebP (sniffed from \
+                     the bytes, never the file name) 415 `unsupported_image_type`; an empty \
+                     file 422 `empty_image`, an unreadable header 422 `corrupt_image`, a \
+                     header claiming more pixels than `uploads.max_side` / \
+                     `uploads.max_pixels` 422 `too_many_pixels` (never decoded), a truncated \
+                     file 422 `truncated_image`; a style without a published model (see \
+                     `GET /v1/styles`) 422 `unknown_style`. Then the image is stored under an \
+                     unguessable key and `UploadReceived` appended; follow the job at \
+                     `Location` or on `/v1/stream?upload=`.",
+                    &[503],
+                )
+            })
+            .layer(DefaultBodyLimit::max(max_bytes + FORM_OVERHEAD)),
         )
-        .route("/v1/uploads/{id}/image", get(image))
-        .route("/v1/styles", get(styles))
+        .api_route(
+            "/v1/uploads/{id}/image",
+            get_with(image, |t| {
+                op(
+                    t,
+                    "readUploadImage",
+                    "uploads",
+                    "An upload's input or stylized output image",
+                    "One view query (the upload's keys), then the bytes from the blob store.",
+                    &[404, 503],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/styles",
+            get_with(styles, |t| {
+                op(
+                    t,
+                    "listStyles",
+                    "uploads",
+                    "The styles on offer",
+                    "Every style with a published model, and its current version.",
+                    &[],
+                )
+            }),
+        )
+}
+
+/// The upload form (`multipart/form-data`; fields in any order, each once).
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(super) struct UploadForm {
+    /// The image: JPEG, PNG or WebP by its bytes, at most `uploads.max_bytes`.
+    #[schemars(with = "BinaryFile")]
+    image: (),
+    /// The session whose cards show the upload.
+    #[schemars(length(min = 1, max = ID_MAX), pattern(TEXT_ID))]
+    session_key: String,
+    /// The card slot.
+    #[schemars(range(min = 1, max = 3))]
+    slot: u8,
+    /// The style (one of `GET /v1/styles`).
+    #[schemars(length(min = 1, max = NAME_MAX), pattern(TEXT_ID))]
+    style: String,
+}
+
+/// A file part of a form.
+struct BinaryFile;
+
+impl JsonSchema for BinaryFile {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BinaryFile".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "binary"})
+    }
 }
 
 fn too_large(max: usize) -> ApiError {
@@ -140,8 +225,8 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T, ApiError> {
 async fn create(
     State(st): State<AppState>,
     Authed(principal): Authed,
-    MultipartForm(mp): MultipartForm,
-) -> Result<Response, ApiError> {
+    MultipartForm(mp, _): MultipartForm<UploadForm>,
+) -> Result<Accepted<UploadRef>, ApiError> {
     let max = st.uploads.max_bytes;
     let form = read_form(mp, max).await?;
     let image = required(form.image, "image")?;
@@ -204,16 +289,12 @@ async fn create(
     };
     let (event_id, token) = append(&st, principal, EventData::UploadReceived(data)).await?;
     crate::telemetry::emit::upload_accepted(info.kind.content_type());
-    Ok(accepted(
-        event_id,
-        Some(("upload_id", upload_id.to_string())),
-        token,
-        Some(format!("/v1/uploads/{upload_id}")),
-    ))
+    Ok(Accepted::new(event_id, UploadRef { upload_id }, token)
+        .at(format!("/v1/uploads/{upload_id}")))
 }
 
 /// Which image of an upload.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Variant {
     /// What was uploaded.
@@ -223,11 +304,64 @@ enum Variant {
     Output,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Which image.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ImageQuery {
-    #[serde(default)]
-    variant: Variant,
+    /// The uploaded image (the default) or the stylized output.
+    variant: Option<Variant>,
+}
+
+/// An image's bytes, cacheable for good (keys never change meaning).
+#[derive(Debug)]
+struct Image {
+    bytes: Bytes,
+    content_type: Option<String>,
+}
+
+impl IntoResponse for Image {
+    fn into_response(self) -> Response {
+        let mut res = Body::from(self.bytes).into_response();
+        let h = res.headers_mut();
+        if let Some(ct) = self
+            .content_type
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            h.insert(header::CONTENT_TYPE, ct);
+        }
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        res
+    }
+}
+
+impl aide::OperationOutput for Image {
+    type Inner = Self;
+
+    fn inferred_responses(
+        _: &mut GenContext,
+        _: &mut Operation,
+    ) -> Vec<(Option<Status>, DocResponse)> {
+        let mut r = raw_response(
+            "The image: the uploaded one as it was sent, the output as JPEG.",
+            &["image/jpeg", "image/png", "image/webp"],
+            schemars::json_schema!({"type": "string", "format": "binary"}),
+        );
+        r.headers.insert(
+            "Cache-Control".into(),
+            doc_header(
+                "`public, max-age=31536000, immutable`: an image's key never changes meaning.",
+                schemars::json_schema!({"type": "string"}),
+            ),
+        );
+        vec![(Some(Status::Code(200)), r)]
+    }
 }
 
 /// `GET /v1/uploads/{id}/image?variant=input|output`: one view query for
@@ -235,11 +369,12 @@ struct ImageQuery {
 /// key names its model version), so answers are cacheable for good.
 async fn image(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(p): Path<UploadPath>,
     QueryParams(q): QueryParams<ImageQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Image, ApiError> {
+    let id = &p.id;
     let unknown = || ApiError::not_found("unknown_upload", format!("no upload {id:?}"));
-    let upload_id = UploadId::parse(&id).map_err(|_| unknown())?;
+    let upload_id = UploadId::parse(id).map_err(|_| unknown())?;
     let card = st
         .views
         .cards()
@@ -247,7 +382,7 @@ async fn image(
         .upload(upload_id)
         .await?
         .ok_or_else(unknown)?;
-    let (key, content_type) = match q.variant {
+    let (key, content_type) = match q.variant.unwrap_or_default() {
         Variant::Input => (card.input_key, card.content_type),
         Variant::Output => (card.output_key, Some("image/jpeg".to_owned())),
     };
@@ -264,36 +399,29 @@ async fn image(
             ApiError::unavailable("blobs_unavailable", "the image store is unavailable; retry")
         }
     })?;
-    let mut res = Body::from(bytes).into_response();
-    let h = res.headers_mut();
-    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        h.insert(header::CONTENT_TYPE, ct);
-    }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    Ok(res)
+    Ok(Image {
+        bytes,
+        content_type,
+    })
 }
 
 /// A style on offer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct StyleInfo {
+    /// The style.
     style: Style,
+    /// Its current model version.
     version: ModelVersion,
 }
 
 /// The styles with a published model.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct Styles {
+    /// Every style on offer.
     styles: Vec<StyleInfo>,
 }
 
-async fn styles(State(st): State<AppState>, headers: HeaderMap) -> Response {
+async fn styles(State(st): State<AppState>, inm: IfNoneMatch) -> Etagged<Styles> {
     let styles = st
         .catalog
         .all()
@@ -303,5 +431,5 @@ async fn styles(State(st): State<AppState>, headers: HeaderMap) -> Response {
             version: p.version,
         })
         .collect();
-    etagged(&headers, &Styles { styles })
+    Etagged::new(inm, Styles { styles })
 }

@@ -56,6 +56,27 @@ impl Heads {
         .map_err(|e| BusError::Handler(format!("heads query: {e}")))?
     }
 
+    /// The high watermark of one partition; `None` when the topic has no
+    /// such partition.
+    pub async fn head(&self, topic: &str, partition: i32) -> Result<Option<i64>, BusError> {
+        let client = self.client.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let md = client.fetch_metadata(Some(&topic), TIMEOUT)?;
+            let known = md
+                .topics()
+                .iter()
+                .any(|t| t.partitions().iter().any(|p| p.id() == partition));
+            if !known {
+                return Ok(None);
+            }
+            let (_, high) = client.fetch_watermarks(&topic, partition, TIMEOUT)?;
+            Ok(Some(high))
+        })
+        .await
+        .map_err(|e| BusError::Handler(format!("heads query: {e}")))?
+    }
+
     /// The first offset of each partition of `topic` whose record time is
     /// at or after `ms` (the high watermark where there is none).
     pub async fn at_time(&self, topic: &str, ms: i64) -> Result<Vec<(i32, i64)>, BusError> {

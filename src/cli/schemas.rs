@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use crate::api::openapi;
+use crate::api;
 use crate::event::schema;
 
 #[derive(Debug, Subcommand)]
@@ -37,7 +37,7 @@ pub(super) enum SchemasCmd {
 
 /// The OpenAPI document as it is stored (pretty JSON, trailing newline).
 pub fn render_openapi() -> String {
-    schema::render(&openapi::document())
+    schema::render(&api::document())
 }
 
 /// Why the OpenAPI file at `path` differs from the API's route table, if it

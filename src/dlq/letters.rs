@@ -254,15 +254,17 @@ impl Filter {
 pub struct Cursor(pub BTreeMap<i32, i64>);
 
 impl Cursor {
-    /// Parses what [`Cursor`]'s `Display` writes: `0:12,2:5`.
+    /// Parses what [`Cursor`]'s `Display` writes: `0:12,2:5` (a partition
+    /// named twice takes its last offset).
     pub fn parse(s: &str) -> Option<Cursor> {
         let mut m = BTreeMap::new();
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (p, o) = part.split_once(':')?;
             let (p, o): (i32, i64) = (p.parse().ok()?, o.parse().ok()?);
-            if p < 0 || o < 0 || m.insert(p, o).is_some() {
+            if p < 0 || o < 0 {
                 return None;
             }
+            m.insert(p, o);
         }
         Some(Cursor(m))
     }
@@ -668,9 +670,15 @@ mod tests {
         let c = Cursor(BTreeMap::from([(0, 12), (2, 5)]));
         assert_eq!(Cursor::parse(&c.to_string()), Some(c));
         assert_eq!(Cursor::parse(""), Some(Cursor::default()));
-        for bad in ["0", "0:x", "0:1,0:2", "-1:0", "0:1;1:2"] {
+        for bad in ["0", "0:x", "-1:0", "0:1;1:2"] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
+        // What the API's documented cursor pattern admits parses: a
+        // partition named twice takes its last offset.
+        assert_eq!(
+            Cursor::parse("0:1,0:2"),
+            Some(Cursor(BTreeMap::from([(0, 2)])))
+        );
     }
 
     #[test]

@@ -63,6 +63,14 @@ uuid_id!(
     "upload_id"
 );
 
+/// The characters of a text id (user ids, session keys, styles, model
+/// versions), for the request schemas: 1 to the id's maximum of these.
+pub const TEXT_ID: &str = "^[A-Za-z0-9_.:@-]+$";
+/// Longest user id or session key.
+pub const ID_MAX: usize = 64;
+/// Longest style or model version.
+pub const NAME_MAX: usize = 40;
+
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
         $(#[$doc])*
@@ -71,9 +79,8 @@ macro_rules! text_id {
         pub struct $name(String);
 
         impl $name {
-            /// Accepts 1 to
-            #[doc = stringify!($max)]
-            /// characters of `[A-Za-z0-9_.:@-]`.
+            /// Accepts 1 to its maximum length of characters of
+            /// `[A-Za-z0-9_.:@-]` ([`TEXT_ID`]).
             pub fn parse(s: &str) -> Result<Self, ValidationError> {
                 let ok = !s.is_empty()
                     && s.len() <= $max
@@ -83,7 +90,7 @@ macro_rules! text_id {
                 } else {
                     Err(ValidationError::new(
                         $field,
-                        concat!("must be 1 to ", stringify!($max), " characters of A-Z a-z 0-9 _ . : @ -"),
+                        format!("must be 1 to {} characters of A-Z a-z 0-9 _ . : @ -", $max),
                     ))
                 }
             }
@@ -126,26 +133,26 @@ text_id!(
     /// An authenticated user (the `sub` of a token, or an API key's principal).
     UserId,
     "user_id",
-    64
+    ID_MAX
 );
 text_id!(
     /// A browser or app session that groups up to three uploads; the key of
     /// the uploads and completions topics.
     SessionKey,
     "session_key",
-    64
+    ID_MAX
 );
 text_id!(
     /// A style model's name, such as `mosaic`.
     Style,
     "style",
-    40
+    NAME_MAX
 );
 text_id!(
     /// A model version, such as `v3` or a date stamp.
     ModelVersion,
     "version",
-    40
+    NAME_MAX
 );
 
 /// A question (answer option) of a poll: its position at creation time.

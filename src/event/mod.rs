@@ -41,6 +41,18 @@ pub trait Validate {
     fn validate(&self) -> Result<(), ValidationError>;
 }
 
+/// What every free-text field admits: no control characters but tab and
+/// newline (what [`check_len`] enforces). Request schemas carry it as their
+/// `pattern`.
+pub const TEXT: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
+
+/// Longest one-line text (a poll's head, a question, a title, a name).
+pub const LINE_MAX: usize = 200;
+/// Longest poll description.
+pub const MESSAGE_MAX: usize = 2_000;
+/// Longest post body.
+pub const BODY_MAX: usize = 10_000;
+
 /// Checks that `value` has between `min` and `max` characters.
 pub(crate) fn check_len(
     field: &str,
@@ -65,6 +77,27 @@ pub(crate) fn check_len(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    /// The documented pattern admits exactly the characters `check_len`
+    /// does.
+    #[test]
+    fn the_text_pattern_is_the_rule() {
+        let re = regex::Regex::new(TEXT).unwrap();
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            let s = c.to_string();
+            assert_eq!(
+                re.is_match(&s),
+                check_len("f", &s, 1, 1).is_ok(),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+    }
 }
 
 /// The acting principal, stamped by the ingest edge from the authenticated

@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FeedItemId, ModelVersion, PollId, QuestionId, SessionKey, Style, Topic, UploadId, Validate,
-    ValidationError, check_len,
+    BODY_MAX, FeedItemId, LINE_MAX, MESSAGE_MAX, ModelVersion, PollId, QuestionId, SessionKey,
+    Style, Topic, UploadId, Validate, ValidationError, check_len,
 };
 
 /// Most questions (answer options) a poll may have.
@@ -52,8 +52,8 @@ pub struct PollCreated {
 
 impl Validate for PollCreated {
     fn validate(&self) -> Result<(), ValidationError> {
-        check_len("head", &self.head, 1, 200)?;
-        check_len("message", &self.message, 0, 2000)?;
+        check_len("head", &self.head, 1, LINE_MAX)?;
+        check_len("message", &self.message, 0, MESSAGE_MAX)?;
         let n = self.questions.len();
         if !(MIN_QUESTIONS..=MAX_QUESTIONS).contains(&n) {
             return Err(ValidationError::new(
@@ -68,7 +68,7 @@ impl Validate for PollCreated {
                     format!("question ids are their positions: expected {i}"),
                 ));
             }
-            check_len(&format!("questions[{i}].text"), &q.text, 1, 200)?;
+            check_len(&format!("questions[{i}].text"), &q.text, 1, LINE_MAX)?;
         }
         Ok(())
     }
@@ -162,14 +162,14 @@ impl Validate for FeedItemCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         match &self.content {
             FeedContent::Post { title, body } => {
-                check_len("content.title", title, 1, 200)?;
-                check_len("content.body", body, 0, 10_000)
+                check_len("content.title", title, 1, LINE_MAX)?;
+                check_len("content.body", body, 0, BODY_MAX)
             }
             FeedContent::Game { name, location } => {
-                check_len("content.name", name, 1, 200)?;
-                check_len("content.location", location, 1, 200)
+                check_len("content.name", name, 1, LINE_MAX)?;
+                check_len("content.location", location, 1, LINE_MAX)
             }
-            FeedContent::Team { room } => check_len("content.room", room, 1, 200),
+            FeedContent::Team { room } => check_len("content.room", room, 1, LINE_MAX),
         }
     }
 }

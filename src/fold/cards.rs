@@ -19,7 +19,19 @@ use crate::event::{
 };
 
 /// Where an upload stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Stored, waiting for a worker.
@@ -77,7 +89,7 @@ pub fn merge_timestamp(id: UploadId, status: Status) -> i64 {
 /// The columns of a card (and of an upload's status row). `None` in a
 /// patch means "not this patch's column"; [`Patch::clears`] lists the
 /// columns a patch resets to empty.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Card {
     /// The upload shown in this slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]

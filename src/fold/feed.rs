@@ -168,7 +168,7 @@ pub struct Member {
 }
 
 /// A joiner as the item shows them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecentMember {
     /// Who.
     pub id: UserId,

@@ -62,7 +62,7 @@ impl Rejection {
 }
 
 /// A voter as shown in "recent voters" (never kept for anonymous polls).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecentVoter {
     /// Who.
     pub id: UserId,

@@ -32,7 +32,7 @@ pub enum RebuildError {
 }
 
 /// A rebuild that started (or would start).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct Planned {
     /// The view (or `infer`, the inference stage).
     pub view: String,
@@ -115,7 +115,7 @@ pub async fn start_rebuild(
 }
 
 /// One partition of a view's progress.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct PartitionProgress {
     /// Full topic name.
     pub topic: String,
@@ -131,7 +131,7 @@ pub struct PartitionProgress {
 }
 
 /// A view's generations and progress.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct ViewStatus {
     /// The control row.
     #[serde(flatten)]

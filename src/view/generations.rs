@@ -24,7 +24,9 @@ use super::{CqlStore, EmbeddedStore, Store, View, ViewError};
 use crate::config::{ViewBackend, ViewsConfig};
 
 /// Where a rebuild stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Nothing is being rebuilt.
@@ -39,7 +41,7 @@ pub enum Phase {
 
 /// The control row of one view (or of the inference stage, whose
 /// generation names its consumer group).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Generation {
     /// The view's name (or `infer`).
     pub view: String,

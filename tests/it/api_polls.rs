@@ -1,6 +1,10 @@
 //! The poll path end to end through the HTTP API: create, vote, replace,
 //! retract, close, read with `?after`, and every kind of bad input.
 
+use std::time::{Duration, Instant};
+
+use atelier::api::Token;
+use atelier::event::{Event, EventData, EventId, PollId, Principal, UserId, VoteCast};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -295,3 +299,66 @@ async fn bad_input(b: Backends) {
     t.stop().await;
 }
 both!(bad_input);
+
+/// `?after` with a position the log never had is 409 `unknown_position`,
+/// well before the wait's bound; a position appended by another producer
+/// (not through this API) right after the brokers were asked about its
+/// partition is waited for and answered, never refused for what the
+/// brokers said before it existed.
+async fn after_a_position_the_log_never_had(b: Backends) {
+    let Some(t) = TestApp::spawn(b).await else {
+        return;
+    };
+    let (id, tok) = t
+        .create_poll("ann", json!({"head": "Lunch?", "questions": ["a", "b"]}))
+        .await;
+    let (s, v) = t.get(&format!("/v1/polls/{id}?after={tok}")).await;
+    assert_eq!(s, 200, "{v}");
+    let at = Token::decode(&tok).expect("the API's token decodes");
+    let beyond = Token {
+        offset: at.offset + 1_000_000,
+        ..at
+    };
+    let started = Instant::now();
+    let (s, v) = t
+        .get(&format!("/v1/polls/{id}?after={}", beyond.encode()))
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (409, Some("unknown_position")),
+        "{v}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(t.app.config.http.max_after_wait_ms / 2),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+
+    // Votes appended by this test's own producer, each read at once with
+    // its token: the brokers were just asked about the partition (the
+    // refusal above, and each read that finds its vote not yet applied),
+    // so an answer they gave before the append must not refuse it.
+    for i in 0..20 {
+        let vote = Event {
+            id: EventId(uuid::Uuid::now_v7()),
+            time: chrono::Utc::now(),
+            principal: Principal {
+                id: UserId::parse(&format!("v{i}")).unwrap(),
+                name: format!("Voter {i}"),
+                avatar_url: None,
+            },
+            data: EventData::VoteCast(VoteCast {
+                poll_id: PollId::parse(&id).unwrap(),
+                question_ids: vec![i % 2],
+            }),
+        };
+        let appended = t.app.producer.send(&vote).await.expect("appended");
+        let token = Token::from(&appended).encode();
+        let (s, v) = t.get(&format!("/v1/polls/{id}?after={token}")).await;
+        assert_eq!(s, 200, "vote {i}: {v}");
+    }
+    let (_, v) = t.get(&format!("/v1/polls/{id}")).await;
+    assert_eq!(tallies(&v), vec![10, 10], "{v}");
+    t.stop().await;
+}
+both!(after_a_position_the_log_never_had);

@@ -80,7 +80,7 @@ fn tallies(v: &Value) -> Vec<u64> {
 /// Asserts an answer is what the OpenAPI document says for that route and
 /// status.
 fn documented(method: &str, template: &str, (status, body): &(u16, Value)) {
-    let doc = atelier::api::openapi::document();
+    let doc = atelier::api::document();
     let c = crate::openapi::Checker { doc: &doc };
     let what = format!("{method} {template} answered {status} {body}");
     let schema = c

@@ -36,7 +36,7 @@ const NOT_ROUTED: &[(&str, &str)] = &[
 ];
 
 fn document() -> Value {
-    atelier::api::openapi::document()
+    atelier::api::document()
 }
 
 async fn spawn() -> TestApp {
@@ -467,12 +467,50 @@ async fn answers_match_the_documented_schemas() {
     t.stop().await;
 }
 
-/// Checks JSON values against the document's schemas: types, `const`,
-/// `enum`, `required`, formats `uuid` and `date-time`, integer bounds, and
-/// that objects carry no property the schema does not declare (maps, given
-/// by `additionalProperties`, excepted), through `$ref`, `allOf` and `oneOf`.
+/// Checks JSON values against the document's schemas with the `jsonschema`
+/// crate (JSON Schema 2020-12, the dialect of OpenAPI 3.1), strictly: an
+/// object schema that lists its properties admits no other property unless
+/// it says so (`additionalProperties`), so an answer carrying a field the
+/// document does not declare fails.
 pub(crate) struct Checker<'a> {
     pub(crate) doc: &'a Value,
+}
+
+/// Closes every object schema that declares `properties` and says nothing
+/// of others: `unevaluatedProperties: false`, which (unlike
+/// `additionalProperties`) counts what `allOf`/`oneOf`/`anyOf` branches
+/// evaluate. The branches themselves stay open: they are parts of the
+/// object (a flattened enum), not the whole of it.
+fn strict(v: &Value) -> Value {
+    close(v, true)
+}
+
+fn close(v: &Value, whole: bool) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in m {
+                let part = matches!(k.as_str(), "allOf" | "oneOf" | "anyOf");
+                let v = match (part, v) {
+                    (true, Value::Array(branches)) => {
+                        Value::Array(branches.iter().map(|b| close(b, false)).collect())
+                    }
+                    // Components and properties: each value is a whole.
+                    _ => close(v, true),
+                };
+                out.insert(k.clone(), v);
+            }
+            let declares = out.contains_key("properties");
+            let open = out.contains_key("additionalProperties")
+                || out.contains_key("unevaluatedProperties");
+            if whole && declares && !open {
+                out.insert("unevaluatedProperties".into(), Value::Bool(false));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| close(x, whole)).collect()),
+        other => other.clone(),
+    }
 }
 
 impl<'a> Checker<'a> {
@@ -498,158 +536,22 @@ impl<'a> Checker<'a> {
         Some(self.resolve(r))
     }
 
+    /// Validates `v` against `schema`, whose `$ref`s point into the
+    /// document's components.
     pub(crate) fn assert_matches(&self, schema: &Value, v: &Value, what: &str) {
-        let errors = self.errors(schema, v, false);
+        let root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "allOf": [strict(schema)],
+            "components": strict(&self.doc["components"]),
+        });
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("{what}: the document's schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(v)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
         assert!(errors.is_empty(), "{what}: {errors:#?}\n{v:#}");
-    }
-
-    fn errors(&self, schema: &Value, v: &Value, open: bool) -> Vec<String> {
-        let mut out = Vec::new();
-        self.check(schema, v, open, "$", &mut out);
-        out
-    }
-
-    /// Property names `s` declares for `v` (through `allOf`, and the
-    /// `oneOf` branches `v` matches).
-    fn declared(&self, s: &Value, v: &Value) -> BTreeSet<String> {
-        let s = self.resolve(s);
-        let mut out: BTreeSet<String> = s
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default();
-        for part in s
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            out.extend(self.declared(part, v));
-        }
-        for b in s
-            .get("oneOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if self.errors(b, v, true).is_empty() {
-                out.extend(self.declared(b, v));
-            }
-        }
-        out
-    }
-
-    /// `open`: properties `s` does not declare are someone else's (a part
-    /// of an `allOf`).
-    fn check(&self, s: &Value, v: &Value, open: bool, at: &str, out: &mut Vec<String>) {
-        let s = self.resolve(s);
-        if let Some(parts) = s.get("allOf").and_then(Value::as_array) {
-            for p in parts {
-                self.check(p, v, true, at, out);
-            }
-        }
-        if let Some(branches) = s.get("oneOf").and_then(Value::as_array) {
-            let n = branches
-                .iter()
-                .filter(|b| self.errors(b, v, true).is_empty())
-                .count();
-            if n != 1 {
-                out.push(format!("{at}: matches {n} oneOf branches"));
-            }
-        }
-        let composite = s.get("allOf").is_some() || s.get("oneOf").is_some();
-        if composite
-            && !open
-            && let Some(m) = v.as_object()
-        {
-            let known = self.declared(s, v);
-            for k in m.keys().filter(|k| !known.contains(*k)) {
-                out.push(format!("{at}.{k}: not in the schema"));
-            }
-        }
-        if let Some(c) = s.get("const")
-            && c != v
-        {
-            out.push(format!("{at}: {v} is not {c}"));
-        }
-        if let Some(e) = s.get("enum").and_then(Value::as_array)
-            && !e.contains(v)
-        {
-            out.push(format!("{at}: {v} is not one of {e:?}"));
-        }
-        if let Some(t) = s.get("type") {
-            let types: Vec<&str> = match t {
-                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-                other => other.as_str().into_iter().collect(),
-            };
-            let fits = |t: &str| match t {
-                "object" => v.is_object(),
-                "array" => v.is_array(),
-                "string" => v.is_string(),
-                "integer" => v.is_i64() || v.is_u64(),
-                "number" => v.is_number(),
-                "boolean" => v.is_boolean(),
-                "null" => v.is_null(),
-                _ => false,
-            };
-            if !types.iter().any(|t| fits(t)) {
-                out.push(format!("{at}: {v} is not of type {t}"));
-                return;
-            }
-        }
-        if let Some(text) = v.as_str() {
-            match s.get("format").and_then(Value::as_str) {
-                Some("uuid") if uuid::Uuid::parse_str(text).is_err() => {
-                    out.push(format!("{at}: {text:?} is not a UUID"));
-                }
-                Some("date-time") if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
-                    out.push(format!("{at}: {text:?} is not an RFC 3339 time"));
-                }
-                _ => {}
-            }
-        }
-        if let Some(n) = v.as_f64() {
-            if s.get("minimum")
-                .and_then(Value::as_f64)
-                .is_some_and(|m| n < m)
-            {
-                out.push(format!("{at}: {n} is below the minimum"));
-            }
-            if s.get("maximum")
-                .and_then(Value::as_f64)
-                .is_some_and(|m| n > m)
-            {
-                out.push(format!("{at}: {n} is above the maximum"));
-            }
-        }
-        if let Some(m) = v.as_object() {
-            for r in s
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(r) = r.as_str()
-                    && !m.contains_key(r)
-                {
-                    out.push(format!("{at}.{r}: missing"));
-                }
-            }
-            let props = s.get("properties").and_then(Value::as_object);
-            for (k, x) in m {
-                let here = format!("{at}.{k}");
-                match (props.and_then(|p| p.get(k)), s.get("additionalProperties")) {
-                    (Some(ps), _) => self.check(ps, x, false, &here, out),
-                    (None, Some(ap)) if ap.is_object() => self.check(ap, x, false, &here, out),
-                    (None, _) if open || composite || props.is_none() => {}
-                    (None, _) => out.push(format!("{here}: not in the schema")),
-                }
-            }
-        }
-        if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
-            for (i, x) in a.iter().enumerate() {
-                self.check(items, x, false, &format!("{at}[{i}]"), out);
-            }
-        }
     }
 }

@@ -5,27 +5,77 @@
 
 use std::collections::BTreeMap;
 
+use aide::axum::ApiRouter;
+use aide::axum::routing::{get_with, post_with};
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::common::{decode_text_cursor, encode_text_cursor, page_limit};
-use crate::api::json::{JsonBody, QueryParams};
+use crate::api::common::page_limit;
+use crate::api::contract::op;
+use crate::api::json::{Int, JsonBody, QueryParams};
 use crate::api::{Admin, ApiError, AppState};
 use crate::dlq::letters::Unreplayable;
 use crate::dlq::replay::{Bulk, Replay, Skipped};
 use crate::dlq::{Cursor, DeadLetter, DlqError, DlqLog, Edits, Filter, Place, Pos, Replayed};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/dlq", get(list))
-        .route("/v1/admin/dlq/replay", post(replay))
-        .route("/v1/admin/dlq/{partition}/{offset}", get(show))
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
+            "/v1/admin/dlq",
+            get_with(list, |t| {
+                op(
+                    t,
+                    "listDeadLetters",
+                    "admin",
+                    "List dead letters",
+                    "Records the pipeline could not process (undecodable, schema-invalid, \
+                     failed inference), oldest first: the stage that refused each, why, where \
+                     it came from, and where a replay re-published it (`replayed`). Reads the \
+                     DLQ topic to its end as of the request, bounded in time (503 \
+                     `dlq_timeout`).",
+                    &[503],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/admin/dlq/replay",
+            post_with(replay, |t| {
+                op(
+                    t,
+                    "replayDeadLetters",
+                    "admin",
+                    "Replay dead letters",
+                    "Re-publishes a dead letter to its source topic with its key and headers \
+                     (less `dlq_*`, plus `dlq_replay_of`), optionally with a corrected body or \
+                     headers; or, unchanged, every one matching `filter` (at most 200 a call: \
+                     `truncated`). A replay marker appended to the DLQ makes it idempotent: a \
+                     dead letter replayed before is 409 `already_replayed` unless `force` (a \
+                     filtered replay skips it). On Kafka the copy and its marker commit in one \
+                     transaction. `dry_run` answers what would be published.",
+                    &[404, 409, 500, 503],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/admin/dlq/{partition}/{offset}",
+            get_with(show, |t| {
+                op(
+                    t,
+                    "readDeadLetter",
+                    "admin",
+                    "Read a dead letter in full",
+                    "Every header, the key and the body: UTF-8 text, or base64 where \
+                     `payload_base64` (`key_base64`, a header's `base64`) says so.",
+                    &[404, 503],
+                )
+            }),
+        )
 }
 
 impl From<DlqError> for ApiError {
@@ -79,7 +129,8 @@ fn text_or_base64(b: &[u8]) -> (String, bool) {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "RecordPlace")]
 struct PlaceJson {
     topic: String,
     partition: i32,
@@ -96,7 +147,8 @@ impl From<&Place> for PlaceJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DlqReplayed")]
 struct ReplayedJson {
     topic: String,
     partition: i32,
@@ -118,7 +170,8 @@ impl From<&Replayed> for ReplayedJson {
 }
 
 /// A dead letter in a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DeadLetter")]
 struct LetterJson {
     partition: i32,
     offset: i64,
@@ -162,7 +215,8 @@ impl From<&DeadLetter> for LetterJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DlqHeader")]
 struct HeaderJson {
     name: String,
     value: String,
@@ -182,21 +236,40 @@ fn headers_json<'a>(hs: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<Header
 }
 
 /// Query of `GET /v1/admin/dlq`; empty values mean "any".
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Dead letters refused by this stage (`project.polls`, `project.feed`,
+    /// `project.cards`, `infer`).
     stage: Option<String>,
+    /// Dead letters from this source topic: its full name, or its name
+    /// without the deployment's namespace (`atelier.polls.v1`).
     topic: Option<String>,
+    /// Dead letters whose error contains this text.
     error: Option<String>,
-    limit: Option<usize>,
+    /// Page size (otherwise: 400 `invalid_limit`).
+    #[schemars(range(min = 1, max = 100), extend("default" = 20))]
+    limit: Option<Int<usize>>,
+    /// Where the page starts: the previous page's `next_cursor` (per
+    /// partition, the next offset; malformed: 400 `invalid_cursor`).
+    #[schemars(pattern(DLQ_CURSOR))]
     cursor: Option<String>,
 }
+
+/// A list cursor: `<partition>:<offset>` pairs, comma-separated.
+const DLQ_CURSOR: &str =
+    "^((0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,17})(,(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,17}))*)?$";
+
+static DLQ_CURSOR_RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(DLQ_CURSOR).expect("the cursor pattern compiles")
+});
 
 fn nonempty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DeadLetterPage")]
 struct LetterPage {
     dead_letters: Vec<LetterJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,10 +283,11 @@ async fn list(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<LetterPage>, ApiError> {
-    let limit = page_limit(q.limit)?;
+    let limit = page_limit(q.limit.map(|l| l.0))?;
+    let bad_cursor = || ApiError::bad_request("invalid_cursor", "the cursor is malformed");
     let cursor = match nonempty(q.cursor) {
-        Some(c) => Cursor::parse(&decode_text_cursor(&c)?)
-            .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is malformed"))?,
+        Some(c) if DLQ_CURSOR_RE.is_match(&c) => Cursor::parse(&c).ok_or_else(bad_cursor)?,
+        Some(_) => return Err(bad_cursor()),
         None => Cursor::default(),
     };
     let filter = Filter {
@@ -224,12 +298,13 @@ async fn list(
     let page = log(&st).list(filter, limit, cursor).await?;
     Ok(Json(LetterPage {
         dead_letters: page.letters.iter().map(LetterJson::from).collect(),
-        next_cursor: page.next.map(|c| encode_text_cursor(&c.to_string())),
+        next_cursor: page.next.map(|c| c.to_string()),
     }))
 }
 
 /// A dead letter in full.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DeadLetterRecord")]
 struct LetterFull {
     #[serde(flatten)]
     letter: LetterJson,
@@ -248,13 +323,25 @@ fn pos(partition: &str, offset: &str) -> Result<Pos, ApiError> {
     })
 }
 
+/// A dead letter's position in a path.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct LetterPath {
+    /// A partition of the DLQ topic (with the offset, a dead letter's
+    /// position; none there: 404 `unknown_dead_letter`).
+    #[schemars(with = "i32", range(min = 0))]
+    partition: String,
+    /// An offset in that partition.
+    #[schemars(with = "i64", range(min = 0))]
+    offset: String,
+}
+
 /// `GET /v1/admin/dlq/{partition}/{offset}`.
 async fn show(
     Admin(_): Admin,
     State(st): State<AppState>,
-    Path((partition, offset)): Path<(String, String)>,
+    Path(p): Path<LetterPath>,
 ) -> Result<Json<LetterFull>, ApiError> {
-    let at = pos(&partition, &offset)?;
+    let at = pos(&p.partition, &p.offset)?;
     let l = log(&st).get(at).await?.ok_or(DlqError::Unknown(at))?;
     let (payload, payload_base64) = match l.record.payload.as_deref().map(text_or_base64) {
         Some((p, b)) => (Some(p), b),
@@ -273,8 +360,8 @@ async fn show(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
-    partition: Option<i32>,
-    offset: Option<i64>,
+    partition: Option<Int<i32>>,
+    offset: Option<Int<i64>>,
     /// A JSON value is sent as its JSON text, a string as it is.
     payload: Option<Value>,
     /// Header values to set; `null` removes one.
@@ -294,8 +381,75 @@ struct FilterBody {
     error: Option<String>,
 }
 
+/// The body's contract: one dead letter with its corrections, or a filter
+/// with at least one non-empty criterion.
+impl JsonSchema for ReplayBody {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ReplayDeadLetters".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let dry_run = serde_json::json!({
+            "type": "boolean",
+            "default": false,
+            "description": "Only say what would be published."
+        });
+        let criterion =
+            |what: &str| serde_json::json!({"type": ["string", "null"], "description": what});
+        let non_empty = |name: &str| {
+            serde_json::json!({
+                "properties": {name: {"type": "string", "minLength": 1}},
+                "required": [name]
+            })
+        };
+        schemars::json_schema!({
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "Replay one dead letter, optionally corrected.",
+                    "properties": {
+                        "partition": {"type": "integer", "minimum": 0, "maximum": i32::MAX, "description": "The dead letter's DLQ partition."},
+                        "offset": {"type": "integer", "minimum": 0, "maximum": i64::MAX, "description": "Its offset there."},
+                        "payload": {"description": "A corrected body: a string is sent as it is, any other JSON value as its JSON text."},
+                        "headers": {
+                            "type": ["object", "null"],
+                            "description": "Header values to set; `null` removes one. `dlq_*` headers are the DLQ's own.",
+                            "propertyNames": {"pattern": r"^([\s\S]{1,3}|[^d][\s\S]*|d[^l][\s\S]*|dl[^q][\s\S]*|dlq[^_][\s\S]*)$"},
+                            "additionalProperties": {"type": ["string", "null"]}
+                        },
+                        "force": {"type": "boolean", "default": false, "description": "Replay it even if it was replayed before."},
+                        "dry_run": dry_run,
+                    },
+                    "required": ["partition", "offset"],
+                    "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "description": "Replay, unchanged, every dead letter that matches and was not replayed yet.",
+                    "properties": {
+                        "filter": {
+                            "type": "object",
+                            "properties": {
+                                "stage": criterion("Dead letters refused by this stage."),
+                                "topic": criterion("Dead letters from this source topic (full name, or without the namespace)."),
+                                "error": criterion("Dead letters whose error contains this text."),
+                            },
+                            "additionalProperties": false,
+                            "anyOf": [non_empty("stage"), non_empty("topic"), non_empty("error")]
+                        },
+                        "dry_run": dry_run,
+                    },
+                    "required": ["filter"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// What one replay published (or, on a dry run, would publish).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DeadLetterReplay")]
 struct ReplayJson {
     /// The dead letter.
     partition: i32,
@@ -313,7 +467,8 @@ struct ReplayJson {
     payload_base64: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "ReplayMarker")]
 struct MarkerJson {
     partition: i32,
     offset: i64,
@@ -345,7 +500,8 @@ impl From<&Replay> for ReplayJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "ReplaySkipped")]
 struct SkippedJson {
     partition: i32,
     offset: i64,
@@ -364,7 +520,8 @@ impl From<&Skipped> for SkippedJson {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "ReplayResult")]
 struct ReplayAnswer {
     dry_run: bool,
     replayed: Vec<ReplayJson>,
@@ -381,7 +538,7 @@ enum Ask {
 fn ask(b: ReplayBody) -> Result<Ask, ApiError> {
     let invalid = |reason: &str| ApiError::unprocessable("invalid_body", reason);
     match (b.partition, b.offset, b.filter) {
-        (Some(partition), Some(offset), None) => {
+        (Some(Int(partition)), Some(Int(offset)), None) => {
             if partition < 0 || offset < 0 {
                 return Err(invalid("partition and offset cannot be negative"));
             }

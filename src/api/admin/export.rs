@@ -11,17 +11,21 @@
 
 use std::future::{Future, ready};
 
-use axum::Router;
+use aide::axum::ApiRouter;
+use aide::axum::routing::get_with;
+use aide::generate::GenContext;
+use aide::openapi::{Operation, Response as DocResponse, StatusCode as Status};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::{Stream, TryStreamExt};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::contract::{op, raw_response};
 use crate::api::feed::TimelineItem;
 use crate::api::json::QueryParams;
 use crate::api::polls::PollView;
@@ -36,21 +40,51 @@ const DEFAULT_PAGE: usize = 500;
 /// The most rows one store read may ask for (the CQL store's own bound).
 const MAX_PAGE: usize = 1000;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/admin/export", get(export))
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new().api_route(
+        "/v1/admin/export",
+        get_with(export, |t| {
+            op(
+                t,
+                "exportView",
+                "admin",
+                "Export a whole view (JSON Lines or CSV)",
+                "Streams every poll (in the store's scan order) or every live feed item \
+                 (newest first), reading the view store a page at a time. JSON Lines: one \
+                 object per line, a poll as `GET /v1/polls/{id}` answers it, an item as a \
+                 `GET /v1/feed` page lists it. CSV: a header, then for polls one record per \
+                 question (`poll_id, head, message, owner_id, owner_name, created_at, ends_at, \
+                 closed, closed_at, anonymous, multiple_choice, voters` repeated, then \
+                 `question_id, question, votes`; a poll's records are consecutive), for items \
+                 one record each (`item_id, kind, title, body, name, location, room, \
+                 author_id, author_name, created_at, likes, joined`, the fields of other kinds \
+                 empty). User text that a spreadsheet would run as a formula (starting `=`, \
+                 `+`, `-`, `@`) is prefixed with `'` in CSV. Not a snapshot: what exists for \
+                 the whole export appears exactly once; what is created meanwhile may not. A \
+                 failure after the first byte cuts the body short.",
+                &[503],
+            )
+        }),
+    )
 }
 
 /// `GET /v1/admin/export?view=&format=&page=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ExportQuery {
+    /// What to export (otherwise: 400 `invalid_query`).
     view: ExportView,
+    /// JSON Lines (the default) or CSV.
     #[serde(default)]
     format: Format,
-    page: Option<usize>,
+    /// Rows read from the view store at a time (otherwise: 400
+    /// `invalid_page`).
+    #[schemars(range(min = 1, max = MAX_PAGE), extend("default" = DEFAULT_PAGE))]
+    page: Option<crate::api::json::Int<usize>>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+/// What to export.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum ExportView {
     /// Every poll, in the store's scan order.
@@ -59,7 +93,8 @@ enum ExportView {
     Feed,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+/// How to write it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     /// JSON Lines: one object per poll or item.
@@ -101,12 +136,44 @@ enum ExportError {
 /// is no next).
 type Page<R, C> = (Vec<R>, Option<C>);
 
+/// A streamed export.
+struct Export(Response);
+
+impl IntoResponse for Export {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl aide::OperationOutput for Export {
+    type Inner = Self;
+
+    fn inferred_responses(
+        _: &mut GenContext,
+        _: &mut Operation,
+    ) -> Vec<(Option<Status>, DocResponse)> {
+        let mut r = raw_response(
+            "The view, streamed as an attachment (`Content-Disposition`).",
+            &["application/x-ndjson", "text/csv"],
+            schemars::json_schema!({"type": "string"}),
+        );
+        r.headers.insert(
+            "Content-Disposition".into(),
+            crate::api::contract::header(
+                "`attachment; filename=\"<view>.<jsonl|csv>\"`.",
+                schemars::json_schema!({"type": "string"}),
+            ),
+        );
+        vec![(Some(Status::Code(200)), r)]
+    }
+}
+
 async fn export(
     State(st): State<AppState>,
     Admin(admin): Admin,
     QueryParams(q): QueryParams<ExportQuery>,
-) -> Result<Response, ApiError> {
-    let page = q.page.unwrap_or(DEFAULT_PAGE);
+) -> Result<Export, ApiError> {
+    let page = q.page.map_or(DEFAULT_PAGE, |p| p.0);
     if !(1..=MAX_PAGE).contains(&page) {
         return Err(ApiError::bad_request(
             "invalid_page",
@@ -154,7 +221,7 @@ async fn export(
     )) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    Ok(res)
+    Ok(Export(res))
 }
 
 /// A page of the timeline of every kind: newest first, the cursor is the

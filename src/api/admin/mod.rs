@@ -7,12 +7,12 @@ mod dlq;
 mod export;
 mod replay;
 
-use axum::Router;
+use aide::axum::ApiRouter;
 
 use super::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+pub(super) fn routes() -> ApiRouter<AppState> {
+    ApiRouter::new()
         .merge(replay::routes())
         .merge(dlq::routes())
         .merge(export::routes())
