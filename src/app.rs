@@ -248,12 +248,13 @@ impl App {
     /// The projector role: one projector per view and generation, under a
     /// supervisor. Returns once the active ones have joined their groups, so
     /// that the first read-your-write does not wait out a group join.
-    async fn start_projectors(&mut self) -> anyhow::Result<()> {
+    /// [`App::start`] calls it for [`Roles::projector`]; a test may call it
+    /// later, on an app started without, to start them over a backlog.
+    pub async fn start_projectors(&mut self) -> anyhow::Result<()> {
         let mut sup = Supervisor::new(
             self.views.clone(),
             &self.config,
             &self.brokers,
-            self.cluster.is_some(),
             self.watermarks.clone(),
             self.heads.clone(),
         )?;

@@ -19,16 +19,14 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::BusError;
+use super::member::{Member, MemberSpec, Offsets, Rebalance, Tp};
+use crate::config::KafkaConfig;
 use crate::telemetry::emit;
 
 /// One consumed record, owned. Headers are packed into one buffer: a
@@ -153,50 +151,6 @@ pub struct ConsumerSpec {
     pub drain_timeout: Duration,
 }
 
-/// A rebalance, as the consumer loops see it.
-pub(crate) enum Rebalanced {
-    /// Partitions now owned.
-    Assigned(Vec<(String, i32)>),
-    /// Partitions about to be given away.
-    Revoked(Vec<(String, i32)>),
-}
-
-/// A consumer context that forwards rebalances to the consumer's loop.
-pub(crate) struct Ctx {
-    /// Where rebalances go.
-    pub(crate) tx: mpsc::UnboundedSender<Rebalanced>,
-}
-
-impl ClientContext for Ctx {}
-
-fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements()
-        .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect()
-}
-
-impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            let _ = self.tx.send(Rebalanced::Revoked(parts(tpl)));
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        match r {
-            Rebalance::Assign(tpl) => {
-                let _ = self.tx.send(Rebalanced::Assigned(parts(tpl)));
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
-
-type Consumer_ = StreamConsumer<Ctx>;
-type Tp = (String, i32);
-
 /// What the lag sampler needs to know of one partition.
 #[derive(Debug, Default)]
 struct Progress {
@@ -221,31 +175,27 @@ struct Worker {
     paused: bool,
 }
 
-/// Runs a consumer group member until `shutdown` fires or a handler fails
-/// permanently.
+/// Runs a consumer group member of `spec.group` on the log (`kafka`,
+/// `brokers`) until `shutdown` fires or a handler fails permanently.
 pub async fn run<H: PartitionHandler + ?Sized>(
-    base: ClientConfig,
+    kafka: KafkaConfig,
+    brokers: String,
     spec: ConsumerSpec,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let mut cfg = base;
-    cfg.set("group.id", &spec.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        // Offsets are stored by hand, only after a batch is durable.
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        // Bounds what librdkafka prefetches per partition (with pausing,
-        // this is the most a slow partition can buffer).
-        .set("queued.max.messages.kbytes", "16384");
-    // Unbounded, but fed only by rebalance callbacks: a handful per
-    // rebalance, drained by the loop below.
-    let (rb_tx, mut rb_rx) = mpsc::unbounded_channel();
-    let consumer: Arc<Consumer_> = Arc::new(cfg.create_with_context(Ctx { tx: rb_tx })?);
-    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
+    // Offsets are stored by hand, only after a batch is durable.
+    let (consumer, mut rebalances) = Member::join(
+        &kafka,
+        &brokers,
+        &MemberSpec {
+            group: spec.group.clone(),
+            topics: spec.topics.clone(),
+            offsets: Offsets::Stored,
+            prefetch_kbytes: 16384,
+        },
+    )?;
+    let consumer = Arc::new(consumer);
 
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
     let mut workers: HashMap<Tp, Worker> = HashMap::new();
@@ -298,15 +248,15 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                 failure = Some(BusError::Handler(msg));
                 break;
             }
-            Some(ev) = rb_rx.recv() => match ev {
-                Rebalanced::Assigned(tps) => {
+            Some(ev) = rebalances.next() => match ev {
+                Rebalance::Assigned(tps) => {
                     for tp in tps {
                         if !workers.contains_key(&tp) {
                             spawn(&tp, &mut workers);
                         }
                     }
                 }
-                Rebalanced::Revoked(tps) => {
+                Rebalance::Revoked(tps) => {
                     for tp in tps {
                         if let Some(w) = workers.remove(&tp) {
                             w.task.abort();
@@ -317,13 +267,12 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                 }
             },
             msg = consumer.recv() => match msg {
-                Ok(m) => {
-                    let tp = (m.topic().to_owned(), m.partition());
+                Ok((tp, record)) => {
                     if !workers.contains_key(&tp) {
                         spawn(&tp, &mut workers);
                     }
                     let w = workers.get_mut(&tp).expect("worker exists");
-                    w.pending.push(Record::of(&m));
+                    w.pending.push(record);
                     w.progress.inside.fetch_add(1, Ordering::Relaxed);
                     w.first_pending.get_or_insert_with(Instant::now);
                     if w.pending.len() >= spec.max_batch {
@@ -335,7 +284,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             _ = tick.tick() => {
                 for (tp, w) in workers.iter_mut() {
                     if w.paused && w.tx.capacity() > 0 {
-                        consumer.resume(&tpl(tp))?;
+                        consumer.resume(tp)?;
                         w.paused = false;
                         emit::resumed(1);
                     }
@@ -362,24 +311,18 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     for tp in parts.lock().keys() {
         crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if let Err(e) = consumer.commit_stored() {
         // Nothing stored since the last commit is a normal outcome.
         tracing::debug!(error = %e, "final commit");
     }
-    consumer.unsubscribe();
+    consumer.leave();
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
-fn tpl(tp: &Tp) -> TopicPartitionList {
-    let mut l = TopicPartitionList::new();
-    l.add_partition(&tp.0, tp.1);
-    l
-}
-
-fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
+fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
     if w.pending.is_empty() {
         return Ok(());
     }
@@ -398,7 +341,7 @@ fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusErro
             // Backpressure: keep the records, stop fetching this partition.
             w.pending = b.records;
             if !w.paused {
-                consumer.pause(&tpl(tp))?;
+                consumer.pause(tp)?;
                 w.paused = true;
                 emit::paused(Some(&tp.0), 1);
             }
@@ -415,7 +358,7 @@ fn dispatch(consumer: &Consumer_, tp: &Tp, w: &mut Worker) -> Result<(), BusErro
 
 async fn worker<H: PartitionHandler + ?Sized>(
     handler: Arc<H>,
-    consumer: Arc<Consumer_>,
+    consumer: Arc<Member>,
     tp: Tp,
     mut rx: mpsc::Receiver<Batch>,
     stop: CancellationToken,
@@ -452,7 +395,7 @@ async fn worker<H: PartitionHandler + ?Sized>(
         }
         // The effects are durable: only now may the offset move (librdkafka
         // commits `last + 1`).
-        if let Err(e) = consumer.store_offset(&tp.0, tp.1, last) {
+        if let Err(e) = consumer.store(&tp, last) {
             tracing::debug!(error = %e, "store_offset (partition revoked?)");
         }
         progress.next.store(last + 1, Ordering::Relaxed);
@@ -466,12 +409,7 @@ async fn worker<H: PartitionHandler + ?Sized>(
 /// next offset to apply. When nothing is inside the process, the consumer's
 /// position counts instead: it has moved past transaction markers, which
 /// are never delivered (so a transactional topic reads 0 when idle).
-async fn sample_lag(
-    consumer: Arc<Consumer_>,
-    group: String,
-    parts: Parts,
-    stop: CancellationToken,
-) {
+async fn sample_lag(consumer: Arc<Member>, group: String, parts: Parts, stop: CancellationToken) {
     let mut tick = tokio::time::interval(LAG_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -489,28 +427,9 @@ async fn sample_lag(
         }
         let c = consumer.clone();
         let tps: Vec<Tp> = snapshot.iter().map(|(tp, _)| tp.clone()).collect();
-        let measured = tokio::task::spawn_blocking(move || {
-            let positions = c.position().ok();
-            tps.into_iter()
-                .map(|tp| {
-                    let head = c
-                        .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2))
-                        .ok()
-                        .map(|(_, h)| h);
-                    let pos = positions
-                        .as_ref()
-                        .and_then(|l| l.find_partition(&tp.0, tp.1))
-                        .and_then(|e| match e.offset() {
-                            rdkafka::Offset::Offset(o) => Some(o),
-                            _ => None,
-                        });
-                    (tp, head, pos)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
+        let measured = tokio::task::spawn_blocking(move || c.positions_and_heads(&tps)).await;
         let Ok(measured) = measured else { continue };
-        for ((tp, head, pos), (_, progress)) in measured.into_iter().zip(&snapshot) {
+        for ((pos, head), (tp, progress)) in measured.into_iter().zip(&snapshot) {
             let Some(head) = head else { continue };
             let next = progress.next.load(Ordering::Relaxed);
             let idle = progress.inside.load(Ordering::Relaxed) == 0;

@@ -1,16 +1,20 @@
-//! Kafka: the idempotent producer, the per-partition consumer loop, topics as
-//! code (admin), and the embedded mock cluster of `atelier up`.
+//! Kafka: the one producer builder (idempotent or transactional), the one
+//! group-member builder (manual offsets) and the per-partition consumer loop
+//! on it, topics as code (admin), and the embedded mock cluster of
+//! `atelier up`.
 
 pub mod consumer;
 pub mod embedded;
 pub mod heads;
+pub mod member;
 pub mod producer;
 pub mod topics;
 
 pub use consumer::{Batch, HandlerError, PartitionHandler, Record};
 pub use embedded::EmbeddedCluster;
 pub use heads::{Heads, behind};
-pub use producer::{Appended, Producer};
+pub use member::{Member, MemberSpec, Offsets, Rebalance, Rebalances, Tp};
+pub use producer::{Appended, Delivery, Producer, producer, producer_config};
 
 use rdkafka::ClientConfig;
 

@@ -1,20 +1,23 @@
-//! The producer: idempotent (`enable.idempotence`, `acks=all`), so a retried
-//! send never duplicates; every send answers with the record's position,
-//! which the ingest edge turns into a consistency token.
+//! Producers. [`producer`] is the one builder: idempotent
+//! (`enable.idempotence`, `acks=all`, so a retried send never duplicates),
+//! and transactional under a stable id where asked. [`Producer`] is the
+//! ingest edge's: every send answers with the record's position, which the
+//! edge turns into a consistency token.
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
-use super::{BusError, client_config};
+use super::BusError;
 use crate::config::KafkaConfig;
 use crate::event::wire::{self, WireRecord};
 use crate::event::{Event, Topic};
 
 /// Properties that only mean something to a consumer.
-pub(crate) fn is_consumer_only(k: &str) -> bool {
+fn is_consumer_only(k: &str) -> bool {
     [
         "group.",
         "session.timeout.ms",
@@ -30,6 +33,70 @@ pub(crate) fn is_consumer_only(k: &str) -> bool {
     ]
     .iter()
     .any(|p| k.starts_with(p))
+}
+
+/// How a producer delivers.
+#[derive(Clone, Copy, Debug)]
+pub enum Delivery<'a> {
+    /// Idempotent: a retried send never duplicates.
+    Idempotent,
+    /// Idempotent and transactional under a stable `id`: a producer opened
+    /// with the same id fences its predecessor and aborts the
+    /// predecessor's open transaction at once. `timeout` bounds an open
+    /// transaction (a dead owner's is aborted past it).
+    Transactional {
+        /// The `transactional.id`.
+        id: &'a str,
+        /// The `transaction.timeout.ms`.
+        timeout: Duration,
+    },
+}
+
+/// The configuration of a producer: the passthrough properties (less the
+/// consumer-only ones, which librdkafka warns about on a producer) over
+/// atelier's defaults (2 ms linger, lz4, a 30 s delivery bound, never more
+/// than a transaction's timeout), then what delivery needs, which no
+/// property overrides.
+pub fn producer_config(cfg: &KafkaConfig, brokers: &str, delivery: Delivery<'_>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "atelier")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000");
+    if let Delivery::Transactional { timeout, .. } = delivery {
+        // A record's delivery may not outlast its transaction.
+        let bound = (timeout.as_millis() * 3 / 4).min(30_000);
+        c.set("message.timeout.ms", bound.to_string());
+    }
+    for (k, v) in &cfg.properties {
+        if !is_consumer_only(k) {
+            c.set(k, v);
+        }
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
+    if let Delivery::Transactional { id, timeout } = delivery {
+        c.set("transactional.id", id)
+            .set("transaction.timeout.ms", timeout.as_millis().to_string());
+    }
+    c
+}
+
+/// Creates a producer; a transactional one has its transactions
+/// initialized (fencing its predecessor), off the async runtime.
+pub async fn producer(
+    cfg: &KafkaConfig,
+    brokers: &str,
+    delivery: Delivery<'_>,
+) -> Result<FutureProducer, BusError> {
+    let p: FutureProducer = producer_config(cfg, brokers, delivery).create()?;
+    if let Delivery::Transactional { .. } = delivery {
+        let init = p.clone();
+        tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(30)))
+            .await
+            .map_err(|e| BusError::Handler(format!("initializing transactions: {e}")))??;
+    }
+    Ok(p)
 }
 
 /// Where a record landed.
@@ -62,27 +129,8 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// Creates a producer. `source` becomes `ce_source` on events it encodes.
     pub fn new(cfg: &KafkaConfig, brokers: &str, source: &str) -> Result<Self, BusError> {
-        let mut c = client_config(
-            &KafkaConfig {
-                properties: Default::default(),
-                ..cfg.clone()
-            },
-            brokers,
-        );
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000");
-        // Passthrough properties win over the defaults above; consumer-only
-        // ones are left out (librdkafka warns about them on a producer).
-        for (k, v) in &cfg.properties {
-            if !is_consumer_only(k) {
-                c.set(k, v);
-            }
-        }
         Ok(Self {
-            inner: c.create()?,
+            inner: producer_config(cfg, brokers, Delivery::Idempotent).create()?,
             cfg: cfg.clone(),
             source: source.to_owned(),
         })

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::ops::{Ops, OpsArgs};
+use super::client::{Client, OpsArgs};
 use crate::config::Config;
 use crate::dlq::Pos;
 
@@ -126,7 +126,7 @@ pub(super) async fn run(cfg: Config, cmd: DlqCmd) -> anyhow::Result<()> {
             json,
             ops,
         } => {
-            let ops = Ops::new(&cfg, &ops)?;
+            let ops = Client::ops(&cfg, &ops)?;
             let filter = [("stage", stage), ("topic", topic), ("error", error)];
             let letters = list(&ops, &filter, limit).await?;
             if json {
@@ -142,9 +142,9 @@ pub(super) async fn run(cfg: Config, cmd: DlqCmd) -> anyhow::Result<()> {
             let Some(pos) = at.pos()? else {
                 bail!("which dead letter? give PARTITION/OFFSET (see `atelier dlq list`)");
             };
-            let ops = Ops::new(&cfg, &ops)?;
+            let ops = Client::ops(&cfg, &ops)?;
             let path = format!("/v1/admin/dlq/{}/{}", pos.partition, pos.offset);
-            let v = call(&ops, ops.request(reqwest::Method::GET, &path)).await?;
+            let v = ops.json(ops.request(reqwest::Method::GET, &path)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -186,11 +186,11 @@ pub(super) async fn run(cfg: Config, cmd: DlqCmd) -> anyhow::Result<()> {
                 ),
                 (Some(_), false) => unreachable!("clap keeps a position and --filter apart"),
             }
-            let ops = Ops::new(&cfg, &ops)?;
+            let ops = Client::ops(&cfg, &ops)?;
             let req = ops
                 .request(reqwest::Method::POST, "/v1/admin/dlq/replay")
                 .json(&Value::Object(req));
-            let v = call(&ops, req).await?;
+            let v = ops.json(req).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -201,27 +201,9 @@ pub(super) async fn run(cfg: Config, cmd: DlqCmd) -> anyhow::Result<()> {
     }
 }
 
-/// Sends a request; an error answer becomes the API's reason and code.
-async fn call(ops: &Ops, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let res = req
-        .send()
-        .await
-        .with_context(|| format!("calling {} (is atelier running?)", ops.base))?;
-    let status = res.status();
-    let text = res.text().await.unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if !status.is_success() {
-        match (body["reason"].as_str(), body["error"].as_str()) {
-            (Some(reason), Some(code)) => bail!("{reason} ({code}, HTTP {})", status.as_u16()),
-            _ => bail!("HTTP {status}: {text}"),
-        }
-    }
-    Ok(body)
-}
-
 /// Pages through the list until `limit` dead letters or the end.
 async fn list(
-    ops: &Ops,
+    ops: &Client,
     filter: &[(&str, Option<String>)],
     limit: usize,
 ) -> anyhow::Result<Vec<Value>> {
@@ -236,11 +218,9 @@ async fn list(
         if let Some(c) = &cursor {
             q.push(("cursor", c.clone()));
         }
-        let page = call(
-            ops,
-            ops.request(reqwest::Method::GET, "/v1/admin/dlq").query(&q),
-        )
-        .await?;
+        let page = ops
+            .json(ops.request(reqwest::Method::GET, "/v1/admin/dlq").query(&q))
+            .await?;
         out.extend(page["dead_letters"].as_array().cloned().unwrap_or_default());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),

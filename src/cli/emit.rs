@@ -2,10 +2,11 @@
 //! validation and authentication apply), then read the result back with the
 //! returned consistency token.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::client::Client;
 use crate::config::Config;
 
 #[derive(Debug, Args)]
@@ -139,101 +140,32 @@ pub(super) struct ItemAction {
     who: Who,
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+/// The client of `who`.
+fn client(cfg: &Config, who: &Who) -> anyhow::Result<Client> {
+    Client::new(cfg, who.api.as_deref(), who.token.as_deref(), &who.user)
 }
 
-impl Client {
-    fn new(cfg: &Config, who: &Who) -> anyhow::Result<Self> {
-        let base = who
-            .api
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.http.listen));
-        let token = match &who.token {
-            Some(t) => t.clone(),
-            None => {
-                let cfg = crate::app::with_dev_auth(cfg.clone())?;
-                if cfg.auth.jwt_secret.expose().is_empty() {
-                    bail!("no JWT secret configured: pass --token");
-                }
-                crate::api::mint(cfg.auth.jwt_secret.expose(), &who.user, &who.user, 3600)
+/// Reads `path` once the view has applied what it waits for (the server
+/// waits a bounded time; past it we honour its `503`, a few times) and
+/// prints it.
+async fn show_at(c: &Client, path: &str) -> anyhow::Result<()> {
+    let mut tries = 0;
+    let v = loop {
+        match c.get(path).await {
+            Err(e) if tries < 5 && e.to_string().contains("not_yet_applied") => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-        };
-        Ok(Self {
-            http: reqwest::Client::new(),
-            base: base.trim_end_matches('/').to_owned(),
-            token,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
+            other => break other?,
         }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("calling {}{path} (is `atelier up` running?)", self.base))?;
-        let status = res.status();
-        let v: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{status}: {}", v);
-        }
-        Ok(v)
-    }
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
 
-    /// Posts a multipart form.
-    async fn upload(&self, form: reqwest::multipart::Form) -> anyhow::Result<Value> {
-        let url = format!("{}/v1/uploads", self.base);
-        let res = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .multipart(form)
-            .send()
-            .await
-            .with_context(|| format!("calling {url} (is `atelier up` running?)"))?;
-        let status = res.status();
-        let v: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{status}: {v}");
-        }
-        Ok(v)
-    }
-
-    /// Reads the poll back once the view has applied `token` (the server
-    /// waits a bounded time; past it we honour its `503`, a few times).
-    async fn show(&self, poll: &str, token: &str) -> anyhow::Result<()> {
-        self.show_at(&format!("/v1/polls/{poll}?after={token}"))
-            .await
-    }
-
-    async fn show_at(&self, path: &str) -> anyhow::Result<()> {
-        let path = path.to_owned();
-        let mut tries = 0;
-        let v = loop {
-            match self.call(reqwest::Method::GET, &path, None).await {
-                Err(e) if tries < 5 && e.to_string().contains("not_yet_applied") => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-                other => break other?,
-            }
-        };
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        Ok(())
-    }
+/// Reads the poll back once the view has applied `token`.
+async fn show(c: &Client, poll: &str, token: &str) -> anyhow::Result<()> {
+    show_at(c, &format!("/v1/polls/{poll}?after={token}")).await
 }
 
 fn field<'a>(v: &'a Value, k: &str) -> anyhow::Result<&'a str> {
@@ -254,13 +186,13 @@ pub(super) async fn run(cfg: Config, cmd: EmitCmd) -> anyhow::Result<()> {
             ends_in,
             who,
         } => {
-            let c = Client::new(&cfg, &who)?;
+            let c = client(&cfg, &who)?;
             let ends_at = ends_in.map(|s| chrono::Utc::now() + chrono::Duration::seconds(s));
             let v = c
                 .call(
                     Method::POST,
                     "/v1/polls",
-                    Some(json!({
+                    Some(&json!({
                         "head": head, "message": message, "questions": questions,
                         "multiple_choice": multiple, "anonymous": anonymous, "ends_at": ends_at,
                     })),
@@ -268,36 +200,36 @@ pub(super) async fn run(cfg: Config, cmd: EmitCmd) -> anyhow::Result<()> {
                 .await?;
             let id = field(&v, "poll_id")?;
             eprintln!("created poll {id}");
-            c.show(id, field(&v, "token")?).await
+            show(&c, id, field(&v, "token")?).await
         }
         EmitCmd::Vote {
             poll,
             questions,
             who,
         } => {
-            let c = Client::new(&cfg, &who)?;
+            let c = client(&cfg, &who)?;
             let v = c
                 .call(
                     Method::POST,
                     &format!("/v1/polls/{poll}/votes"),
-                    Some(json!({ "question_ids": questions })),
+                    Some(&json!({ "question_ids": questions })),
                 )
                 .await?;
-            c.show(&poll, field(&v, "token")?).await
+            show(&c, &poll, field(&v, "token")?).await
         }
         EmitCmd::Retract { poll, who } => {
-            let c = Client::new(&cfg, &who)?;
+            let c = client(&cfg, &who)?;
             let v = c
                 .call(Method::DELETE, &format!("/v1/polls/{poll}/votes"), None)
                 .await?;
-            c.show(&poll, field(&v, "token")?).await
+            show(&c, &poll, field(&v, "token")?).await
         }
         EmitCmd::Close { poll, who } => {
-            let c = Client::new(&cfg, &who)?;
+            let c = client(&cfg, &who)?;
             let v = c
                 .call(Method::POST, &format!("/v1/polls/{poll}/close"), None)
                 .await?;
-            c.show(&poll, field(&v, "token")?).await
+            show(&c, &poll, field(&v, "token")?).await
         }
         EmitCmd::Item {
             kind,
@@ -319,12 +251,11 @@ pub(super) async fn run(cfg: Config, cmd: EmitCmd) -> anyhow::Result<()> {
                 }),
                 _ => json!({"kind": "team", "room": need(room, "room")?}),
             };
-            let c = Client::new(&cfg, &who)?;
-            let v = c.call(Method::POST, "/v1/feed", Some(payload)).await?;
+            let c = client(&cfg, &who)?;
+            let v = c.call(Method::POST, "/v1/feed", Some(&payload)).await?;
             let id = field(&v, "item_id")?;
             eprintln!("created {kind} {id}");
-            c.show_at(&format!("/v1/feed/{id}?after={}", field(&v, "token")?))
-                .await
+            show_at(&c, &format!("/v1/feed/{id}?after={}", field(&v, "token")?)).await
         }
         EmitCmd::Like(a) => item_action(&cfg, a, Method::POST, "likes").await,
         EmitCmd::Unlike(a) => item_action(&cfg, a, Method::DELETE, "likes").await,
@@ -339,7 +270,7 @@ pub(super) async fn run(cfg: Config, cmd: EmitCmd) -> anyhow::Result<()> {
             who,
         } => upload(&cfg, &who, session, slot, style, file, wait).await,
         EmitCmd::Delete(a) => {
-            let c = Client::new(&cfg, &a.who)?;
+            let c = client(&cfg, &a.who)?;
             let v = c
                 .call(Method::DELETE, &format!("/v1/feed/{}", a.item), None)
                 .await?;
@@ -355,15 +286,14 @@ async fn item_action(
     method: reqwest::Method,
     what: &str,
 ) -> anyhow::Result<()> {
-    let c = Client::new(cfg, &a.who)?;
+    let c = client(cfg, &a.who)?;
     let v = c
         .call(method, &format!("/v1/feed/{}/{what}", a.item), None)
         .await?;
-    c.show_at(&format!(
-        "/v1/feed/{}?after={}",
-        a.item,
-        field(&v, "token")?
-    ))
+    show_at(
+        &c,
+        &format!("/v1/feed/{}?after={}", a.item, field(&v, "token")?),
+    )
     .await
 }
 
@@ -389,7 +319,7 @@ async fn upload(
             (jpeg, "test-pattern.jpg".into())
         }
     };
-    let c = Client::new(cfg, who)?;
+    let c = client(cfg, who)?;
     let form = reqwest::multipart::Form::new()
         .text("session_key", session.clone())
         .text("slot", slot.to_string())
@@ -398,7 +328,12 @@ async fn upload(
             "image",
             reqwest::multipart::Part::bytes(bytes).file_name(name),
         );
-    let v = c.upload(form).await?;
+    let v = c
+        .json(
+            c.request(reqwest::Method::POST, "/v1/uploads")
+                .multipart(form),
+        )
+        .await?;
     let id = field(&v, "upload_id")?.to_owned();
     eprintln!("uploaded {id}");
     if wait == 0 {
@@ -407,14 +342,9 @@ async fn upload(
     }
     // Follow the job on the live stream (no status polling): it starts with
     // the upload's current state, then each change.
-    let url = format!("{}/v1/stream?upload={id}", c.base);
     let mut res = c
-        .http
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?
-        .error_for_status()?;
+        .send(c.request(reqwest::Method::GET, &format!("/v1/stream?upload={id}")))
+        .await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     let (mut buf, mut last) = (String::new(), String::new());
     loop {
@@ -450,7 +380,8 @@ async fn upload(
                 if status == "completed" {
                     eprintln!(
                         "output: {}/v1/uploads/{id}/image?variant=output\ncards:  {}/v1/sessions/{session}/cards",
-                        c.base, c.base
+                        c.base(),
+                        c.base()
                     );
                 }
                 return Ok(());

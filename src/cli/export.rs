@@ -19,7 +19,7 @@ use clap::Args;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::ops::{Ops, OpsArgs};
+use super::client::{Client, OpsArgs};
 use crate::blob::{S3Blobs, S3Upload};
 use crate::config::{BlobConfig, Config};
 
@@ -174,7 +174,7 @@ impl Sink {
 
 pub(super) async fn run(cfg: Config, args: ExportArgs) -> anyhow::Result<()> {
     let dest = Dest::parse(&args.to)?;
-    let ops = Ops::new(&cfg, &args.ops)?;
+    let ops = Client::ops(&cfg, &args.ops)?;
     let started = Instant::now();
     let req = ops
         .request(reqwest::Method::GET, "/v1/admin/export")

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use super::latency::Latencies;
 use crate::config::Config;
 
 #[derive(Debug, Args)]
@@ -51,31 +52,23 @@ pub(super) struct LoadgenArgs {
     seed: u64,
 }
 
-/// Samples ranks `0..n` with probability proportional to `1/(k+1)^s`.
+/// Ranks `0..n` drawn with probability proportional to `1/(k+1)^s`
+/// (`rand_distr`'s Zipf, whose ranks start at 1); `s = 0` is uniform.
 #[derive(Debug)]
-pub struct Zipf {
-    cdf: Vec<f64>,
-}
+pub struct Zipf(rand_distr::Zipf<f64>);
 
 impl Zipf {
-    /// A sampler over `n` ranks.
+    /// A sampler over `n` ranks (at least one); a negative or NaN exponent
+    /// counts as 0.
     pub fn new(n: usize, s: f64) -> Self {
-        let mut acc = 0.0;
-        let mut cdf = Vec::with_capacity(n.max(1));
-        for k in 0..n.max(1) {
-            acc += 1.0 / ((k + 1) as f64).powf(s);
-            cdf.push(acc);
-        }
-        for c in &mut cdf {
-            *c /= acc;
-        }
-        Self { cdf }
+        let s = if s.is_nan() { 0.0 } else { s.max(0.0) };
+        Self(rand_distr::Zipf::new(n.max(1) as u64, s).expect("n ≥ 1 and s ≥ 0"))
     }
 
     /// One rank.
     pub fn sample<R: Rng>(&self, rng: &mut R) -> usize {
-        let u: f64 = rng.r#gen();
-        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+        use rand_distr::Distribution;
+        (self.0.sample(rng) as usize).saturating_sub(1)
     }
 }
 
@@ -85,15 +78,7 @@ struct Tally {
     client_err: AtomicU64,
     server_err: AtomicU64,
     failed: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    latencies: Mutex<Latencies>,
 }
 
 pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
@@ -243,10 +228,7 @@ pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
                 Ok(_) => tally.server_err.fetch_add(1, Ordering::Relaxed),
                 Err(_) => tally.failed.fetch_add(1, Ordering::Relaxed),
             };
-            tally
-                .latencies_us
-                .lock()
-                .push(t0.elapsed().as_micros() as u64);
+            tally.latencies.lock().record(t0.elapsed());
             drop(permit);
         });
         sent += 1;
@@ -254,8 +236,7 @@ pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
     // Wait for the requests in flight.
     let _ = sem.acquire_many(a.concurrency.max(1) as u32).await?;
     let elapsed = start.elapsed().as_secs_f64();
-    let mut lat = std::mem::take(&mut *tally.latencies_us.lock());
-    lat.sort_unstable();
+    let lat = std::mem::take(&mut *tally.latencies.lock());
     println!(
         "sent {sent} in {elapsed:.1} s ({:.0}/s): {} accepted, {} 4xx, {} 5xx, {} failed; latency p50 {:.2} ms p99 {:.2} ms",
         sent as f64 / elapsed,
@@ -263,8 +244,8 @@ pub(super) async fn run(cfg: Config, a: LoadgenArgs) -> anyhow::Result<()> {
         tally.client_err.load(Ordering::Relaxed),
         tally.server_err.load(Ordering::Relaxed),
         tally.failed.load(Ordering::Relaxed),
-        percentile(&lat, 0.5) as f64 / 1000.0,
-        percentile(&lat, 0.99) as f64 / 1000.0,
+        lat.quantile_ms(0.5),
+        lat.quantile_ms(0.99),
     );
     Ok(())
 }
@@ -282,5 +263,20 @@ mod tests {
             counts[z.sample(&mut rng)] += 1;
         }
         assert!(counts[0] > counts[10] && counts[10] > counts[90]);
+        assert!(counts.iter().sum::<u32>() == 10_000, "every rank in 0..100");
+    }
+
+    #[test]
+    fn zipf_of_exponent_0_is_uniform() {
+        let z = Zipf::new(4, 0.0);
+        let mut rng = SmallRng::seed_from_u64(2);
+        let mut counts = [0u32; 4];
+        for _ in 0..40_000 {
+            counts[z.sample(&mut rng)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

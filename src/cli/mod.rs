@@ -2,12 +2,13 @@
 //! tests only; the library layers below return typed errors.
 
 mod bench;
+mod client;
 mod dlq;
 mod emit;
 mod export;
+mod latency;
 mod loadgen;
 mod models;
-mod ops;
 mod replay;
 pub mod schemas;
 mod topics;

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::ops::{Ops, OpsArgs};
+use super::client::{Client, OpsArgs};
 use crate::config::Config;
 
 #[derive(Debug, Args)]
@@ -54,7 +54,7 @@ enum ReplayCmd {
 }
 
 pub(super) async fn run(cfg: Config, a: ReplayArgs) -> anyhow::Result<()> {
-    let ops = Ops::new(&cfg, &a.ops)?;
+    let ops = Client::ops(&cfg, &a.ops)?;
     match a.cmd {
         Some(ReplayCmd::Status { json }) => {
             let v = ops.get("/v1/admin/replay").await?;
@@ -139,7 +139,7 @@ fn str_of(v: &Value) -> &str {
 }
 
 /// Follows one rebuild until its generation is active.
-async fn follow(ops: &Ops, view: &str, generation: u64) -> anyhow::Result<()> {
+async fn follow(ops: &Client, view: &str, generation: u64) -> anyhow::Result<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} records  {msg}")?

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -25,8 +24,7 @@ use super::letters::{
     Copy, Cursor, DeadLetter, Edits, Entry, Filter, Place, Pos, Replayed, copy_of, marker_headers,
 };
 use super::read::{DlqLog, Scope};
-use crate::bus::client_config;
-use crate::bus::producer::is_consumer_only;
+use crate::bus::Delivery;
 
 /// Most dead letters one bulk replay publishes (and lists as skipped); the
 /// answer says when more were left for another call.
@@ -214,28 +212,18 @@ struct Out {
 impl Out {
     async fn open(log: &DlqLog) -> Result<Out, DlqError> {
         let transactional = !log.kafka().is_embedded();
-        let mut c = ClientConfig::new();
-        for (k, v) in client_config(log.kafka(), log.brokers()).config_map() {
-            if !is_consumer_only(k) {
-                c.set(k, v);
+        // Stable per namespace: opening it fences any replay still in
+        // flight elsewhere (see the module docs).
+        let id = log.kafka().group("dlq-replay");
+        let delivery = if transactional {
+            Delivery::Transactional {
+                id: &id,
+                timeout: Duration::from_secs(60),
             }
-        }
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000");
-        if transactional {
-            // Stable per namespace: opening it fences any replay still in
-            // flight elsewhere (see the module docs).
-            c.set("transactional.id", log.kafka().group("dlq-replay"))
-                .set("transaction.timeout.ms", "60000");
-        }
-        let producer: FutureProducer = c.create()?;
-        if transactional {
-            let p = producer.clone();
-            tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
-                .await
-                .map_err(|e| DlqError::Read(e.to_string()))??;
-        }
+        } else {
+            Delivery::Idempotent
+        };
+        let producer = crate::bus::producer(log.kafka(), log.brokers(), delivery).await?;
         Ok(Out {
             producer,
             transactional,

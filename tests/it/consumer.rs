@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use atelier::app::{App, Roles};
 use atelier::bus::consumer::{self, ConsumerSpec};
-use atelier::bus::{Batch, HandlerError, PartitionHandler, client_config};
+use atelier::bus::{Batch, HandlerError, PartitionHandler};
 use atelier::event::Topic;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -97,11 +97,11 @@ async fn retries_keep_order(b: Backends) {
         ..Default::default()
     });
     let stop = CancellationToken::new();
-    let mut base = client_config(&app.config.kafka, &app.brokers);
-    base.set("session.timeout.ms", "6000");
+    let log = (app.config.kafka.clone(), app.brokers.to_string());
     let group = format!("{}c1", app.config.kafka.namespace);
     let task = tokio::spawn(consumer::run(
-        base,
+        log.0,
+        log.1,
         spec(group, topic),
         h.clone(),
         stop.clone(),
@@ -132,8 +132,7 @@ async fn offsets_follow_durability(b: Backends) {
         return;
     };
     let group = format!("{}c2", app.config.kafka.namespace);
-    let mut base = client_config(&app.config.kafka, &app.brokers);
-    base.set("session.timeout.ms", "6000");
+    let log = (app.config.kafka.clone(), app.brokers.to_string());
     // First member: everything from offset 20 on fails, forever.
     let h1 = Arc::new(Recorder {
         stuck_at: Some(20),
@@ -141,7 +140,8 @@ async fn offsets_follow_durability(b: Backends) {
     });
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer::run(
-        base.clone(),
+        log.0.clone(),
+        log.1.clone(),
         spec(group.clone(), topic.clone()),
         h1.clone(),
         stop.clone(),
@@ -158,7 +158,8 @@ async fn offsets_follow_durability(b: Backends) {
     let h2 = Arc::new(Recorder::default());
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer::run(
-        base,
+        log.0,
+        log.1,
         spec(group, topic),
         h2.clone(),
         stop.clone(),
@@ -209,11 +210,10 @@ async fn backpressure_pauses(b: Backends) {
     }
     let h = Arc::new(Slow(Recorder::default()));
     let stop = CancellationToken::new();
-    let mut base = client_config(&app.config.kafka, &app.brokers);
-    base.set("session.timeout.ms", "6000");
+    let log = (app.config.kafka.clone(), app.brokers.to_string());
     let mut sp = spec(format!("{}c3", app.config.kafka.namespace), topic.clone());
     sp.max_batch = 3;
-    let task = tokio::spawn(consumer::run(base, sp, h.clone(), stop.clone()));
+    let task = tokio::spawn(consumer::run(log.0, log.1, sp, h.clone(), stop.clone()));
     helpers::eventually(120, "all records handled", || {
         let done = last
             .iter()

@@ -199,8 +199,7 @@ pub async fn project_until(
 ) -> Arc<PollProjector> {
     let watermarks = Watermarks::new();
     let projector = polls_into(views.0, views.1, &context(cfg, brokers, watermarks.clone()));
-    let mut base = client_config(&cfg.kafka, brokers);
-    base.set("session.timeout.ms", "6000");
+    let log = (cfg.kafka.clone(), brokers.to_string());
     let spec = ConsumerSpec {
         group: group.to_owned(),
         topics: vec![cfg.kafka.topic(Topic::Polls)],
@@ -210,7 +209,13 @@ pub async fn project_until(
         drain_timeout: Duration::from_secs(5),
     };
     let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer::run(base, spec, projector.clone(), stop.clone()));
+    let task = tokio::spawn(consumer::run(
+        log.0,
+        log.1,
+        spec,
+        projector.clone(),
+        stop.clone(),
+    ));
     let topic = cfg.kafka.topic(Topic::Polls);
     helpers::eventually(120, "the projector to catch up", || {
         let done = last

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atelier::app::{App, Roles};
-use atelier::bus::client_config;
 use atelier::bus::consumer::{self, ConsumerSpec};
 use atelier::config::Config;
 use atelier::event::{
@@ -146,8 +145,7 @@ pub async fn project_feed_until(
 ) -> Arc<FeedProjector> {
     let watermarks = Watermarks::new();
     let projector = feed_into(views.0, views.1, &context(cfg, brokers, watermarks.clone()));
-    let mut base = client_config(&cfg.kafka, brokers);
-    base.set("session.timeout.ms", "6000");
+    let log = (cfg.kafka.clone(), brokers.to_string());
     let spec = ConsumerSpec {
         group: group.to_owned(),
         topics: vec![cfg.kafka.topic(Topic::Feed)],
@@ -157,7 +155,13 @@ pub async fn project_feed_until(
         drain_timeout: Duration::from_secs(5),
     };
     let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer::run(base, spec, projector.clone(), stop.clone()));
+    let task = tokio::spawn(consumer::run(
+        log.0,
+        log.1,
+        spec,
+        projector.clone(),
+        stop.clone(),
+    ));
     let topic = cfg.kafka.topic(Topic::Feed);
     helpers::eventually(120, "the feed projector to catch up", || {
         let done = last

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use atelier::app::Roles;
 use parking_lot::Mutex;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backends, TestApp, eventually, unique};
+use crate::helpers::{self, Backends, TestApp, eventually, unique};
 
 const ADMIN: &str = "admin";
 
@@ -233,93 +234,48 @@ async fn dry_run_changes_nothing(b: Backends) {
 }
 both!(dry_run_changes_nothing);
 
-/// Parses the Prometheus text exposition format strictly enough to catch a
-/// malformed line: `# HELP`/`# TYPE` comments, then samples
-/// `name{label="value",...} number`.
 /// One sample: metric name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
+/// Parses the Prometheus text exposition format (`openmetrics-parser`, a
+/// grammar that refuses malformed text) into samples; a summary or
+/// histogram gives its `_count` and `_sum` samples.
 fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
+    use openmetrics_parser::PrometheusValue;
+    let exposition =
+        openmetrics_parser::prometheus::parse_prometheus(text).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix('#') {
-            let mut parts = rest.split_whitespace();
-            match parts.next() {
-                Some("TYPE") => {
-                    let (Some(_), Some(kind)) = (parts.next(), parts.next()) else {
-                        return Err(format!("line {}: bad TYPE: {line}", i + 1));
-                    };
-                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
-                        return Err(format!("line {}: unknown type {kind}", i + 1));
-                    }
+    for family in exposition.families.values() {
+        for sample in family.iter_samples() {
+            let labels: BTreeMap<String, String> = sample
+                .get_labelset()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let name = &family.family_name;
+            let mut push = |name: String, value: f64| out.push((name, labels.clone(), value));
+            match &sample.value {
+                PrometheusValue::Unknown(n) | PrometheusValue::Gauge(n) => {
+                    push(name.clone(), n.as_f64())
                 }
-                Some("HELP") | None => {}
-                Some(_) => {}
-            }
-            continue;
-        }
-        let (name_labels, value) = line
-            .rsplit_once(' ')
-            .ok_or_else(|| format!("line {}: no value: {line}", i + 1))?;
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            v => v
-                .parse()
-                .map_err(|_| format!("line {}: bad value {v:?}", i + 1))?,
-        };
-        let (name, labels) = match name_labels.split_once('{') {
-            None => (name_labels, BTreeMap::new()),
-            Some((n, rest)) => {
-                let body = rest
-                    .strip_suffix('}')
-                    .ok_or_else(|| format!("line {}: unclosed labels", i + 1))?;
-                let mut labels = BTreeMap::new();
-                let mut s = body;
-                while !s.is_empty() {
-                    let (k, after) = s
-                        .split_once("=\"")
-                        .ok_or_else(|| format!("line {}: bad label in {body}", i + 1))?;
-                    // Values escape `"` and `\` with a backslash.
-                    let mut val = String::new();
-                    let mut chars = after.char_indices();
-                    let mut end = None;
-                    while let Some((j, c)) = chars.next() {
-                        match c {
-                            '\\' => {
-                                if let Some((_, e)) = chars.next() {
-                                    val.push(match e {
-                                        'n' => '\n',
-                                        other => other,
-                                    });
-                                }
-                            }
-                            '"' => {
-                                end = Some(j);
-                                break;
-                            }
-                            c => val.push(c),
-                        }
-                    }
-                    let end = end.ok_or_else(|| format!("line {}: unterminated value", i + 1))?;
-                    labels.insert(k.to_owned(), val);
-                    s = after[end + 1..].trim_start_matches(',');
+                PrometheusValue::Counter(c) => push(name.clone(), c.value.as_f64()),
+                PrometheusValue::Summary(s) => {
+                    push(format!("{name}_count"), s.count.unwrap_or(0) as f64);
+                    push(
+                        format!("{name}_sum"),
+                        s.sum.as_ref().map_or(0.0, |n| n.as_f64()),
+                    );
                 }
-                (n, labels)
+                PrometheusValue::Histogram(h) => {
+                    push(format!("{name}_count"), h.count.unwrap_or(0) as f64);
+                    push(
+                        format!("{name}_sum"),
+                        h.sum.as_ref().map_or(0.0, |n| n.as_f64()),
+                    );
+                }
             }
-        };
-        let ok = name.chars().enumerate().all(|(j, c)| {
-            c.is_ascii_alphabetic() || c == '_' || c == ':' || (j > 0 && c.is_ascii_digit())
-        });
-        if name.is_empty() || !ok {
-            return Err(format!("line {}: bad metric name {name:?}", i + 1));
         }
-        out.push((name.to_owned(), labels, value));
     }
     Ok(out)
 }
@@ -327,38 +283,78 @@ fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
 #[test]
 fn the_parser_refuses_malformed_text() {
     assert!(parse_prometheus("a_total 1\n").is_ok());
-    assert!(parse_prometheus("a_total{x=\"1\"} 2.5\n").is_ok());
+    // A label value may hold braces (route templates do).
+    assert_eq!(
+        parse_prometheus("# TYPE a_total counter\na_total{route=\"/v1/polls/{id}\"} 2.5\n")
+            .unwrap(),
+        vec![(
+            "a_total".to_owned(),
+            BTreeMap::from([("route".to_owned(), "/v1/polls/{id}".to_owned())]),
+            2.5
+        )]
+    );
     assert!(parse_prometheus("a_total{x=\"1\" 2\n").is_err());
     assert!(parse_prometheus("a total 2\n").is_err());
     assert!(parse_prometheus("a_total x\n").is_err());
     assert!(parse_prometheus("9a 1\n").is_err());
 }
 
-/// `/metrics` is Prometheus text with the pipeline's metrics in it, and
-/// once the pipeline is idle every partition's lag reads 0; `/readyz` is
-/// ready then.
+/// Under a backlog (the API accepts, no projector runs yet) the pipeline's
+/// lag is exactly what was accepted and `/readyz` answers 503 `not_ready`;
+/// once the projectors have caught up, `/metrics` is Prometheus text with
+/// the pipeline's metrics in it, every partition's lag reads 0, and
+/// `/readyz` is ready.
 async fn metrics_and_lag(b: Backends) {
     atelier::telemetry::prometheus().expect("the recorder installs");
-    let Some(t) = TestApp::spawn(b).await else {
+    let Some(mut cfg) = helpers::config(b).await else {
         return;
     };
-    let (id, tok) = t
-        .create_poll("owner", json!({"head": "M", "questions": ["a", "b"]}))
-        .await;
-    let (s, _) = t.get(&format!("/v1/polls/{id}?after={tok}")).await;
-    assert_eq!(s, 200);
-    let mut last = String::new();
-    for i in 0..20 {
-        let (s, v) = t
-            .post(
-                &format!("/v1/polls/{id}/votes"),
-                &format!("m{i}"),
-                json!({"question_ids": [i % 2]}),
+    cfg.http.ready_lag = 5;
+    let mut t = TestApp::start(
+        cfg,
+        Roles {
+            api: true,
+            projector: false,
+            infer: false,
+        },
+    )
+    .await;
+    // Polls, not votes: a vote is refused until its poll is in the view.
+    let (mut id, mut last) = (String::new(), String::new());
+    for i in 0..21 {
+        (id, last) = t
+            .create_poll(
+                &format!("owner{i}"),
+                json!({"head": "M", "questions": ["a", "b"]}),
             )
             .await;
-        assert_eq!(s, 202);
-        last = v["token"].as_str().unwrap().to_owned();
     }
+    let polls_topic = t.app.config.kafka.topic(atelier::event::Topic::Polls);
+    let topic_of = |v: &Value| {
+        v["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["topic"] == polls_topic.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    // 21 records accepted, none applied: measured within a second.
+    let v = eventually(10, "the backlog measured", || {
+        let t = &t;
+        async move {
+            let (s, v) = t.get("/v1/pipeline").await;
+            (s == 200 && v["lag"].as_u64() > Some(0)).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(topic_of(&v)["lag"], 21, "{v}");
+    assert_eq!(topic_of(&v)["consumed"], 0, "{v}");
+    assert_eq!(v["lag"], 21, "only the polls topic has records: {v}");
+    let (s, v) = t.get("/readyz").await;
+    assert_eq!((s, v["error"].as_str()), (503, Some("not_ready")), "{v}");
+
+    t.app.start_projectors().await.expect("projectors start");
     let (s, _) = t.get(&format!("/v1/polls/{id}?after={last}")).await;
     assert_eq!(s, 200);
     let polls_topic = t.app.config.kafka.topic(atelier::event::Topic::Polls);
@@ -395,17 +391,21 @@ async fn metrics_and_lag(b: Backends) {
     ] {
         assert!(names.contains(want), "/metrics lacks {want}: {names:?}");
     }
-    let (s, v) = t.get("/readyz").await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["ready"], true);
+    // Each route answers one measurement for up to a second: the one taken
+    // under the backlog may still be served.
+    let v = eventually(10, "/readyz ready", || {
+        let t = &t;
+        async move {
+            let (s, v) = t.get("/readyz").await;
+            (s != 503).then_some((s, v))
+        }
+    })
+    .await;
+    assert_eq!(v.0, 200, "{}", v.1);
+    assert_eq!(v.1["ready"], true);
     let (s, v) = t.get("/v1/pipeline").await;
     assert_eq!(s, 200, "{v}");
-    let polls = v["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["topic"] == polls_topic.as_str())
-        .unwrap_or_else(|| panic!("{v}"));
+    let polls = topic_of(&v);
     assert_eq!(polls["consumed"], 21, "{v}");
     assert_eq!(polls["lag"], 0, "{v}");
     t.stop().await;

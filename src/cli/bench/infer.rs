@@ -26,6 +26,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::app::{App, Roles};
+use crate::cli::latency::Latencies;
 use crate::config::Config;
 use crate::event::{Event, EventData, EventId, SessionKey, Style, UploadId, UploadReceived};
 use crate::fold::cards::Status;
@@ -126,20 +127,6 @@ fn median(mut rows: Vec<Row>) -> Option<Row> {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-/// Nearest-rank percentile of sorted milliseconds.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
 }
 
 fn threads(n: usize) -> usize {
@@ -281,23 +268,22 @@ fn rust_forward(
         m.run(input)?;
     }
     let calls = n.div_ceil(batch);
-    let mut lat = Vec::with_capacity(calls);
+    let mut lat = Latencies::default();
     let t0 = Instant::now();
     for _ in 0..calls {
         let t = Instant::now();
         m.run(input)?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        lat.record(t.elapsed());
     }
     let secs = t0.elapsed().as_secs_f64();
-    let lat = sorted(lat);
     Ok(Row {
         size,
         what: "rust forward (tch)",
         batch: batch.to_string(),
         images: calls * batch,
         images_per_s: (calls * batch) as f64 / secs,
-        p50_ms: pct(&lat, 50.0),
-        p99_ms: pct(&lat, 99.0),
+        p50_ms: lat.quantile_ms(0.5),
+        p99_ms: lat.quantile_ms(0.99),
     })
 }
 
@@ -359,7 +345,7 @@ fn subprocess(
     size: u32,
     inputs: &Path,
 ) -> anyhow::Result<Row> {
-    let mut lat = Vec::new();
+    let mut lat = Latencies::default();
     let t0 = Instant::now();
     for i in 0..a.subprocess_images {
         let input = inputs.join(format!("img{:03}.jpg", i % images_at(a.images, size)));
@@ -375,18 +361,17 @@ fn subprocess(
         if !st.success() {
             bail!("run_one.py failed on {}", input.display());
         }
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        lat.record(t.elapsed());
     }
     let secs = t0.elapsed().as_secs_f64();
-    let lat = sorted(lat);
     Ok(Row {
         size,
         what: "python subprocess per image",
         batch: "1".into(),
         images: a.subprocess_images,
         images_per_s: a.subprocess_images as f64 / secs,
-        p50_ms: pct(&lat, 50.0),
-        p99_ms: pct(&lat, 99.0),
+        p50_ms: lat.quantile_ms(0.5),
+        p99_ms: lat.quantile_ms(0.99),
     })
 }
 
@@ -514,14 +499,14 @@ async fn rust_pipeline(
     for (i, j) in jpegs.iter().enumerate() {
         events.push(put_upload(&app, &style, j, i + 1).await?);
     }
-    let mut lat = Vec::new();
+    let mut lat = Latencies::default();
     let t0 = Instant::now();
     if lone {
         for e in &events {
             let t = Instant::now();
             app.producer.send(e).await?;
             wait_done(&app, upload_id(e)).await?;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            lat.record(t.elapsed());
         }
     } else {
         let mut sent = Vec::new();
@@ -531,12 +516,11 @@ async fn rust_pipeline(
         }
         for (e, t) in events.iter().zip(sent) {
             wait_done(&app, upload_id(e)).await?;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            lat.record(t.elapsed());
         }
     }
     let secs = t0.elapsed().as_secs_f64();
     app.stop().await?;
-    let lat = sorted(lat);
     Ok(Row {
         size,
         what: if lone {
@@ -551,8 +535,8 @@ async fn rust_pipeline(
         },
         images: jpegs.len(),
         images_per_s: jpegs.len() as f64 / secs,
-        p50_ms: pct(&lat, 50.0),
-        p99_ms: pct(&lat, 99.0),
+        p50_ms: lat.quantile_ms(0.5),
+        p99_ms: lat.quantile_ms(0.99),
     })
 }
 

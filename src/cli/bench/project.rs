@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::consumer::{self, ConsumerSpec};
-use crate::bus::{EmbeddedCluster, Producer, client_config, topics};
+use crate::bus::{EmbeddedCluster, Producer, topics};
 use crate::cli::loadgen::Zipf;
 use crate::config::{Config, ViewBackend};
 use crate::event::{
@@ -167,8 +167,6 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
             },
         },
     );
-    let mut base = client_config(&cfg.kafka, &brokers);
-    base.set("session.timeout.ms", "6000");
     let spec = ConsumerSpec {
         group: cfg.kafka.group("bench.project"),
         topics: vec![cfg.kafka.topic(Topic::Polls)],
@@ -181,7 +179,13 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     let topic = cfg.kafka.topic(Topic::Polls);
     let (reads0, writes0) = views.counts();
     let t = Instant::now();
-    let task = tokio::spawn(consumer::run(base, spec, projector.clone(), stop.clone()));
+    let task = tokio::spawn(consumer::run(
+        cfg.kafka.clone(),
+        brokers.clone(),
+        spec,
+        projector.clone(),
+        stop.clone(),
+    ));
     loop {
         let done = last
             .iter()

@@ -33,6 +33,7 @@ use crate::api::Token;
 use crate::app::{App, Roles};
 use crate::bus::Producer;
 use crate::bus::producer::Appended;
+use crate::cli::latency::Latencies;
 use crate::config::{Config, Secret, ViewBackend};
 use crate::edge::{new_id, now};
 use crate::event::{
@@ -560,8 +561,8 @@ async fn seed(
 /// One client's record of a phase.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Latencies of the measured 200s, in microseconds.
-    lat_us: Vec<u32>,
+    /// Latencies of the measured 200s.
+    lat: Latencies,
     /// Measured failures by kind.
     errors: BTreeMap<String, u64>,
     /// Requests sent, warm-up included.
@@ -570,7 +571,7 @@ struct Tally {
 
 impl Tally {
     fn merge(&mut self, other: Tally) {
-        self.lat_us.extend(other.lat_us);
+        self.lat.merge(&other.lat);
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
@@ -657,7 +658,7 @@ async fn client(
         match outcome {
             Ok(body) => {
                 if measured {
-                    tally.lat_us.push(us);
+                    tally.lat.record_us(us.into());
                 }
                 if kind == Kind::NextPages {
                     cursor = serde_json::from_slice::<Page>(&body)
@@ -711,40 +712,26 @@ async fn phase(
         }
     }
     let (reads1, _) = views.counts();
-    all.lat_us.sort_unstable();
-    let lat = &all.lat_us;
+    let lat = &all.lat;
     Row {
         name: kind.name(),
         request: kind.request(),
-        ok: lat.len() as u64,
+        ok: lat.len(),
         errors: all.errors.values().sum(),
         error_kinds: all.errors,
         rps: lat.len() as f64 / a.duration_secs.max(1) as f64,
-        p50_ms: ms(percentile(lat, 0.5)),
-        p99_ms: ms(percentile(lat, 0.99)),
-        p999_ms: ms(percentile(lat, 0.999)),
-        max_ms: ms(lat.last().copied().unwrap_or(0)),
+        p50_ms: lat.quantile_ms(0.5),
+        p99_ms: lat.quantile_ms(0.99),
+        p999_ms: lat.quantile_ms(0.999),
+        max_ms: lat.max_ms(),
         view_reads_per_request: (reads1 - reads0) as f64 / all.sent.max(1) as f64,
     }
 }
 
-/// Nearest-rank percentile of sorted values; 0 when empty.
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(us: u32) -> f64 {
-    f64::from(us) / 1000.0
-}
-
 #[derive(Debug, Default)]
 struct FreshTally {
-    ack_us: Mutex<Vec<u32>>,
-    visible_us: Mutex<Vec<u32>>,
+    ack: Mutex<Latencies>,
+    visible: Mutex<Latencies>,
     read_errors: Mutex<BTreeMap<String, u64>>,
     produce_errors: AtomicU64,
     sampled: AtomicU64,
@@ -794,7 +781,7 @@ async fn freshness(
                         return;
                     }
                 };
-                tally.ack_us.lock().push(micros(t0));
+                tally.ack.lock().record_us(micros(t0).into());
                 tally
                     .last_ack_us
                     .fetch_max(u64::from(micros(start)), Ordering::Relaxed);
@@ -807,7 +794,7 @@ async fn freshness(
                     Token::from(&at).encode()
                 );
                 match get(&http, &url).await {
-                    Ok(_) => tally.visible_us.lock().push(micros(t0)),
+                    Ok(_) => tally.visible.lock().record_us(micros(t0).into()),
                     Err(k) => *tally.read_errors.lock().entry(k).or_default() += 1,
                 }
             });
@@ -818,10 +805,8 @@ async fn freshness(
     let secs = start.elapsed().as_secs_f64();
     while tasks.join_next().await.is_some() {}
     let acked_secs = tally.last_ack_us.load(Ordering::Relaxed) as f64 / 1e6;
-    let mut ack = std::mem::take(&mut *tally.ack_us.lock());
-    let mut vis = std::mem::take(&mut *tally.visible_us.lock());
-    ack.sort_unstable();
-    vis.sort_unstable();
+    let ack = std::mem::take(&mut *tally.ack.lock());
+    let vis = std::mem::take(&mut *tally.visible.lock());
     Ok(Freshness {
         target_rate: a.rate,
         skew: a.skew,
@@ -830,15 +815,15 @@ async fn freshness(
         produce_errors: tally.produce_errors.load(Ordering::Relaxed),
         offered_rate: n as f64 / secs,
         acked_rate: ack.len() as f64 / acked_secs.max(secs),
-        ack_p50_ms: ms(percentile(&ack, 0.5)),
-        ack_p99_ms: ms(percentile(&ack, 0.99)),
+        ack_p50_ms: ack.quantile_ms(0.5),
+        ack_p99_ms: ack.quantile_ms(0.99),
         sampled: tally.sampled.load(Ordering::Relaxed),
-        visible: vis.len() as u64,
+        visible: vis.len(),
         read_errors: std::mem::take(&mut *tally.read_errors.lock()),
-        visible_p50_ms: ms(percentile(&vis, 0.5)),
-        visible_p99_ms: ms(percentile(&vis, 0.99)),
-        visible_p999_ms: ms(percentile(&vis, 0.999)),
-        visible_max_ms: ms(vis.last().copied().unwrap_or(0)),
+        visible_p50_ms: vis.quantile_ms(0.5),
+        visible_p99_ms: vis.quantile_ms(0.99),
+        visible_p999_ms: vis.quantile_ms(0.999),
+        visible_max_ms: vis.max_ms(),
     })
 }
 
@@ -924,21 +909,5 @@ fn print_table(r: &Report) {
         if !f.read_errors.is_empty() {
             println!("    errors: {}", kinds(&f.read_errors));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<u32> = (1..=1000).collect();
-        assert_eq!(percentile(&v, 0.5), 500);
-        assert_eq!(percentile(&v, 0.99), 990);
-        assert_eq!(percentile(&v, 0.999), 999);
-        assert_eq!(percentile(&v, 1.0), 1000);
-        assert_eq!(percentile(&[7], 0.99), 7);
-        assert_eq!(percentile(&[], 0.5), 0);
     }
 }
