@@ -4,21 +4,34 @@
 //! materialized views (ScyllaDB/Cassandra, or an embedded store) so that every
 //! dashboard read is one query; ops replay topics to rebuild views.
 //!
-//! Map of the crate, in pipeline order:
+//! Map of the crate, by floor, top to bottom: a module imports only modules
+//! on lower floors, so no import runs in a circle; `tests/it/layers.rs`
+//! holds the code to it.
 //!
-//! - [`event`]: the contracts. Event types, typed ids, envelope, validation,
-//!   wire encoding (CloudEvents binary mode) and JSON Schema generation. Pure.
-//! - [`fold`]: projections as pure functions (state + event → state). Pure.
-//! - [`bus`]: Kafka. Producer, the per-partition consumer loop, topic admin,
-//!   the embedded (mock) cluster.
-//! - [`project`]: the projector runtime: partitions → folds → coalesced,
-//!   versioned view writes → offsets stored.
-//! - [`view`]: the view stores (CQL and embedded) behind one trait.
-//! - [`blob`]: object storage (S3 and a local directory).
-//! - [`infer`]: model registry and inference (arrives with the inference work).
-//! - [`api`]: HTTP ingest and read routes, auth, consistency tokens.
-//! - [`cli`]: one file per subcommand; [`config`]: the one configuration struct.
-//! - [`telemetry`]: tracing setup and metric names.
+//! - [`cli`]: one file per subcommand (`cli/bench/` a folder); the
+//!   operations commands call the admin routes through one HTTP client.
+//! - [`app`]: the composition root: what every role shares, then one
+//!   builder per role (API, projectors, inference; all of them in
+//!   `atelier up`), for `main` and the tests alike.
+//! - [`api`]: axum routes, each declared once with its request and answer
+//!   types, from which the OpenAPI document is generated; auth, SSE, the
+//!   dashboard.
+//! - [`infer`]: model registry, TorchScript execution (tch), the worker's
+//!   pipelined stages and its transactional committer, inference replay.
+//! - [`ops`]: rebuilding views into new generations, their status, gc.
+//! - [`project`]: the generic projector runtime over an aggregate, and one
+//!   registration per view.
+//! - [`dlq`]: dead letters: their headers, listing, replay.
+//! - [`view`], [`bus`], [`blob`], [`image`]: the view stores (a small trait
+//!   per view, CQL and embedded); Kafka (one producer builder, one group
+//!   member builder, the per-partition consumer loop, topics, the embedded
+//!   cluster); object storage; the image codec.
+//! - [`config`], [`telemetry`], [`edge`]: the one configuration struct;
+//!   tracing and typed metric emitters; ids and clocks minted at the edge.
+//! - [`fold`]: projections as pure functions (an aggregate trait with one
+//!   versioned-apply ending). Pure.
+//! - [`event`]: the contracts: event types, typed ids, validation, wire
+//!   encoding, schemas. Pure.
 
 pub mod api;
 pub mod app;

@@ -1,10 +1,19 @@
 //! `atelier schemas`: write `schemas/` from the event types and
 //! `openapi.json` from the API's route table, or check that the files match
 //! (and that every event schema change is additive).
+//!
+//! Additive is judged twice: against the files in `schemas/` (the working
+//! copy) and against `schemas/released.json`, every event type's schema as
+//! it was first written. `schemas write` adds new types to that baseline
+//! and never changes an entry, `--force` included: a breaking change that
+//! was forced into `schemas/` still fails the check until someone edits the
+//! baseline by hand, in plain sight of review.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
+use serde_json::Value;
 
 use crate::api;
 use crate::event::schema;
@@ -53,11 +62,38 @@ pub fn openapi_drift(path: &Path) -> Option<String> {
     }
 }
 
-/// Compares the generated schemas with the files in `dir`: (drifted, breaking).
+/// The baseline's file name in the schemas directory.
+pub const RELEASED: &str = "released.json";
+
+/// The baseline: every event type's schema as first written.
+fn released(dir: &Path) -> Result<BTreeMap<String, Value>, String> {
+    let path = dir.join(RELEASED);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Compares the generated schemas with the files in `dir` and with the
+/// baseline: (drifted, breaking). A type missing from the baseline is
+/// drift (`schemas write` adds it).
 pub fn diff(dir: &Path) -> (Vec<String>, Vec<String>) {
     let mut drifted = Vec::new();
     let mut breaking = Vec::new();
+    let baseline = released(dir).unwrap_or_else(|e| {
+        breaking.push(format!("{RELEASED}: unreadable: {e}"));
+        BTreeMap::new()
+    });
     for (name, generated) in schema::generate() {
+        match baseline.get(&name) {
+            Some(first) => breaking.extend(
+                schema::breaking_changes(first, &generated)
+                    .into_iter()
+                    .map(|b| format!("{name}: {b} (against {RELEASED})")),
+            ),
+            None => drifted.push(format!("{name}: not in {RELEASED}")),
+        }
         let path = dir.join(format!("{name}.json"));
         let Ok(text) = std::fs::read_to_string(&path) else {
             drifted.push(format!("{name}: missing file {}", path.display()));
@@ -93,10 +129,23 @@ pub(super) fn run(cmd: SchemasCmd) -> anyhow::Result<()> {
                 );
             }
             std::fs::create_dir_all(&dir)?;
+            let mut baseline = released(&dir).map_err(anyhow::Error::msg)?;
             for (name, s) in schema::generate() {
                 std::fs::write(dir.join(format!("{name}.json")), schema::render(&s))?;
+                // New types join the baseline; existing entries never change.
+                baseline.entry(name).or_insert(s);
             }
+            std::fs::write(
+                dir.join(RELEASED),
+                schema::render(&serde_json::to_value(&baseline)?),
+            )?;
             println!("wrote {}", dir.display());
+            if force && !breaking.is_empty() {
+                eprintln!(
+                    "forced, but {RELEASED} still refuses it: `schemas check` and the tests fail \
+                     until the baseline is edited by hand"
+                );
+            }
             std::fs::write(&openapi, render_openapi())?;
             println!("wrote {}", openapi.display());
             Ok(())

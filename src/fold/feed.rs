@@ -16,56 +16,35 @@ use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Aggregate, Outcome, Position, Reason, Versioned, versioned};
+use super::{Aggregate, Outcome, Position, reasons, versioned, versioned_state};
 use crate::event::{Event, EventData, FeedContent, FeedItemId, Principal, UserId};
 
 /// How many recent joiners an item shows.
 pub const RECENT_MEMBERS: usize = 20;
 
-/// Why a feed event was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rejection {
-    /// The item does not exist (yet) in this partition.
-    UnknownItem,
-    /// A second `FeedItemCreated` for the same id.
-    DuplicateItem,
-    /// The item was deleted.
-    Deleted,
-    /// A second like by the same user.
-    AlreadyLiked,
-    /// Unliking without a like.
-    NotLiked,
-    /// Joining or leaving a post.
-    NotJoinable,
-    /// A second join by the same user.
-    AlreadyJoined,
-    /// Leaving without having joined.
-    NotJoined,
-    /// Deleting someone else's item.
-    NotAuthor,
-}
-
-impl Rejection {
-    /// Stable snake_case name (metrics label, JSON key).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::UnknownItem => "unknown_item",
-            Rejection::DuplicateItem => "duplicate_item",
-            Rejection::Deleted => "deleted",
-            Rejection::AlreadyLiked => "already_liked",
-            Rejection::NotLiked => "not_liked",
-            Rejection::NotJoinable => "not_joinable",
-            Rejection::AlreadyJoined => "already_joined",
-            Rejection::NotJoined => "not_joined",
-            Rejection::NotAuthor => "not_author",
-        }
-    }
-}
-
-impl Reason for Rejection {
-    fn as_str(self) -> &'static str {
-        Rejection::as_str(self)
+reasons! {
+    /// Why a feed event was refused.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Rejection {
+        /// The item does not exist (yet) in this partition.
+        UnknownItem => "unknown_item",
+        /// A second `FeedItemCreated` for the same id.
+        DuplicateItem => "duplicate_item",
+        /// The item was deleted.
+        Deleted => "deleted",
+        /// A second like by the same user.
+        AlreadyLiked => "already_liked",
+        /// Unliking without a like.
+        NotLiked => "not_liked",
+        /// Joining or leaving a post.
+        NotJoinable => "not_joinable",
+        /// A second join by the same user.
+        AlreadyJoined => "already_joined",
+        /// Leaving without having joined.
+        NotJoined => "not_joined",
+        /// Deleting someone else's item.
+        NotAuthor => "not_author",
     }
 }
 
@@ -212,18 +191,7 @@ pub struct ItemState {
     pub position: Position,
 }
 
-impl Versioned for ItemState {
-    type Reason = Rejection;
-    fn position(&self) -> Position {
-        self.position
-    }
-    fn set_position(&mut self, pos: Position) {
-        self.position = pos;
-    }
-    fn rejected_mut(&mut self) -> &mut BTreeMap<Rejection, u64> {
-        &mut self.rejected
-    }
-}
+versioned_state!(ItemState, Rejection);
 
 /// One aggregate as the runtime folds it: its state and the membership rows
 /// it knows (those of the users the current batch touches).

@@ -61,6 +61,56 @@ pub trait Reason: Copy + Ord + Send + Sync + std::fmt::Debug + 'static {
     fn as_str(self) -> &'static str;
 }
 
+/// Declares why a fold refuses events: an enum whose variants each have a
+/// stable snake_case name (a metrics label and a JSON key), and its
+/// [`Reason`] implementation.
+macro_rules! reasons {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+
+    }) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Stable snake_case name (metrics label, JSON key).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl $crate::fold::Reason for $name {
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+        }
+    };
+}
+pub(crate) use reasons;
+
+/// Implements [`Versioned`] for a state with a `position` field and a
+/// `rejected` map of `$reason`.
+macro_rules! versioned_state {
+    ($state:ty, $reason:ty) => {
+        impl $crate::fold::Versioned for $state {
+            type Reason = $reason;
+            fn position(&self) -> $crate::fold::Position {
+                self.position
+            }
+            fn set_position(&mut self, pos: $crate::fold::Position) {
+                self.position = pos;
+            }
+            fn rejected_mut(&mut self) -> &mut ::std::collections::BTreeMap<$reason, u64> {
+                &mut self.rejected
+            }
+        }
+    };
+}
+pub(crate) use versioned_state;
+
 /// An aggregate's state that carries its version (the position of the last
 /// event applied) and its refusals by reason.
 pub trait Versioned {

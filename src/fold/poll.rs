@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{Aggregate, Outcome, Position, Reason, Versioned, versioned};
+use super::{Aggregate, Outcome, Position, reasons, versioned, versioned_state};
 use crate::event::{
     Event, EventData, PollCreated, PollId, Principal, Question, QuestionId, UserId,
 };
@@ -23,41 +23,27 @@ use crate::event::{
 /// How many recent voters a poll view shows.
 pub const RECENT_VOTERS: usize = 10;
 
-/// Why an event was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rejection {
-    /// The poll does not exist (yet) in this partition.
-    UnknownPoll,
-    /// A second `PollCreated` for the same id.
-    DuplicatePoll,
-    /// The ballot names a question the poll does not have.
-    UnknownQuestion,
-    /// Several choices on a single-choice poll.
-    TooManyChoices,
-    /// At or after the poll's end time.
-    AfterEnd,
-    /// After the poll was closed.
-    Closed,
-    /// Retracting without a ballot.
-    NoBallot,
-    /// Closing someone else's poll.
-    NotOwner,
-}
-
-impl Rejection {
-    /// Stable snake_case name (metrics label, JSON key).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::UnknownPoll => "unknown_poll",
-            Rejection::DuplicatePoll => "duplicate_poll",
-            Rejection::UnknownQuestion => "unknown_question",
-            Rejection::TooManyChoices => "too_many_choices",
-            Rejection::AfterEnd => "after_end",
-            Rejection::Closed => "closed",
-            Rejection::NoBallot => "no_ballot",
-            Rejection::NotOwner => "not_owner",
-        }
+reasons! {
+    /// Why an event was refused.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Rejection {
+        /// The poll does not exist (yet) in this partition.
+        UnknownPoll => "unknown_poll",
+        /// A second `PollCreated` for the same id.
+        DuplicatePoll => "duplicate_poll",
+        /// The ballot names a question the poll does not have.
+        UnknownQuestion => "unknown_question",
+        /// Several choices on a single-choice poll.
+        TooManyChoices => "too_many_choices",
+        /// At or after the poll's end time.
+        AfterEnd => "after_end",
+        /// After the poll was closed.
+        Closed => "closed",
+        /// Retracting without a ballot.
+        NoBallot => "no_ballot",
+        /// Closing someone else's poll.
+        NotOwner => "not_owner",
     }
 }
 
@@ -182,24 +168,7 @@ impl PollState {
     }
 }
 
-impl Reason for Rejection {
-    fn as_str(self) -> &'static str {
-        Rejection::as_str(self)
-    }
-}
-
-impl Versioned for PollState {
-    type Reason = Rejection;
-    fn position(&self) -> Position {
-        self.position
-    }
-    fn set_position(&mut self, pos: Position) {
-        self.position = pos;
-    }
-    fn rejected_mut(&mut self) -> &mut BTreeMap<Rejection, u64> {
-        &mut self.rejected
-    }
-}
+versioned_state!(PollState, Rejection);
 
 /// Configuration the fold needs: the key for anonymous voter pseudonyms.
 #[derive(Clone, Debug, Default)]

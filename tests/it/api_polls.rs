@@ -120,8 +120,11 @@ async fn multiple_choice_and_anonymous(b: Backends) {
         )
         .await;
     let path = format!("/v1/polls/{id}/votes?after={token}");
-    t.post(&path, "ann", json!({"question_ids": [0, 2]})).await;
-    let (_, v) = t.post(&path, "bob", json!({"question_ids": [2]})).await;
+    t.post(&path, "voter-ann", json!({"question_ids": [0, 2]}))
+        .await;
+    let (_, v) = t
+        .post(&path, "voter-bob", json!({"question_ids": [2]}))
+        .await;
     let tok = v["token"].as_str().unwrap().to_owned();
     let (_, v) = t.get(&format!("/v1/polls/{id}?after={tok}")).await;
     assert_eq!(tallies(&v), vec![1, 0, 2]);
@@ -131,7 +134,82 @@ async fn multiple_choice_and_anonymous(b: Backends) {
         "anonymous polls show no voters"
     );
     assert!(!v.to_string().contains("ann"), "no voter id anywhere: {v}");
+
+    // What the store holds names no voter of the anonymous poll (ids and
+    // display names are minted as `voter-ann` and `VOTER-ANN`). A named
+    // poll beside it shows that the same scan does find a voter.
+    let (named, token) = t
+        .create_poll("owner", json!({"head": "Named", "questions": ["x", "y"]}))
+        .await;
+    let (_, v) = t
+        .post(
+            &format!("/v1/polls/{named}/votes?after={token}"),
+            "voter-cid",
+            json!({"question_ids": [1]}),
+        )
+        .await;
+    let tok = v["token"].as_str().unwrap().to_owned();
+    let (s, _) = t.get(&format!("/v1/polls/{named}?after={tok}")).await;
+    assert_eq!(s, 200);
+    let stored = stored_values(&t).await;
+    assert!(
+        stored.contains("Toppings"),
+        "the scan sees the anonymous poll"
+    );
+    assert!(
+        stored.contains("voter-cid"),
+        "the scan sees a named poll's voter"
+    );
+    for name in ["voter-ann", "VOTER-ANN", "voter-bob", "VOTER-BOB"] {
+        assert!(
+            !stored.contains(name),
+            "the store holds {name:?}, a voter of an anonymous poll"
+        );
+    }
     t.stop().await;
+}
+
+/// Every value the view store holds, as text: the embedded store's tables
+/// as they are (their `Debug` form holds every cell), or every row of every
+/// table of the CQL keyspace, read with the driver (not through the store).
+async fn stored_values(t: &TestApp) -> String {
+    let store = t.app.views.base();
+    if store.backend() == "embedded" {
+        return format!("{store:?}");
+    }
+    let cfg = &t.app.config.views;
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&cfg.contact_points)
+        .build()
+        .await
+        .expect("a CQL session");
+    let tables: Vec<(String,)> = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+            (cfg.keyspace.as_str(),),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String,)>()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!tables.is_empty(), "keyspace {} has tables", cfg.keyspace);
+    let mut out = String::new();
+    for (table,) in tables {
+        let rows = session
+            .query_unpaged(format!("SELECT * FROM {}.{table}", cfg.keyspace), ())
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        for row in rows.rows::<scylla::value::Row>().unwrap() {
+            out.push_str(&format!("{table}: {:?}\n", row.unwrap()));
+        }
+    }
+    out
 }
 both!(multiple_choice_and_anonymous);
 

@@ -1,15 +1,22 @@
 //! SIGKILL the projector process at random points of a 100,000-vote stream
 //! and a 40,000-event stream of likes and joins on real Kafka and Cassandra,
 //! restart it each time, and end with every poll and every feed item (and
-//! its timeline rows) equal to the reference fold.
+//! its timeline rows) equal to the reference fold. Each kill is shown to
+//! have landed on work: records produced and not yet applied, or applied to
+//! the views and not yet committed to the group (so the next run receives
+//! them again and must not count them twice).
 
+use std::collections::HashMap;
 use std::process::Child;
 use std::time::Duration;
 
 use atelier::event::Topic;
-use atelier::view;
+use atelier::project::supervisor::group_of;
+use atelier::view::{self, Store};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::exactly_once::{assert_matches_reference, produce, workload_with};
 use crate::feed::{assert_feed_matches_reference, feed_workload};
@@ -43,6 +50,79 @@ fn spawn(cfg: &atelier::config::Config, log: &std::path::Path, run: usize) -> Ch
         ("ATELIER_LOG", format!("info,atelier=info,run={run}")),
     ];
     helpers::spawn_atelier("project", &envs, log)
+}
+
+/// The offset (next to read) the group `group` committed for each of
+/// `partitions` of `topic`, where it committed one.
+fn committed(
+    cfg: &atelier::config::Config,
+    group: &str,
+    topic: &str,
+    partitions: impl Iterator<Item = i32>,
+) -> HashMap<i32, i64> {
+    let mut c = atelier::bus::client_config(&cfg.kafka, &cfg.kafka.brokers);
+    // Asks for the group's offsets without joining it.
+    c.set("group.id", group);
+    let consumer: BaseConsumer = c.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where a kill left one view: whether records produced to it were not
+/// yet applied, and whether records applied to it were not yet committed.
+async fn left_behind(
+    cfg: &atelier::config::Config,
+    views: &dyn Store,
+    view: &str,
+    topic: &str,
+    produced: &HashMap<i32, i64>,
+) -> (bool, bool) {
+    let applied: HashMap<i32, i64> = views
+        .checkpoints(view)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.topic == topic)
+        .map(|c| (c.partition, c.offset))
+        .collect();
+    let group = cfg.kafka.group(&group_of(view, 0));
+    let committed = committed(cfg, &group, topic, applied.keys().copied());
+    let unapplied = produced
+        .iter()
+        .any(|(p, o)| applied.get(p).is_none_or(|a| a < o));
+    let uncommitted = applied
+        .iter()
+        .any(|(p, a)| committed.get(p).is_none_or(|c| c <= a));
+    (unapplied, uncommitted)
+}
+
+/// Counts one kill by what it left behind (`(unapplied, uncommitted)` of
+/// the polls and feed views).
+fn tally(
+    polls: (bool, bool),
+    feed: (bool, bool),
+    landed: &mut usize,
+    redelivered: &mut usize,
+    idle: &mut usize,
+) {
+    if polls.0 || polls.1 || feed.0 || feed.1 {
+        *landed += 1;
+        *redelivered += usize::from(polls.1 || feed.1);
+    } else {
+        *idle += 1;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,8 +159,13 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         *kills += 1;
-        *child = spawn(&cfg, &log, *kills);
     };
+    // Kills that landed on work (records produced and not applied, or
+    // applied and not committed), and those that left applied records
+    // uncommitted: the window the versioned aggregates exist for. A kill
+    // after the projector had applied and committed everything proves
+    // nothing; it is counted apart.
+    let (mut landed, mut redelivered, mut idle) = (0, 0, 0);
     for (i, chunk) in chunks.by_ref().enumerate() {
         let p = produce(&producer, chunk, usize::from(i == 2)).await;
         events.extend(p.events);
@@ -96,8 +181,12 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
                 *e = (*e).max(o);
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1_500))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..700))).await;
         kill(&mut child, &mut kills);
+        let polls = left_behind(&cfg, views.as_ref(), "polls", &topic, &last).await;
+        let feed = left_behind(&cfg, views.as_ref(), "feed", &feed_topic, &feed_last).await;
+        tally(polls, feed, &mut landed, &mut redelivered, &mut idle);
+        child = spawn(&cfg, &log, kills);
     }
     events.sort_by_key(|(pos, _)| *pos);
     feed_events.sort_by_key(|(pos, _)| *pos);
@@ -112,9 +201,16 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
                 .any(|c| c.topic == feed_topic && c.partition == *p && c.offset >= *o)
         })
     };
-    while kills < 8 && !caught_up().await {
+    while kills < 8 {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..2_500))).await;
+        if caught_up().await {
+            break;
+        }
         kill(&mut child, &mut kills);
+        let polls = left_behind(&cfg, views.as_ref(), "polls", &topic, &last).await;
+        let feed = left_behind(&cfg, views.as_ref(), "feed", &feed_topic, &feed_last).await;
+        tally(polls, feed, &mut landed, &mut redelivered, &mut idle);
+        child = spawn(&cfg, &log, kills);
     }
     helpers::eventually(300, "the projector to catch up after the kills", || async {
         caught_up().await.then_some(())
@@ -122,7 +218,18 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
-    eprintln!("{kills} kills");
+    eprintln!(
+        "{kills} kills: {landed} on work ({redelivered} with applied records not yet \
+         committed), {idle} on an idle projector"
+    );
+    assert!(
+        landed * 2 >= kills,
+        "only {landed} of {kills} kills landed on work"
+    );
+    assert!(
+        redelivered > 0,
+        "no kill left applied records uncommitted: re-delivery was never exercised"
+    );
     assert_matches_reference(&cfg, views.as_ref(), &events).await;
     assert_feed_matches_reference(views.as_ref(), &feed_events).await;
 }

@@ -32,6 +32,7 @@ mod helpers;
 #[cfg(feature = "torch")]
 mod infer;
 mod kill;
+mod layers;
 mod one_query;
 mod openapi;
 mod replay;

@@ -56,6 +56,14 @@ async fn reads_are_one_query(b: Backends) {
         assert_eq!(v["voters"], n as u64);
         let views = &t.app.views;
         let (before, _) = views.counts();
+        let (s, _) = t.get(&format!("/v1/polls/{id}?after={last}")).await;
+        let (after, _) = views.counts();
+        assert_eq!(
+            (s, after - before),
+            (200, 1),
+            "GET /v1/polls/{{id}}?after= (applied) with {n} votes: one query"
+        );
+        let (before, _) = views.counts();
         let (s, v) = t.get(&format!("/v1/polls/{id}")).await;
         let (after, _) = views.counts();
         assert_eq!(s, 200);
@@ -105,8 +113,9 @@ fn principal(i: usize) -> Principal {
 }
 
 /// Sends events concurrently, then waits until the views applied them all
-/// (a `?after` read per partition written).
-async fn send_all(t: &TestApp, events: Vec<Event>) {
+/// (a `?after` read per partition written); answers each written
+/// partition's last token, by topic.
+async fn send_all(t: &TestApp, events: Vec<Event>) -> Vec<(String, String)> {
     let sends = events
         .into_iter()
         .map(|e| async move { t.app.producer.send(&e).await.unwrap() });
@@ -121,8 +130,10 @@ async fn send_all(t: &TestApp, events: Vec<Event>) {
         }
     }
     let feed = t.app.producer.topic(atelier::event::Topic::Feed);
+    let mut tokens = Vec::new();
     for ((topic, _), at) in last {
         let tok = atelier::api::Token::from(&at).encode();
+        tokens.push((topic.clone(), tok.clone()));
         let path = if topic == feed {
             format!("/v1/feed?after={tok}")
         } else {
@@ -135,6 +146,7 @@ async fn send_all(t: &TestApp, events: Vec<Event>) {
         })
         .await;
     }
+    tokens
 }
 
 fn ev(p: Principal, data: EventData) -> Event {
@@ -216,7 +228,19 @@ async fn feed_and_card_reads_are_one_query(b: Backends) {
                 sha256: "0".repeat(64),
             }),
         ));
-        send_all(&t, events).await;
+        let tokens = send_all(&t, events).await;
+        let token_of = |topic: atelier::event::Topic| {
+            let name = t.app.producer.topic(topic);
+            tokens
+                .iter()
+                .find(|(t, _)| *t == name)
+                .map(|(_, tok)| tok.clone())
+                .expect("a partition of the topic was written")
+        };
+        let (feed_tok, upload_tok) = (
+            token_of(atelier::event::Topic::Feed),
+            token_of(atelier::event::Topic::Uploads),
+        );
         let (s, v) = t.get(&format!("/v1/feed/{hot}")).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["likes"], likes as u64, "{v}");
@@ -229,6 +253,11 @@ async fn feed_and_card_reads_are_one_query(b: Backends) {
             format!("/v1/feed/{hot}"),
             format!("/v1/sessions/{session}/cards"),
             format!("/v1/uploads/{upload}"),
+            // With `?after` (applied): still one view query.
+            format!("/v1/feed?limit=100&after={feed_tok}"),
+            format!("/v1/feed/{hot}?after={feed_tok}"),
+            format!("/v1/sessions/{session}/cards?after={upload_tok}"),
+            format!("/v1/uploads/{upload}?after={upload_tok}"),
         ] {
             assert_eq!(
                 queries(&t, &path).await,
