@@ -115,18 +115,14 @@ pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
 
 /// Fills in development credentials when none are configured, so the
 /// embedded default works with no setup and never with a shared secret.
+/// Outside it, [`App::start`] refuses to start without the secrets its roles
+/// share with other processes ([`require_secrets`]); the tools that only
+/// sign tokens (`atelier token`, `emit`) still get a development secret.
 pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
     if cfg.auth.jwt_secret.expose().is_empty() && cfg.auth.api_keys.is_empty() {
         cfg.auth.jwt_secret = Secret(dev_secret(&cfg.data_dir)?);
     }
     if cfg.auth.voter_key.expose().is_empty() {
-        if !cfg.kafka.is_embedded() {
-            tracing::warn!(
-                "auth.voter_key is not set: deriving one from {}/dev-secret; set it explicitly \
-                 and keep it stable, or anonymous voters' pseudonyms change with the data dir",
-                cfg.data_dir.display()
-            );
-        }
         // Stable per data dir: pseudonyms of anonymous voters must not change
         // between runs over the same views.
         cfg.auth.voter_key = Secret(format!("voters:{}", dev_secret(&cfg.data_dir)?));
@@ -134,9 +130,43 @@ pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Outside the embedded default, the secrets that every process of a role
+/// must share, or the refusal that names them: API processes verify the
+/// same tokens (`auth.jwt_secret` or `auth.api_keys`), and projectors key
+/// anonymous voters alike (`auth.voter_key`; two keys would count a
+/// ballot twice once its poll moves between projectors). A secret derived
+/// from each process's own data directory would differ between processes.
+pub fn require_secrets(cfg: &Config, roles: Roles) -> anyhow::Result<()> {
+    if cfg.kafka.is_embedded() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if roles.api && cfg.auth.jwt_secret.expose().is_empty() && cfg.auth.api_keys.is_empty() {
+        missing.push(
+            "auth.jwt_secret or auth.api_keys (ATELIER_AUTH__JWT_SECRET): every API process \
+             must verify the same tokens",
+        );
+    }
+    if roles.projector && cfg.auth.voter_key.expose().is_empty() {
+        missing.push(
+            "auth.voter_key (ATELIER_AUTH__VOTER_KEY): every projector must key anonymous voters \
+             alike, and the key must never change over the life of the views",
+        );
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to start on a shared log without the secrets its processes must agree on \
+         (each process would derive its own from its data directory):\n  - {}",
+        missing.join("\n  - ")
+    )
+}
+
 impl App {
     /// Starts the roles on the configured backends.
     pub async fn start(cfg: Config, roles: Roles) -> anyhow::Result<App> {
+        require_secrets(&cfg, roles)?;
         let mut app = App::open(with_dev_auth(cfg)?).await?;
         let engine = if roles.infer {
             Some(model::engine(&app.config.infer).context("the inference role")?)

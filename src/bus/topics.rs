@@ -39,6 +39,11 @@ pub struct TopicSpec {
     pub key: String,
     /// Partition count.
     pub partitions: i32,
+    /// Whether consumers rely on per-key order (a versioned aggregate per
+    /// key): partitions are then never added, since a new partition count
+    /// moves keys to partitions where their history is not.
+    #[serde(default)]
+    pub key_ordered: bool,
     /// Replication factor (clamped to the broker count).
     pub replication: i32,
     /// The event types it carries.
@@ -109,6 +114,14 @@ pub enum TopicChange {
         differences: Vec<String>,
         fixed: bool,
     },
+    /// Has fewer partitions than its spec, and its consumers rely on
+    /// per-key order: partitions are not added (see [`TopicSpec::key_ordered`]).
+    GrowthRefused {
+        topic: String,
+        key: String,
+        have: i32,
+        spec: i32,
+    },
 }
 
 impl std::fmt::Display for TopicChange {
@@ -133,12 +146,26 @@ impl std::fmt::Display for TopicChange {
                 if *fixed { "fixed" } else { "DRIFT" },
                 differences.join("; ")
             ),
+            TopicChange::GrowthRefused {
+                topic,
+                key,
+                have,
+                spec,
+            } => write!(
+                f,
+                "REFUSED   {topic}: partitions {have} < {spec}, not added: it is keyed by \
+                 {key} and its views rely on each key's order within one partition; more \
+                 partitions would move keys away from their history (their new events \
+                 would be skipped as already applied). Keep {have} in the spec, or move to \
+                 a new topic version (README: \"Growing a keyed topic\")"
+            ),
         }
     }
 }
 
 /// Creates missing topics and reports (with `fix`, repairs) drift: fewer
-/// partitions than specified (partitions can be added, never removed) and
+/// partitions than specified (partitions can be added, never removed,
+/// and never to a key-ordered topic: [`TopicChange::GrowthRefused`]) and
 /// configs that differ.
 pub async fn apply(
     cfg: &KafkaConfig,
@@ -179,7 +206,15 @@ pub async fn apply(
         };
         let mut diffs = Vec::new();
         let have = existing.partitions().len() as i32;
-        if have < s.partitions {
+        let grow = have < s.partitions && !s.key_ordered;
+        if have < s.partitions && s.key_ordered {
+            out.push(TopicChange::GrowthRefused {
+                topic: name.clone(),
+                key: s.key.clone(),
+                have,
+                spec: s.partitions,
+            });
+        } else if have < s.partitions {
             diffs.push(format!("partitions {have} < {}", s.partitions));
         } else if have > s.partitions {
             diffs.push(format!(
@@ -217,7 +252,7 @@ pub async fn apply(
             continue;
         }
         if fix {
-            if have < s.partitions {
+            if grow {
                 let np = NewPartitions::new(&name, s.partitions as usize);
                 for r in admin.create_partitions([&np], &opts).await? {
                     r.map_err(|(t, e)| BusError::Topics(format!("partitions {t}: {e}")))?;
@@ -262,6 +297,18 @@ mod tests {
                 "{ty}"
             );
         }
+    }
+
+    #[test]
+    fn topics_folded_by_versioned_aggregates_are_key_ordered() {
+        let specs = specs().unwrap();
+        let ordered = |name: &str| specs.iter().find(|s| s.name == name).unwrap().key_ordered;
+        assert!(ordered(Topic::Polls.name()));
+        assert!(ordered(Topic::Feed.name()));
+        assert!(ordered(Topic::Models.name()));
+        // Cards merge order-insensitively; the DLQ is read whole.
+        assert!(!ordered(Topic::Uploads.name()));
+        assert!(!ordered(Topic::Completions.name()));
     }
 
     #[test]

@@ -35,11 +35,17 @@ pub(super) async fn run(cfg: Config, cmd: TopicsCmd) -> anyhow::Result<()> {
                 "no brokers configured (ATELIER_KAFKA__BROKERS); the embedded cluster creates its topics at start"
             );
             let changes = topics::apply(&cfg.kafka, &cfg.kafka.brokers, fix).await?;
-            let mut drift = false;
+            let (mut drift, mut refused) = (false, false);
             for c in &changes {
                 println!("{c}");
                 drift |= matches!(c, topics::TopicChange::Drift { fixed: false, .. });
+                refused |= matches!(c, topics::TopicChange::GrowthRefused { .. });
             }
+            anyhow::ensure!(
+                !refused,
+                "a key-ordered topic has fewer partitions than its spec, and adding them would \
+                 lose events: see above"
+            );
             anyhow::ensure!(
                 !drift,
                 "topics drifted from their specs (run with --fix to repair what can be)"

@@ -162,3 +162,41 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
         "atelier up exits cleanly on SIGTERM: {exit:?}"
     );
 }
+
+/// On a shared log, a process refuses to start without the secrets its
+/// role shares with other processes, and says which (before it connects to
+/// anything: the broker here does not exist). Secrets from the environment
+/// of the caller must not leak in.
+#[test]
+fn shared_roles_refuse_to_start_without_their_secrets() {
+    let data = std::env::temp_dir().join(format!("atelier-cli-{}", crate::helpers::unique()));
+    let run = |role: &str, envs: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .arg(role)
+            .env("ATELIER_DATA_DIR", &data)
+            .env("ATELIER_KAFKA__BROKERS", "127.0.0.1:1")
+            .env_remove("ATELIER_AUTH__JWT_SECRET")
+            .env_remove("ATELIER_AUTH__VOTER_KEY")
+            .env_remove("ATELIER_CONFIG")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("atelier runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run("project", &[]);
+    assert!(!ok && err.contains("auth.voter_key"), "{err}");
+    assert!(
+        !err.contains("auth.jwt_secret"),
+        "a projector needs no JWT secret: {err}"
+    );
+    let (ok, err) = run("serve", &[("ATELIER_AUTH__VOTER_KEY", "v")]);
+    assert!(!ok && err.contains("auth.jwt_secret"), "{err}");
+    assert!(
+        !err.contains("auth.voter_key"),
+        "an API process needs no voter key: {err}"
+    );
+}

@@ -387,6 +387,19 @@ fn read_topic(
     brokers: &str,
     topic: Topic,
     secs: u64,
+    done: impl FnMut(&[Event]) -> bool,
+) -> (Vec<Event>, Vec<rdkafka::message::OwnedMessage>) {
+    read_topic_as(cfg, brokers, topic, secs, "read_committed", done)
+}
+
+/// [`read_topic`] at an isolation level: `read_uncommitted` also sees what
+/// an open (or aborted) transaction holds, and what follows it.
+fn read_topic_as(
+    cfg: &Config,
+    brokers: &str,
+    topic: Topic,
+    secs: u64,
+    isolation: &str,
     mut done: impl FnMut(&[Event]) -> bool,
 ) -> (Vec<Event>, Vec<rdkafka::message::OwnedMessage>) {
     let mut c = client_config(&cfg.kafka, brokers);
@@ -396,7 +409,7 @@ fn read_topic(
     )
     .set("enable.auto.commit", "false")
     .set("auto.offset.reset", "earliest")
-    .set("isolation.level", "read_committed");
+    .set("isolation.level", isolation);
     let consumer: BaseConsumer = c.create().unwrap();
     consumer.subscribe(&[&cfg.kafka.topic(topic)]).unwrap();
     let (mut events, mut raw) = (Vec::new(), Vec::new());
@@ -698,10 +711,22 @@ async fn killed_mid_batch_each_upload_commits_exactly_once() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         child.kill().unwrap();
         child.wait().unwrap();
-        // It died mid-work: uploads it had started have no outcome.
+        // It died mid-work: uploads it had started have no committed
+        // outcome. `StyleTransferStarted` is sent outside transactions, but
+        // a read-committed reader sees nothing past the killed worker's
+        // open transaction until it is aborted: read the starts
+        // uncommitted, the outcomes committed.
         let (seen, _) = read_topic(&cfg, &cfg.kafka.brokers, Topic::Completions, 3, |_| false);
         let done = outcomes(&seen);
-        let in_flight = seen
+        let (started, _) = read_topic_as(
+            &cfg,
+            &cfg.kafka.brokers,
+            Topic::Completions,
+            3,
+            "read_uncommitted",
+            |_| false,
+        );
+        let in_flight = started
             .iter()
             .filter_map(|e| match &e.data {
                 EventData::StyleTransferStarted(s) => Some(s.upload.upload_id.to_string()),
