@@ -9,6 +9,13 @@
 //!    their offsets);
 //! 4. the checkpoint is saved; only then does the consumer loop store the
 //!    offset;
+//!
+//!    A write the store refuses for good (not an outage: those are retried
+//!    with backoff while the partition waits) is narrowed down by halves to
+//!    the records it cannot take; each of those goes to the DLQ with stage
+//!    [`SINK`], the store's error and its source position, the rest is
+//!    applied, and the partition moves on. `dlq replay` re-applies them
+//!    once the cause is fixed;
 //! 5. if the projector is live, the changes and the watermark are
 //!    announced (a rebuild's projector runs silent until its swap).
 //!
@@ -34,6 +41,9 @@ use crate::view::{Checkpoint, CheckpointStore, View, ViewError};
 /// An event with its log position.
 pub type Positioned = (Position, Event);
 
+/// The DLQ stage of records whose view writes the store refused for good.
+pub const SINK: &str = "sink";
+
 /// Counts of one batch, for metrics and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -45,6 +55,9 @@ pub struct BatchStats {
     pub rejected: u64,
     /// Records sent to the DLQ.
     pub poison: u64,
+    /// Records whose writes the store refused for good, sent to the DLQ
+    /// (stage [`SINK`]).
+    pub sink: u64,
     /// Aggregate commits (or row patches) written.
     pub commits: u64,
 }
@@ -56,6 +69,7 @@ impl BatchStats {
         self.duplicates += o.duplicates;
         self.rejected += o.rejected;
         self.poison += o.poison;
+        self.sink += o.sink;
         self.commits += o.commits;
     }
 }
@@ -243,6 +257,7 @@ impl<P: Projection> Projector<P> {
         batch: &Batch,
         applied: i64,
         stats: &mut BatchStats,
+        dead_letter: bool,
     ) -> Result<Vec<Positioned>, HandlerError> {
         let expect: &[Topic] = self.view.topics();
         let expect_one = match expect {
@@ -280,6 +295,8 @@ impl<P: Projection> Projector<P> {
                     },
                     e,
                 )),
+                // Decoding again (to isolate a sink failure): already sent.
+                Err(_) if !dead_letter => {}
                 Err(reason) => {
                     dlq::send(
                         &self.dlq,
@@ -302,6 +319,80 @@ impl<P: Projection> Projector<P> {
         Ok(out)
     }
 
+    /// Applies `events` (log order) part by part after their batch's write
+    /// was refused for good: a part the store refuses is halved, and a
+    /// single record it refuses goes to the DLQ with stage [`SINK`]. Parts
+    /// apply in log order; an outage meanwhile is returned as retriable
+    /// (the whole batch runs again, and what landed is skipped as applied).
+    async fn isolate(
+        &self,
+        batch: &Batch,
+        events: Vec<Positioned>,
+        stats: &mut BatchStats,
+        cp: &mut Checkpoint,
+        announce: &mut (dyn FnMut(Change, Position) + Send),
+        live: bool,
+    ) -> Result<(), HandlerError> {
+        let mut parts = std::collections::VecDeque::from([events]);
+        while let Some(part) = parts.pop_front() {
+            let Some(&(last, _)) = part.last() else {
+                continue;
+            };
+            let (mut part_stats, mut part_cp) = (BatchStats::default(), cp.clone());
+            let plan = self
+                .projection
+                .plan(batch.partition, part.clone(), &mut part_stats, &mut part_cp)
+                .await
+                .map_err(view_err)?;
+            match self.projection.write(&plan).await {
+                Ok(()) => {
+                    self.projection.applied(
+                        last,
+                        plan,
+                        live.then_some(&mut *announce as Announce<'_>),
+                    );
+                    stats.add(&part_stats);
+                    *cp = part_cp;
+                }
+                Err(e) if e.is_retriable() => {
+                    self.projection.failed(batch.partition, &plan);
+                    return Err(view_err(e));
+                }
+                Err(e) if part.len() == 1 => {
+                    self.projection.failed(batch.partition, &plan);
+                    let rec = batch
+                        .records
+                        .iter()
+                        .find(|r| r.offset == last.offset)
+                        .expect("a decoded event comes from a record of its batch");
+                    dlq::send(
+                        &self.dlq,
+                        SINK,
+                        &batch.topic,
+                        batch.partition,
+                        rec,
+                        &format!("{}: {e}", self.view.as_str()),
+                        1,
+                    )
+                    .await
+                    .map_err(|e| HandlerError {
+                        message: format!("DLQ: {e}"),
+                        retriable: true,
+                    })?;
+                    stats.sink += 1;
+                }
+                Err(_) => {
+                    self.projection.failed(batch.partition, &plan);
+                    let mut first = part;
+                    let second = first.split_off(first.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(first);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Processes one batch; see the module docs for the steps.
     pub async fn process(&self, batch: &Batch) -> Result<BatchStats, HandlerError> {
         let mut stats = BatchStats::default();
@@ -312,8 +403,9 @@ impl<P: Projection> Projector<P> {
             .checkpoint(&batch.topic, batch.partition)
             .await
             .map_err(view_err)?;
+        let start = cp.clone();
         let started = Instant::now();
-        let events = self.decode(batch, cp.offset, &mut stats).await?;
+        let events = self.decode(batch, cp.offset, &mut stats, true).await?;
         let newest = events.iter().map(|(_, e)| e.time).max();
         let plan = self
             .projection
@@ -322,16 +414,6 @@ impl<P: Projection> Projector<P> {
             .map_err(view_err)?;
         let folded = started.elapsed();
         let wrote = Instant::now();
-        cp.offset = last;
-        let written = match self.projection.write(&plan).await {
-            Ok(()) => self.checkpoints.save_checkpoint(&cp).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            self.projection.failed(batch.partition, &plan);
-            return Err(view_err(e));
-        }
-        let write = wrote.elapsed();
         let live = self.live.get();
         let changes = &self.watermarks.changes;
         let mut announce = |c: Change, at: Position| changes.publish(c, &batch.topic, at);
@@ -339,8 +421,39 @@ impl<P: Projection> Projector<P> {
             partition: batch.partition,
             offset: last,
         };
-        self.projection
-            .applied(at, plan, live.then_some(&mut announce as Announce<'_>));
+        match self.projection.write(&plan).await {
+            Ok(()) => {
+                self.projection
+                    .applied(at, plan, live.then_some(&mut announce as Announce<'_>));
+            }
+            Err(e) if e.is_retriable() => {
+                self.projection.failed(batch.partition, &plan);
+                return Err(view_err(e));
+            }
+            Err(e) => {
+                self.projection.failed(batch.partition, &plan);
+                tracing::warn!(error = %e, "the store refused a batch for good; isolating the records it refuses");
+                // Start over from the checkpoint's counts: the refused
+                // plan's refusals are counted again as its parts apply.
+                cp = start;
+                stats = BatchStats {
+                    poison: stats.poison,
+                    duplicates: stats.duplicates,
+                    ..BatchStats::default()
+                };
+                let events = self
+                    .decode(batch, cp.offset, &mut BatchStats::default(), false)
+                    .await?;
+                self.isolate(batch, events, &mut stats, &mut cp, &mut announce, live)
+                    .await?;
+            }
+        }
+        cp.offset = last;
+        self.checkpoints
+            .save_checkpoint(&cp)
+            .await
+            .map_err(view_err)?;
+        let write = wrote.elapsed();
         self.cache
             .lock()
             .insert((cp.topic.clone(), cp.partition), cp);

@@ -37,5 +37,6 @@ mod one_query;
 mod openapi;
 mod replay;
 mod schemas;
+mod sink;
 mod topics;
 mod views;
