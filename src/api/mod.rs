@@ -200,8 +200,58 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             ApiError::not_found("no_route", "no such route; see the README for the API")
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(move |req, next| {
+            refuse_oversized(body_limit, req, next)
+        }))
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// The most bytes an oversized body is read (and dropped) before its 413.
+const DRAIN_MAX: u64 = 64 << 20;
+
+/// A body (other than a multipart upload, which has its own limit and
+/// reads past it the same way) whose `Content-Length` is over `limit` is
+/// answered 413 `body_too_large` after its bytes are read and dropped, up
+/// to [`DRAIN_MAX`]: a client that sends its whole body before it reads
+/// the answer then reads the 413 with its reason, not a reset connection.
+/// Past `DRAIN_MAX` the connection is closed after the answer.
+async fn refuse_oversized(limit: usize, req: Request, next: Next) -> Response {
+    let length = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let multipart = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/"));
+    let Some(length) = length.filter(|n| *n > limit as u64 && !multipart) else {
+        return next.run(req).await;
+    };
+    let refusal = ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the body is {length} bytes; at most {limit} are accepted (http.body_limit)"),
+    );
+    if length > DRAIN_MAX {
+        let mut res = refusal.into_response();
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return res;
+    }
+    let mut body = req.into_body().into_data_stream();
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+        read += chunk.len() as u64;
+        if read > DRAIN_MAX {
+            break;
+        }
+    }
+    refusal.into_response()
 }
 
 /// The generated document, served as it is.

@@ -353,6 +353,29 @@ async fn bad_input(b: Backends) {
         )
         .await;
     assert_eq!((s, v["error"].as_str()), (413, Some("body_too_large")));
+    // Ten megabytes: the body is read and dropped, then the 413 with its
+    // reason arrives, never a connection reset mid-send.
+    for _ in 0..3 {
+        let huge = "x".repeat(10 << 20);
+        let (s, v) = t
+            .post(
+                "/v1/polls",
+                "owner",
+                json!({"head": huge, "questions": ["a", "b"]}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (413, Some("body_too_large")),
+            "{v}"
+        );
+        assert!(
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("http.body_limit")),
+            "{v}"
+        );
+    }
     // After the end time, the edge refuses.
     let soon = chrono::Utc::now() + chrono::Duration::milliseconds(300);
     let (ending, tok) = t
