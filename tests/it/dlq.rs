@@ -13,28 +13,14 @@ use atelier::api::Token;
 use atelier::bus::Appended;
 use atelier::event::wire::{self, WireRecord};
 use atelier::event::{
-    Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, ModelVersion, PollId,
-    Principal, SessionKey, Style, StyleTransferStarted, TransferRef, UploadId, UploadReceived,
-    UserId, VoteCast,
+    Event, EventData, FeedContent, FeedItemCreated, FeedItemId, ModelVersion, PollId, SessionKey,
+    Style, StyleTransferStarted, TransferRef, UploadId, UploadReceived, VoteCast,
 };
 use serde_json::{Value, json};
 
-use crate::helpers::{Backends, TestApp, unique};
+use crate::helpers::{Backends, TestApp, event, unique};
 
 const ADMIN: &str = "admin";
-
-fn event(who: &str, data: EventData) -> Event {
-    Event {
-        id: EventId(uuid::Uuid::now_v7()),
-        time: atelier::edge::now(),
-        principal: Principal {
-            id: UserId::parse(who).unwrap(),
-            name: who.to_uppercase(),
-            avatar_url: None,
-        },
-        data,
-    }
-}
 
 /// Appends a record as the ingest edge would, but with `body` (and the
 /// header `drop` left out) instead of what `e` encodes to.

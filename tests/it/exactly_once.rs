@@ -361,12 +361,16 @@ pub fn read_all(
 
 /// A view store that fails some writes with a retriable error, before or
 /// after performing them: the polls and feed stores and the checkpoints a
-/// projector writes to, nothing else.
+/// projector writes to, nothing else. It can also refuse, for good, every
+/// poll commit carrying one voter's ballot (a value the store cannot take).
 #[derive(Debug)]
 pub struct FlakyStore {
     inner: Arc<dyn Store>,
+    /// One write in this many fails (0: none).
     one_in: u64,
     n: std::sync::atomic::AtomicU64,
+    /// The voter whose ballots are refused, while set.
+    pub refuse: parking_lot::Mutex<Option<VoterKey>>,
 }
 
 impl FlakyStore {
@@ -375,11 +379,15 @@ impl FlakyStore {
             inner,
             one_in,
             n: Default::default(),
+            refuse: Default::default(),
         }
     }
 
     /// `Some(true)`: fail after writing; `Some(false)`: fail instead.
     fn roll(&self) -> Option<bool> {
+        if self.one_in == 0 {
+            return None;
+        }
         let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7;
         h.is_multiple_of(self.one_in).then_some(h.is_multiple_of(2))
@@ -418,6 +426,13 @@ impl PollsStore for FlakyStore {
         self.inner.load_ballots(poll, voters).await
     }
     async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
+        if let Some(v) = self.refuse.lock().as_ref()
+            && c.ballots.iter().any(|(k, _)| k == v)
+        {
+            return Err(ViewError::Rejected(
+                "a value the store refuses (injected)".into(),
+            ));
+        }
         self.flaky(self.inner.commit_poll(c)).await
     }
     async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {

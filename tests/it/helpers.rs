@@ -186,6 +186,20 @@ impl TestApp {
     }
 }
 
+/// An event by user `who` (display name: `who` in capitals), now.
+pub fn event(who: &str, data: atelier::event::EventData) -> atelier::event::Event {
+    atelier::event::Event {
+        id: atelier::event::EventId(uuid::Uuid::now_v7()),
+        time: atelier::edge::now(),
+        principal: atelier::event::Principal {
+            id: atelier::event::UserId::parse(who).unwrap(),
+            name: who.to_uppercase(),
+            avatar_url: None,
+        },
+        data,
+    }
+}
+
 /// Polls `f` until it returns `Some`, or panics after `secs`.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where

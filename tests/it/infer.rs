@@ -411,7 +411,18 @@ fn read_topic_as(
     .set("auto.offset.reset", "earliest")
     .set("isolation.level", isolation);
     let consumer: BaseConsumer = c.create().unwrap();
-    consumer.subscribe(&[&cfg.kafka.topic(topic)]).unwrap();
+    // Assigned, not subscribed: no group join to wait out (seconds on a
+    // loaded machine, while the worker under test runs on).
+    let name = cfg.kafka.topic(topic);
+    let md = consumer
+        .fetch_metadata(Some(&name), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(&name, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
     let (mut events, mut raw) = (Vec::new(), Vec::new());
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while std::time::Instant::now() < deadline && !done(&events) {

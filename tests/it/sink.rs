@@ -5,96 +5,20 @@
 //! replaying the letter applies it, once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use atelier::app::{App, Roles};
 use atelier::dlq::{Cursor, DlqLog, Filter};
-use atelier::event::{
-    Event, EventData, EventId, PollCreated, PollId, Principal, Question, UserId, VoteCast,
-};
+use atelier::event::{Event, EventData, PollCreated, PollId, Question, VoteCast};
 use atelier::fold::Position;
-use atelier::fold::poll::{
-    Ballot, FoldConfig, PollCommit, PollState, VoterKey, reference as poll_reference,
-};
+use atelier::fold::poll::{FoldConfig, PollState, reference as poll_reference};
 use atelier::project::runtime::SINK;
-use atelier::view::{OwnerCursor, OwnerPollRow, PollsStore, ViewError, VoterRow};
+use atelier::view::PollsStore;
 
-use crate::exactly_once::{halves, produce, project_until};
-use crate::helpers::{self, Backends};
+use crate::exactly_once::{FlakyStore, produce, project_until};
+use crate::helpers::{self, Backends, event};
 
 /// The refused voter: any commit carrying their ballot is refused.
 const REFUSED: &str = "v-refused";
-
-/// A polls store that refuses, for good, every commit carrying the ballot
-/// of [`REFUSED`] while `refusing` holds (a value the store cannot take).
-struct Refusing {
-    inner: Arc<dyn PollsStore>,
-    refusing: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl PollsStore for Refusing {
-    async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
-        self.inner.load_polls(ids).await
-    }
-    async fn load_ballots(
-        &self,
-        poll: PollId,
-        voters: &[VoterKey],
-    ) -> Result<Vec<(VoterKey, Ballot)>, ViewError> {
-        self.inner.load_ballots(poll, voters).await
-    }
-    async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
-        if self.refusing.load(Ordering::Relaxed) && c.ballots.iter().any(|(k, _)| k == REFUSED) {
-            return Err(ViewError::Rejected(
-                "a value the store refuses (injected)".into(),
-            ));
-        }
-        self.inner.commit_poll(c).await
-    }
-    async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
-        self.inner.poll(id).await
-    }
-    async fn polls_by_owner(
-        &self,
-        owner: &UserId,
-        before: Option<OwnerCursor>,
-        limit: usize,
-    ) -> Result<Vec<OwnerPollRow>, ViewError> {
-        self.inner.polls_by_owner(owner, before, limit).await
-    }
-    async fn question_voters(
-        &self,
-        poll: PollId,
-        question: u16,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<VoterRow>, ViewError> {
-        self.inner
-            .question_voters(poll, question, after, limit)
-            .await
-    }
-    async fn scan_polls(
-        &self,
-        after: Option<PollId>,
-        limit: usize,
-    ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
-        self.inner.scan_polls(after, limit).await
-    }
-}
-
-fn event(who: &str, data: EventData) -> Event {
-    Event {
-        id: EventId(uuid::Uuid::now_v7()),
-        time: atelier::edge::now(),
-        principal: Principal {
-            id: UserId::parse(who).unwrap(),
-            name: who.to_uppercase(),
-            avatar_url: None,
-        },
-        data,
-    }
-}
 
 /// Two polls, 40 votes on each; one vote on the first is [`REFUSED`]'s.
 fn workload() -> (Vec<Event>, [PollId; 2]) {
@@ -150,16 +74,14 @@ async fn refused_writes_become_sink_letters(b: Backends) {
     let app = App::start(cfg.clone(), Roles::NONE).await.unwrap();
     let (events, [refused_poll, other_poll]) = workload();
     let produced = produce(&app.producer, events, 0).await;
-    let (rows, checkpoints) = halves(app.views.base());
-    let store = Arc::new(Refusing {
-        inner: rows,
-        refusing: AtomicBool::new(true),
-    });
+    // Never flaky; refuses the voter's ballots.
+    let store = Arc::new(FlakyStore::new(app.views.base().clone(), 0));
+    *store.refuse.lock() = Some(REFUSED.to_owned());
     let group = format!("{}sink", cfg.kafka.namespace);
     let projector = project_until(
         &cfg,
         &app.brokers,
-        (store.clone(), checkpoints.clone()),
+        (store.clone(), store.clone()),
         &group,
         &produced.last,
     )
@@ -229,7 +151,7 @@ async fn refused_writes_become_sink_letters(b: Backends) {
     );
 
     // Fixed: the replayed copy applies, once.
-    store.refusing.store(false, Ordering::Relaxed);
+    *store.refuse.lock() = None;
     let bulk = dlq.replay_matching(&sink, false, "test").await.unwrap();
     assert_eq!(bulk.replays.len(), 1);
     let to = bulk.replays[0].done.as_ref().unwrap().to.clone();
@@ -237,7 +159,7 @@ async fn refused_writes_become_sink_letters(b: Backends) {
     project_until(
         &cfg,
         &app.brokers,
-        (store.clone(), checkpoints),
+        (store.clone(), store.clone()),
         &group,
         &last,
     )
