@@ -48,6 +48,21 @@ impl Roles {
         projector: true,
         infer: crate::infer::model::HAS_ENGINE,
     };
+    /// The API alone (`atelier serve`).
+    pub const API: Roles = Roles {
+        api: true,
+        ..Roles::NONE
+    };
+    /// The projectors alone (`atelier project`).
+    pub const PROJECTOR: Roles = Roles {
+        projector: true,
+        ..Roles::NONE
+    };
+    /// Inference alone (`atelier infer`).
+    pub const INFER: Roles = Roles {
+        infer: true,
+        ..Roles::NONE
+    };
     /// Nothing but the log, views and blobs (tests add their own parts).
     pub const NONE: Roles = Roles {
         api: false,

@@ -145,38 +145,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = listen {
                 cfg.http.listen = l;
             }
-            up(
-                cfg,
-                app::Roles {
-                    api: true,
-                    projector: false,
-                    infer: false,
-                },
-            )
-            .await
+            up(cfg, app::Roles::API).await
         }
-        Command::Project => {
-            up(
-                cfg,
-                app::Roles {
-                    api: false,
-                    projector: true,
-                    infer: false,
-                },
-            )
-            .await
-        }
-        Command::Infer => {
-            up(
-                cfg,
-                app::Roles {
-                    api: false,
-                    projector: false,
-                    infer: true,
-                },
-            )
-            .await
-        }
+        Command::Project => up(cfg, app::Roles::PROJECTOR).await,
+        Command::Infer => up(cfg, app::Roles::INFER).await,
         Command::Models(c) => models::run(cfg, c).await,
         Command::Topics(c) => topics::run(cfg, c).await,
         Command::Emit(c) => emit::run(cfg, c).await,

@@ -403,7 +403,6 @@ impl<P: Projection> Projector<P> {
             .checkpoint(&batch.topic, batch.partition)
             .await
             .map_err(view_err)?;
-        let start = cp.clone();
         let started = Instant::now();
         let events = self.decode(batch, cp.offset, &mut stats, true).await?;
         let newest = events.iter().map(|(_, e)| e.time).max();
@@ -433,9 +432,13 @@ impl<P: Projection> Projector<P> {
             Err(e) => {
                 self.projection.failed(batch.partition, &plan);
                 tracing::warn!(error = %e, "the store refused a batch for good; isolating the records it refuses");
-                // Start over from the checkpoint's counts: the refused
-                // plan's refusals are counted again as its parts apply.
-                cp = start;
+                // Start over from the stored checkpoint's counts (the
+                // refused plan's refusals are counted again as its parts
+                // apply): read again rather than copied on every batch.
+                cp = self
+                    .checkpoint(&batch.topic, batch.partition)
+                    .await
+                    .map_err(view_err)?;
                 stats = BatchStats {
                     poison: stats.poison,
                     duplicates: stats.duplicates,

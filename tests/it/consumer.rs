@@ -64,16 +64,7 @@ fn spec(group: String, topic: String) -> ConsumerSpec {
 
 async fn setup(b: Backends) -> Option<(App, String, HashMap<i32, i64>)> {
     let cfg = helpers::config(b).await?;
-    let app = App::start(
-        cfg,
-        Roles {
-            api: false,
-            projector: false,
-            infer: false,
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::start(cfg, Roles::NONE).await.unwrap();
     let topic = app.producer.topic(Topic::Polls);
     let mut last = HashMap::new();
     for i in 0..300 {

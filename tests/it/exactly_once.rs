@@ -236,10 +236,34 @@ pub async fn project_until(
 ) -> Arc<PollProjector> {
     let watermarks = Watermarks::new();
     let projector = polls_into(views.0, views.1, &context(cfg, brokers, watermarks.clone()));
-    let log = (cfg.kafka.clone(), brokers.to_string());
+    consume_until(
+        cfg,
+        brokers,
+        Topic::Polls,
+        group,
+        projector.clone(),
+        &watermarks,
+        last,
+    )
+    .await;
+    projector
+}
+
+/// Runs `handler` in consumer group `group` on `topic` until `watermarks`
+/// say every partition reached `last`, then stops it (cleanly: it must
+/// not have failed).
+pub async fn consume_until(
+    cfg: &Config,
+    brokers: &str,
+    topic: Topic,
+    group: &str,
+    handler: Arc<dyn atelier::bus::PartitionHandler>,
+    watermarks: &Watermarks,
+    last: &HashMap<i32, i64>,
+) {
     let spec = ConsumerSpec {
         group: group.to_owned(),
-        topics: vec![cfg.kafka.topic(Topic::Polls)],
+        topics: vec![cfg.kafka.topic(topic)],
         max_batch: cfg.projector.max_batch,
         linger: Duration::from_millis(2),
         queue_depth: 2,
@@ -247,13 +271,13 @@ pub async fn project_until(
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer::run(
-        log.0,
-        log.1,
+        cfg.kafka.clone(),
+        brokers.to_owned(),
         spec,
-        projector.clone(),
+        handler,
         stop.clone(),
     ));
-    let topic = cfg.kafka.topic(Topic::Polls);
+    let topic = cfg.kafka.topic(topic);
     helpers::eventually(120, "the projector to catch up", || {
         let done = last
             .iter()
@@ -263,7 +287,6 @@ pub async fn project_until(
     .await;
     stop.cancel();
     task.await.unwrap().unwrap();
-    projector
 }
 
 /// What a test's projector is built with.
@@ -520,16 +543,7 @@ async fn exactly_once(b: Backends) {
     // Small batches and commits: more boundaries, more chances to be wrong.
     cfg.projector.max_batch = 97;
     cfg.projector.commit_rows = 7;
-    let app = App::start(
-        cfg.clone(),
-        Roles {
-            api: false,
-            projector: false,
-            infer: false,
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::start(cfg.clone(), Roles::NONE).await.unwrap();
     let events = workload(7, 12, 3_000);
     let produced = produce(&app.producer, events, 5).await;
     let brokers = app.brokers.clone();

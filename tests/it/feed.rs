@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atelier::app::{App, Roles};
-use atelier::bus::consumer::{self, ConsumerSpec};
 use atelier::config::Config;
 use atelier::event::{
     Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, Principal,
@@ -25,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::exactly_once::{FlakyStore, assert_poison_in_dlq, context, produce};
+use crate::exactly_once::{FlakyStore, assert_poison_in_dlq, consume_until, context, produce};
 use crate::helpers::{self, Backends, TestApp};
 
 fn who(i: usize) -> Principal {
@@ -145,33 +144,16 @@ pub async fn project_feed_until(
 ) -> Arc<FeedProjector> {
     let watermarks = Watermarks::new();
     let projector = feed_into(views.0, views.1, &context(cfg, brokers, watermarks.clone()));
-    let log = (cfg.kafka.clone(), brokers.to_string());
-    let spec = ConsumerSpec {
-        group: group.to_owned(),
-        topics: vec![cfg.kafka.topic(Topic::Feed)],
-        max_batch: cfg.projector.max_batch,
-        linger: Duration::from_millis(2),
-        queue_depth: 2,
-        drain_timeout: Duration::from_secs(5),
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer::run(
-        log.0,
-        log.1,
-        spec,
+    consume_until(
+        cfg,
+        brokers,
+        Topic::Feed,
+        group,
         projector.clone(),
-        stop.clone(),
-    ));
-    let topic = cfg.kafka.topic(Topic::Feed);
-    helpers::eventually(120, "the feed projector to catch up", || {
-        let done = last
-            .iter()
-            .all(|(p, o)| watermarks.local(&topic, *p).is_some_and(|w| w >= *o));
-        async move { done.then_some(()) }
-    })
+        &watermarks,
+        last,
+    )
     .await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
     projector
 }
 
@@ -181,16 +163,7 @@ async fn likes_and_joins_exactly_once(b: Backends) {
     };
     cfg.projector.max_batch = 89;
     cfg.projector.commit_rows = 5;
-    let app = App::start(
-        cfg.clone(),
-        Roles {
-            api: false,
-            projector: false,
-            infer: false,
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::start(cfg.clone(), Roles::NONE).await.unwrap();
     let produced = produce(&app.producer, feed_workload(3, 25, 4_000), 3).await;
     let views: Arc<dyn Store> = app.views.base().clone();
     // Through a store that fails one write in eight, half the time after
@@ -557,25 +530,8 @@ async fn stream_works_when_projectors_run_elsewhere() {
     let Some(cfg) = helpers::config(Backends::Real).await else {
         return;
     };
-    let projector = App::start(
-        cfg.clone(),
-        Roles {
-            api: false,
-            projector: true,
-            infer: false,
-        },
-    )
-    .await
-    .unwrap();
-    let api = TestApp::start(
-        cfg,
-        Roles {
-            api: true,
-            projector: false,
-            infer: false,
-        },
-    )
-    .await;
+    let projector = App::start(cfg.clone(), Roles::PROJECTOR).await.unwrap();
+    let api = TestApp::start(cfg, Roles::API).await;
     let (poll, tok) = api
         .create_poll("ann", json!({"head": "Split?", "questions": ["a", "b"]}))
         .await;

@@ -310,15 +310,7 @@ async fn metrics_and_lag(b: Backends) {
         return;
     };
     cfg.http.ready_lag = 5;
-    let mut t = TestApp::start(
-        cfg,
-        Roles {
-            api: true,
-            projector: false,
-            infer: false,
-        },
-    )
-    .await;
+    let mut t = TestApp::start(cfg, Roles::API).await;
     // Polls, not votes: a vote is refused until its poll is in the view.
     let (mut id, mut last) = (String::new(), String::new());
     for i in 0..21 {
