@@ -528,6 +528,9 @@ pub(super) fn decode_time_cursor<I, E>(
 pub(super) fn rebuild_err(e: RebuildError) -> ApiError {
     match e {
         RebuildError::InProgress(..) => ApiError::conflict("rebuild_in_progress", e.to_string()),
+        RebuildError::Partial { .. } => {
+            ApiError::unprocessable("partial_rebuild", e.to_string()).field("from")
+        }
         RebuildError::View(e) => ApiError::unavailable("views_unavailable", e.to_string()),
         RebuildError::Bus(e) => ApiError::unavailable("log_unavailable", e.to_string()),
     }

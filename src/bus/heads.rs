@@ -77,6 +77,24 @@ impl Heads {
         .map_err(|e| BusError::Handler(format!("heads query: {e}")))?
     }
 
+    /// `(partition, low watermark)` of every partition of `topic`: the
+    /// first offset the log still holds (retention deletes before it).
+    pub async fn starts(&self, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
+        let heads = self.of(topic).await?;
+        let client = self.client.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (p, _) in heads {
+                let (low, _) = client.fetch_watermarks(&topic, p, TIMEOUT)?;
+                out.push((p, low));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BusError::Handler(format!("watermarks query: {e}")))?
+    }
+
     /// The first offset of each partition of `topic` whose record time is
     /// at or after `ms` (the high watermark where there is none).
     pub async fn at_time(&self, topic: &str, ms: i64) -> Result<Vec<(i32, i64)>, BusError> {

@@ -23,6 +23,20 @@ pub enum RebuildError {
     /// One is under way.
     #[error("a rebuild of {0} is under way (generation {1}); see `atelier replay status`")]
     InProgress(&'static str, u32),
+    /// A rebuild from a time would lack what the log holds before it: a
+    /// view is the fold of its whole log, so it would be wrong, not old.
+    #[error(
+        "a rebuild of {view} from that time would lack the {records} records the log still \
+         holds before it (a view folds its whole log, so swapping it in would lose them); \
+         rebuild from `earliest` (the default), or replay the inference stage, which may \
+         start anywhere"
+    )]
+    Partial {
+        /// The view.
+        view: &'static str,
+        /// Records before the time.
+        records: u64,
+    },
     /// The view store failed.
     #[error(transparent)]
     View(#[from] ViewError),
@@ -69,6 +83,22 @@ pub async fn start_rebuild(
             Some(ms) => heads.at_time(&topic, ms).await?,
             None => hs.iter().map(|(p, _)| (*p, 0)).collect(),
         };
+        if r.from_ms.is_some() {
+            // Refused unless the time is at or before what retention kept.
+            let lacking: u64 = heads
+                .starts(&topic)
+                .await?
+                .iter()
+                .zip(&from)
+                .map(|((_, low), (_, start))| (start - low).max(0) as u64)
+                .sum();
+            if lacking > 0 {
+                return Err(RebuildError::Partial {
+                    view: r.view.as_str(),
+                    records: lacking,
+                });
+            }
+        }
         for ((_, head), (_, start)) in hs.iter().zip(&from) {
             records += (head - start).max(0) as u64;
         }

@@ -38,7 +38,9 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                      `stage: infer`: moves the inference workers to a new consumer group, so \
                      every upload from `from` on is stylized again with the current models. \
                      `dry_run` answers 200 with what would be replayed. A rebuild under way: \
-                     409 `rebuild_in_progress`.",
+                     409 `rebuild_in_progress`. A view rebuild `from` a time after the \
+                     log's retained start would lack the records before it: 422 \
+                     `partial_rebuild`.",
                     &[409, 503],
                 )
             })
