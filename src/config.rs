@@ -145,6 +145,27 @@ pub enum ViewBackend {
     Cql,
 }
 
+/// A CQL consistency level (the generation control rows always use
+/// `LOCAL_QUORUM` with `LOCAL_SERIAL` lightweight transactions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CqlConsistency {
+    /// One replica.
+    One,
+    /// One replica in the local datacenter.
+    LocalOne,
+    /// A majority of all replicas.
+    Quorum,
+    /// A majority of the local datacenter's replicas (the default: with
+    /// both reads and writes at it, a read sees every acknowledged write).
+    #[default]
+    LocalQuorum,
+    /// A majority in every datacenter.
+    EachQuorum,
+    /// Every replica.
+    All,
+}
+
 /// View store settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -155,8 +176,17 @@ pub struct ViewsConfig {
     pub contact_points: Vec<String>,
     /// Keyspace (created if missing).
     pub keyspace: String,
-    /// Replication factor used when creating the keyspace.
+    /// Replication factor used when creating the keyspace with
+    /// `SimpleStrategy` (when `datacenters` is empty).
     pub replication_factor: u32,
+    /// Replicas per datacenter (`{dc1 = 3, dc2 = 3}`): when set, keyspaces
+    /// are created with `NetworkTopologyStrategy` and these factors. An
+    /// existing keyspace is left as it is (a warning names a difference).
+    pub datacenters: std::collections::BTreeMap<String, u32>,
+    /// Consistency level of view and checkpoint writes.
+    pub write_consistency: CqlConsistency,
+    /// Consistency level of view reads (each dashboard read is one).
+    pub read_consistency: CqlConsistency,
     /// CQL username, when the cluster requires authentication.
     pub username: String,
     /// CQL password.
@@ -170,6 +200,9 @@ impl Default for ViewsConfig {
             contact_points: vec!["127.0.0.1:9042".into()],
             keyspace: "atelier".into(),
             replication_factor: 1,
+            datacenters: Default::default(),
+            write_consistency: CqlConsistency::LocalQuorum,
+            read_consistency: CqlConsistency::LocalQuorum,
             username: String::new(),
             password: Secret::default(),
         }
@@ -395,9 +428,12 @@ pub struct InferConfig {
     /// are sent, so that a kill lands between records and offsets (the
     /// exactly-once test uses it; 0 in production).
     pub commit_delay_ms: u64,
-    /// This worker's stable name (its transactional id). Keep it across
-    /// restarts, distinct per worker: a restarted worker then aborts its
-    /// predecessor's open transaction at once. Empty: the host name.
+    /// This worker's name (its transactional id). Empty (the default): the
+    /// host name plus the lowest slot free on this host, leased by a lock
+    /// that dies with the process, so replicas never share one and a
+    /// restarted worker usually takes its predecessor's (aborting its open
+    /// transaction at once). Set: leased the same way, so a second worker
+    /// with the same name on this host is refused at start.
     pub instance: String,
     /// A directory of `{style}.pt` files published at start when their
     /// style has no model yet (the embedded default exports them there).

@@ -24,11 +24,12 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{Counters, Store, View, ViewError};
-use crate::config::ViewsConfig;
+use crate::config::{CqlConsistency, ViewsConfig};
 
 /// Most values in one `IN (...)` list.
 const IN_CHUNK: usize = 100;
@@ -61,6 +62,20 @@ struct Db {
     session: Session,
     keyspace: String,
     counters: Counters,
+    /// Consistency of view writes and of view reads.
+    write: Consistency,
+    read: Consistency,
+}
+
+fn consistency(c: CqlConsistency) -> Consistency {
+    match c {
+        CqlConsistency::One => Consistency::One,
+        CqlConsistency::LocalOne => Consistency::LocalOne,
+        CqlConsistency::Quorum => Consistency::Quorum,
+        CqlConsistency::LocalQuorum => Consistency::LocalQuorum,
+        CqlConsistency::EachQuorum => Consistency::EachQuorum,
+        CqlConsistency::All => Consistency::All,
+    }
 }
 
 /// Boxed bound values of one batch statement.
@@ -77,11 +92,16 @@ impl Db {
         } else {
             Kind::Write
         };
-        let prepared = self
+        let mut prepared = self
             .session
             .prepare(cql)
             .await
             .map_err(|e| ViewError::Rejected(e.to_string()))?;
+        match kind {
+            Kind::Read => prepared.set_consistency(self.read),
+            Kind::Write => prepared.set_consistency(self.write),
+            Kind::Control => prepared.set_consistency(Consistency::LocalQuorum),
+        }
         Ok(Stmt { prepared, kind })
     }
 
@@ -118,6 +138,7 @@ impl Db {
     ) -> Result<(), ViewError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_timestamp(ts);
+        batch.set_consistency(self.write);
         for st in statements {
             batch.append_statement(st.prepared.clone());
         }
@@ -136,6 +157,22 @@ impl Db {
     }
 }
 
+/// The replication map `CREATE KEYSPACE` gets from `cfg`.
+fn replication(cfg: &ViewsConfig) -> String {
+    if cfg.datacenters.is_empty() {
+        return format!(
+            "{{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+            cfg.replication_factor.max(1)
+        );
+    }
+    let dcs: Vec<String> = cfg
+        .datacenters
+        .iter()
+        .map(|(dc, n)| format!("'{}': {}", dc.replace('\'', "''"), n.max(&1)))
+        .collect();
+    format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
+}
+
 /// The prepared statements, by module.
 #[derive(Debug)]
 struct Statements {
@@ -149,7 +186,8 @@ struct Statements {
 #[derive(Debug)]
 pub struct CqlStore {
     db: Db,
-    replication_factor: u32,
+    /// The keyspace's replication map, as CQL.
+    replication: String,
     st: tokio::sync::OnceCell<Statements>,
 }
 
@@ -176,10 +214,41 @@ impl CqlStore {
                 session,
                 keyspace: cfg.keyspace.clone(),
                 counters: Counters::default(),
+                write: consistency(cfg.write_consistency),
+                read: consistency(cfg.read_consistency),
             },
-            replication_factor: cfg.replication_factor.max(1),
+            replication: replication(cfg),
             st: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Warns when the keyspace exists with another replication than the
+    /// configured one (`CREATE KEYSPACE IF NOT EXISTS` leaves it alone;
+    /// changing it is an `ALTER KEYSPACE` and a repair, an operator's call).
+    async fn warn_replication(&self) {
+        let got = self
+            .db
+            .session
+            .query_unpaged(
+                "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+                (&self.db.keyspace,),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.into_rows_result().ok())
+            .and_then(|rows| {
+                rows.maybe_first_row::<(std::collections::HashMap<String, String>,)>()
+                    .ok()
+                    .flatten()
+            });
+        let Some((got,)) = got else { return };
+        let class = got.get("class").map(String::as_str).unwrap_or_default();
+        let want_nts = self.replication.contains("NetworkTopologyStrategy");
+        if class.ends_with("NetworkTopologyStrategy") != want_nts {
+            tracing::warn!(keyspace = %self.db.keyspace, existing = ?got,
+                configured = %self.replication,
+                "the keyspace exists with another replication strategy; it is left as it is");
+        }
     }
 
     fn st(&self) -> Result<&Statements, ViewError> {
@@ -214,11 +283,11 @@ impl Store for CqlStore {
     async fn migrate(&self) -> Result<(), ViewError> {
         self.db
             .ddl(&format!(
-                "CREATE KEYSPACE IF NOT EXISTS {{ks}} WITH replication = \
-                 {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
-                self.replication_factor
+                "CREATE KEYSPACE IF NOT EXISTS {{ks}} WITH replication = {}",
+                self.replication
             ))
             .await?;
+        self.warn_replication().await;
         for ddl in [polls::SCHEMA, feed::SCHEMA, cards::SCHEMA, control::SCHEMA]
             .into_iter()
             .flatten()
@@ -310,4 +379,48 @@ fn exec_err(e: scylla::errors::ExecutionError) -> ViewError {
 
 fn rows_err(e: impl std::fmt::Display) -> ViewError {
     ViewError::Corrupt(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_is_simple_by_default_and_per_datacenter_when_configured() {
+        let mut cfg = ViewsConfig {
+            replication_factor: 3,
+            ..ViewsConfig::default()
+        };
+        assert_eq!(
+            replication(&cfg),
+            "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+        );
+        cfg.datacenters = [("eu-west".to_owned(), 3), ("us'east".to_owned(), 2)].into();
+        assert_eq!(
+            replication(&cfg),
+            "{'class': 'NetworkTopologyStrategy', 'eu-west': 3, 'us''east': 2}"
+        );
+    }
+
+    #[test]
+    fn consistency_levels_come_from_the_configuration() {
+        let cfg: crate::config::Config = figment::Figment::new()
+            .merge(figment::providers::Serialized::defaults(
+                crate::config::Config::default(),
+            ))
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(
+                "[views]\nwrite_consistency = \"each_quorum\"\nread_consistency = \"local_one\"\ndatacenters = { dc1 = 3 }\n",
+            ))
+            .extract()
+            .unwrap();
+        assert_eq!(
+            consistency(cfg.views.write_consistency),
+            Consistency::EachQuorum
+        );
+        assert_eq!(
+            consistency(cfg.views.read_consistency),
+            Consistency::LocalOne
+        );
+        assert_eq!(cfg.views.datacenters.get("dc1"), Some(&3));
+    }
 }
