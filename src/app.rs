@@ -195,10 +195,14 @@ impl App {
         if roles.infer {
             app.start_infer();
         }
+        // On a shared log other processes apply most changes: every API
+        // process follows them all (see `project::changes`).
+        if roles.api && (!roles.projector || !app.config.kafka.is_embedded()) {
+            app.watermarks.changes.follow_all();
+            app.start_change_follower();
+        }
         if roles.projector {
             app.start_projectors().await?;
-        } else if roles.api {
-            app.start_change_follower();
         }
         if roles.api {
             app.start_api().await?;

@@ -68,13 +68,25 @@ impl S3Blobs {
         {
             return Ok(());
         }
-        self.client
+        match self
+            .client
             .create_bucket()
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|e| sdk(&self.bucket, e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // Another process created it between the two calls (every
+            // member of a cluster starting at once).
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_bucket_already_exists() || s.is_bucket_already_owned_by_you()
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk(&self.bucket, e)),
+        }
     }
 }
 

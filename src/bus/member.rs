@@ -85,9 +85,14 @@ pub enum Rebalance {
     Revoked(Vec<Tp>),
 }
 
-/// The consumer context: forwards rebalances to the member's owner.
+/// Called, synchronously, before partitions are given away.
+pub type RevokeHook = Box<dyn Fn(&[Tp]) + Send + Sync>;
+
+/// The consumer context: forwards rebalances to the member's owner, and
+/// runs the revoke hook (see [`Member::on_revoke`]).
 struct Ctx {
     tx: mpsc::UnboundedSender<Rebalance>,
+    on_revoke: parking_lot::RwLock<Option<RevokeHook>>,
 }
 
 impl ClientContext for Ctx {}
@@ -102,14 +107,25 @@ fn parts(tpl: &TopicPartitionList) -> Vec<Tp> {
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &rdkafka::consumer::Rebalance<'_>) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = r {
-            let _ = self.tx.send(Rebalance::Revoked(parts(tpl)));
+            let gone = parts(tpl);
+            if let Some(hook) = self.on_revoke.read().as_ref() {
+                hook(&gone);
+            }
+            let _ = self.tx.send(Rebalance::Revoked(gone));
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &rdkafka::consumer::Rebalance<'_>) {
         match r {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
-                let _ = self.tx.send(Rebalance::Assigned(parts(tpl)));
+                let got = parts(tpl);
+                crate::telemetry::emit::rebalance();
+                tracing::info!(
+                    partitions = got.len(),
+                    topics = ?got.iter().map(|(t, _)| t.as_str()).collect::<std::collections::BTreeSet<_>>(),
+                    "partitions assigned"
+                );
+                let _ = self.tx.send(Rebalance::Assigned(got));
             }
             rdkafka::consumer::Rebalance::Error(e) => {
                 tracing::warn!(error = %e, "rebalance error")
@@ -169,10 +185,22 @@ impl Member {
     ) -> Result<(Member, Rebalances), BusError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<Ctx> =
-            member_config(cfg, brokers, spec).create_with_context(Ctx { tx })?;
+            member_config(cfg, brokers, spec).create_with_context(Ctx {
+                tx,
+                on_revoke: parking_lot::RwLock::new(None),
+            })?;
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok((Member { consumer }, Rebalances(rx)))
+    }
+
+    /// Runs `hook` inside every revocation, before the partitions are given
+    /// away: the rebalance waits for it. A member that commits on its own
+    /// schedule ([`Offsets::Explicit`]) finishes its commits there, so that
+    /// no commit for a partition lands after its next owner read the
+    /// committed offset (the next owner would do the work again).
+    pub fn on_revoke(&self, hook: RevokeHook) {
+        *self.consumer.context().on_revoke.write() = Some(hook);
     }
 
     /// The next record, owned, with its partition (cancel-safe).

@@ -1,6 +1,12 @@
-//! View changes, announced by the projectors of this process once their
-//! writes are durable: what `GET /v1/stream` pushes to dashboards. A slow
-//! subscriber lags (and is told so) instead of slowing the projectors.
+//! View changes, announced once their writes are durable: what `GET
+//! /v1/stream` pushes to dashboards. A slow subscriber lags (and is told
+//! so) instead of slowing the projectors.
+//!
+//! On the embedded log this process's projectors own every partition and
+//! announce what they apply. On a shared log other processes apply most
+//! changes, so the change follower ([`super::follow`]) announces every
+//! change, whichever process applied it, and the local projectors' own
+//! announcements are muted (one source, no duplicates).
 
 use tokio::sync::broadcast;
 
@@ -36,6 +42,8 @@ pub struct Announced {
 #[derive(Debug)]
 pub struct Changes {
     tx: broadcast::Sender<Announced>,
+    /// The change follower announces; local projectors stay quiet.
+    followed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Changes {
@@ -49,6 +57,22 @@ impl Changes {
     pub fn new(capacity: usize) -> Self {
         Self {
             tx: broadcast::channel(capacity.max(1)).0,
+            followed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// From now on the change follower announces every change; what local
+    /// projectors announce through [`Self::publish_local`] is dropped.
+    pub fn follow_all(&self) {
+        self.followed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A change a projector of this process applied: announced unless the
+    /// change follower announces everything.
+    pub fn publish_local(&self, change: Change, topic: &str, position: Position) {
+        if !self.followed.load(std::sync::atomic::Ordering::Acquire) {
+            self.publish(change, topic, position);
         }
     }
 

@@ -415,7 +415,7 @@ impl<P: Projection> Projector<P> {
         let wrote = Instant::now();
         let live = self.live.get();
         let changes = &self.watermarks.changes;
-        let mut announce = |c: Change, at: Position| changes.publish(c, &batch.topic, at);
+        let mut announce = |c: Change, at: Position| changes.publish_local(c, &batch.topic, at);
         let at = Position {
             partition: batch.partition,
             offset: last,

@@ -117,6 +117,11 @@ pub fn lag(group: &str, topic: &str, partition: i32, lag: i64) {
     .set(lag as f64);
 }
 
+/// A consumer group member received an assignment.
+pub fn rebalance() {
+    metrics::counter!(names::REBALANCES).increment(1);
+}
+
 /// A model loaded into memory.
 pub fn model_loaded(style: String) {
     metrics::counter!(names::MODEL_LOADS, "style" => style).increment(1);
@@ -125,6 +130,11 @@ pub fn model_loaded(style: String) {
 /// A transient inference failure retried, in `stage` (model, fetch, store).
 pub fn infer_retry(stage: &'static str) {
     metrics::counter!(names::INFER_RETRIES, "stage" => stage).increment(1);
+}
+
+/// This worker was fenced (see `names::INFER_FENCED`).
+pub fn infer_fenced() {
+    metrics::counter!(names::INFER_FENCED).increment(1);
 }
 
 /// Time one image spent in an inference pipeline stage (decode, queue,

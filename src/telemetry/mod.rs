@@ -45,6 +45,9 @@ pub mod names {
     /// Consumer lag (records not yet applied), by `group`, `topic`,
     /// `partition`; measured every second by each consumer loop.
     pub const LAG: &str = "atelier_consumer_lag";
+    /// Rebalances this process's consumer group members went through
+    /// (each assignment they received).
+    pub const REBALANCES: &str = "atelier_rebalances_total";
     /// HTTP requests, by `route`, `status`.
     pub const HTTP_REQUESTS: &str = "atelier_http_requests_total";
     /// HTTP latency, seconds, by `route`.
@@ -61,6 +64,9 @@ pub mod names {
     pub const INFER_DONE: &str = "atelier_infer_uploads_total";
     /// Transient failures retried, by `stage`.
     pub const INFER_RETRIES: &str = "atelier_infer_retries_total";
+    /// Times an inference worker was fenced: another worker opened its
+    /// transactional id (a duplicate `infer.instance`, or its successor).
+    pub const INFER_FENCED: &str = "atelier_infer_fenced_total";
     /// Models loaded into memory, by `style`.
     pub const MODEL_LOADS: &str = "atelier_model_loads_total";
     /// Uploads accepted at the edge, by `content_type`.

@@ -130,6 +130,9 @@ pub struct Generations {
     stores: RwLock<HashMap<(View, u32), Arc<dyn Store>>>,
     rows: RwLock<(Option<Instant>, Rows)>,
     refreshing: tokio::sync::Mutex<()>,
+    /// When the control table last failed to read, while it keeps failing:
+    /// retried at most every [`READ_CACHE`], reported once per outage.
+    failed_at: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl Generations {
@@ -142,6 +145,7 @@ impl Generations {
             stores: RwLock::new(HashMap::new()),
             rows: RwLock::new((None, Rows::default())),
             refreshing: tokio::sync::Mutex::new(()),
+            failed_at: parking_lot::Mutex::new(None),
         })
     }
 
@@ -179,13 +183,25 @@ impl Generations {
                 return Ok(rows.1.get(name));
             }
         }
+        let retry = self
+            .failed_at
+            .lock()
+            .is_none_or(|t| t.elapsed() >= READ_CACHE);
         // One refresh at a time; the others use the copy they have.
-        if let Ok(_guard) = self.refreshing.try_lock() {
+        if retry && let Ok(_guard) = self.refreshing.try_lock() {
             match self.refresh().await {
-                Ok(rows) => return Ok(rows.get(name)),
+                Ok(rows) => {
+                    if self.failed_at.lock().take().is_some() {
+                        tracing::info!("view generations readable again");
+                    }
+                    return Ok(rows.get(name));
+                }
                 Err(e) if self.rows.read().0.is_none() => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading view generations; using the last copy")
+                    if self.failed_at.lock().replace(Instant::now()).is_none() {
+                        tracing::warn!(error = %e, "reading view generations; using the last copy \
+                            until the store answers again")
+                    }
                 }
             }
         }

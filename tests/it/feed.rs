@@ -579,3 +579,86 @@ async fn stream_works_when_projectors_run_elsewhere() {
     api.stop().await;
     drop(res);
 }
+
+/// A process running the API and projectors shares the polls' partitions
+/// with another projector process: its live stream still announces every
+/// change, including those the other process applied (it follows the log
+/// instead of hearing only its own projectors). Real services only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_announces_changes_applied_by_other_processes() {
+    let Some(cfg) = helpers::config(Backends::Real).await else {
+        return;
+    };
+    let other = App::start(cfg.clone(), Roles::PROJECTOR).await.unwrap();
+    let api = TestApp::start(
+        cfg,
+        Roles {
+            infer: false,
+            ..Roles::ALL
+        },
+    )
+    .await;
+    let mut polls = Vec::new();
+    for i in 0..16 {
+        let (poll, tok) = api
+            .create_poll(
+                "ann",
+                json!({"head": format!("P{i}"), "questions": ["a", "b"]}),
+            )
+            .await;
+        let (s, v) = api.get(&format!("/v1/polls/{poll}?after={tok}")).await;
+        assert_eq!(s, 200, "{v}");
+        polls.push(poll);
+    }
+    // Unfiltered: every change.
+    let mut res = api
+        .http
+        .get(format!("{}/v1/stream", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    // The follower joins asynchronously: vote on every poll each round
+    // until every poll has had a change announced (an event with an id).
+    let mut text = String::new();
+    let announced = |text: &str, poll: &str| {
+        text.split("\n\n")
+            .any(|b| b.contains("event: poll") && b.contains("\nid:") && b.contains(poll))
+    };
+    let all = tokio::time::timeout(Duration::from_secs(90), async {
+        let mut round = 0;
+        loop {
+            for p in &polls {
+                let (s, _) = api
+                    .post(
+                        &format!("/v1/polls/{p}/votes"),
+                        &format!("v{round}"),
+                        json!({"question_ids": [0]}),
+                    )
+                    .await;
+                assert_eq!(s, 202);
+            }
+            round += 1;
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, res.chunk()).await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            if polls.iter().all(|p| announced(&text, p)) {
+                return;
+            }
+        }
+    })
+    .await;
+    let missing: Vec<&String> = polls.iter().filter(|p| !announced(&text, p)).collect();
+    assert!(all.is_ok(), "no change announced for {missing:?}");
+    // The fault landed: the other process applied some of these votes.
+    let applied = other
+        .projector(atelier::view::polls::VIEW)
+        .expect("polls projector")
+        .totals()
+        .applied;
+    assert!(applied > 0, "the other process applied nothing");
+    other.stop().await.unwrap();
+    api.stop().await;
+    drop(res);
+}

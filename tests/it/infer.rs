@@ -59,7 +59,7 @@ async fn spawn(cfg: Config) -> TestApp {
     TestApp::start(cfg, Roles::ALL).await
 }
 
-fn jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
+pub fn jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let img = codec::test_pattern(w, h, seed);
     codec::encode_jpeg(img.as_raw(), w, h, 90).unwrap()
 }
@@ -382,7 +382,7 @@ fn upload_id(e: &Event) -> String {
 
 /// Records of `topic` read by a read-committed consumer until `done`
 /// holds, or `secs` pass.
-fn read_topic(
+pub fn read_topic(
     cfg: &Config,
     brokers: &str,
     topic: Topic,
@@ -439,7 +439,7 @@ fn read_topic_as(
 }
 
 /// Completed or failed events per upload id.
-fn outcomes(events: &[Event]) -> HashMap<String, Vec<&'static str>> {
+pub fn outcomes(events: &[Event]) -> HashMap<String, Vec<&'static str>> {
     let mut m: HashMap<String, Vec<&'static str>> = HashMap::new();
     for e in events {
         match &e.data {

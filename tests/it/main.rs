@@ -22,6 +22,8 @@ macro_rules! both {
 mod api_polls;
 mod blobs;
 mod cards;
+#[cfg(feature = "torch")]
+mod chaos;
 mod cli;
 mod consumer;
 mod dlq;
@@ -39,4 +41,5 @@ mod replay;
 mod schemas;
 mod sink;
 mod topics;
+mod topology;
 mod views;

@@ -49,6 +49,9 @@ pub(super) enum ToCommitter {
     Assigned(Tp, u64),
     /// A partition was revoked.
     Revoked(Tp),
+    /// Partitions are being revoked, inside the rebalance: commit what is
+    /// finished, drop the rest of theirs, then answer (the rebalance waits).
+    Revoking(Vec<Tp>, std_mpsc::SyncSender<()>),
     /// An offset was consumed.
     Register(Tp, u64, i64),
     /// An upload finished.
@@ -57,22 +60,18 @@ pub(super) enum ToCommitter {
     Stop,
 }
 
-/// The outcome producer: transactional under `infer.instance` (stable per
-/// worker: a restarted worker aborts its predecessor's open transaction at
-/// once instead of after the timeout).
+/// The outcome producer: transactional under the worker's leased name
+/// (see `lease`: stable across restarts, so a restarted worker aborts its
+/// predecessor's open transaction at once instead of after the timeout).
 pub(super) async fn out_producer(
     kafka: &KafkaConfig,
     brokers: &str,
     transactional: bool,
-    instance: &str,
+    name: &str,
 ) -> Result<FutureProducer, InferError> {
-    let instance = if instance.is_empty() {
-        hostname()
-    } else {
-        instance.to_owned()
-    };
-    let id = format!("{}.{instance}", kafka.group(GROUP));
+    let id = format!("{}.{name}", kafka.group(GROUP));
     let delivery = if transactional {
+        tracing::info!(transactional_id = %id, "inference outcomes are transactional");
         Delivery::Transactional {
             id: &id,
             timeout: Duration::from_secs(20),
@@ -81,15 +80,6 @@ pub(super) async fn out_producer(
         Delivery::Idempotent
     };
     Ok(crate::bus::producer(kafka, brokers, delivery).await?)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "worker".into())
 }
 
 /// Owns the outcome producer: commits finished prefixes of partitions,
@@ -146,6 +136,17 @@ impl Committer {
             };
             match msg {
                 Some(ToCommitter::Stop) => return self.commit(),
+                Some(ToCommitter::Revoking(tps, ack)) => {
+                    // Under the generation that consumed them, before the
+                    // next owner reads the committed offsets.
+                    let r = self.commit();
+                    last = Instant::now();
+                    for tp in &tps {
+                        self.ledger.revoked(tp);
+                    }
+                    let _ = ack.send(());
+                    r?;
+                }
                 Some(m) => self.apply(m),
                 None => {}
             }
@@ -172,7 +173,7 @@ impl Committer {
                 };
                 self.ledger.finish(&d.tp, d.generation, d.offset, finished);
             }
-            ToCommitter::Stop => {}
+            ToCommitter::Stop | ToCommitter::Revoking(..) => {}
         }
     }
 
@@ -210,7 +211,7 @@ impl Committer {
                 Ok(())
             }
             Err(Fatal::Yes(e)) => {
-                tracing::error!(error = %e, "commit failed for good (fenced by another worker?)");
+                tracing::error!(error = %e, "commit failed for good");
                 Err(InferError::Commit(e))
             }
         }
@@ -258,6 +259,13 @@ impl Committer {
     fn commit_transaction(&self, outs: &[&Out], offsets: &TopicPartitionList) -> Result<(), Fatal> {
         let t = Duration::from_secs(30);
         let classify = |e: KafkaError| match &e {
+            KafkaError::Transaction(r) if fenced(r.code()) => {
+                crate::telemetry::emit::infer_fenced();
+                Fatal::Yes(format!(
+                    "fenced: another worker opened this worker's transactional id (two \
+                     workers share one infer.instance, or a successor took over): {e}"
+                ))
+            }
             KafkaError::Transaction(r) if r.is_fatal() => Fatal::Yes(e.to_string()),
             _ => Fatal::No(e.to_string()),
         };
@@ -312,6 +320,15 @@ impl Committer {
             .commit(offsets)
             .map_err(|e| Fatal::No(e.to_string()))
     }
+}
+
+/// Whether `code` says another producer took this transactional id.
+fn fenced(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch
+    )
 }
 
 enum Fatal {

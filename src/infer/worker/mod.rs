@@ -37,6 +37,7 @@ mod batcher;
 mod commit;
 mod decode;
 mod forward;
+mod lease;
 mod ledger;
 mod shared;
 mod store;
@@ -77,6 +78,9 @@ pub enum InferError {
     /// The committer failed for good.
     #[error("committer: {0}")]
     Commit(String),
+    /// This worker's name (its transactional id) could not be leased.
+    #[error("worker name: {0}")]
+    Lease(String),
 }
 
 impl From<KafkaError> for InferError {
@@ -184,14 +188,26 @@ impl InferWorker {
             },
         )?;
         let consumer = Arc::new(consumer);
-        let out = commit::out_producer(
-            &self.kafka,
-            &self.brokers,
-            transactional,
-            &self.cfg.instance,
-        )
-        .await?;
+        let lease = lease::acquire(&self.kafka.group(GROUP), &self.cfg.instance)?;
+        let out =
+            commit::out_producer(&self.kafka, &self.brokers, transactional, &lease.name).await?;
         let (commit_tx, commit_rx) = std_mpsc::channel();
+        // Revocations wait for the committer (see `Member::on_revoke`): a
+        // commit racing a rebalance in which this worker gets the same
+        // partition back duplicated a completion in the chaos test.
+        {
+            let tx = parking_lot::Mutex::new(commit_tx.clone());
+            consumer.on_revoke(Box::new(move |tps| {
+                let (ack_tx, ack_rx) = std_mpsc::sync_channel(1);
+                let sent = tx
+                    .lock()
+                    .send(ToCommitter::Revoking(tps.to_vec(), ack_tx))
+                    .is_ok();
+                if sent && ack_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+                    tracing::warn!("the committer did not finish before a revocation");
+                }
+            }));
+        }
         let fatal = CancellationToken::new();
         let committer = {
             let c = Committer::new(
