@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Etagged, IfNoneMatch, fresh};
+use super::common::{DegradedNote, Etagged, IfNoneMatch, fresh};
 use super::contract::op;
 use super::json::QueryParams;
 use super::token::{AFTER_DOC, Token};
@@ -88,6 +88,11 @@ pub(super) struct Cards {
     session_key: SessionKey,
     /// Its cards.
     cards: Vec<Card>,
+    /// Present when the store refused to write one of this session's
+    /// events for good: the cards lack it until its dead letter is
+    /// replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<DegradedNote>,
 }
 
 /// Reads a session's cards (after `?after`).
@@ -98,9 +103,15 @@ pub(super) async fn session_cards(
 ) -> Result<Cards, ApiError> {
     fresh(st, after, VIEW).await?;
     let cards = st.views.cards().await?.cards(&key).await?;
+    let degraded = st
+        .degraded
+        .of(&st.views, VIEW, key.as_str())
+        .await
+        .map(DegradedNote::from);
     Ok(Cards {
         session_key: key,
         cards,
+        degraded,
     })
 }
 

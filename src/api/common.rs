@@ -4,7 +4,9 @@
 //! type documents itself (`aide::OperationOutput`), so a route that returns
 //! it is documented by what it returns.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use aide::generate::GenContext;
 use aide::openapi::{
@@ -28,7 +30,7 @@ use super::{ApiError, AppState, Token};
 use crate::edge::new_id;
 use crate::event::{Event, EventData, EventId, FeedItemId, PollId, Principal, UploadId, Validate};
 use crate::ops::RebuildError;
-use crate::view::View;
+use crate::view::{Degraded, Generations, View};
 
 /// What an accepted write answers (202): the event's id, the id of the
 /// aggregate it is about, and its consistency token; `Location` names the
@@ -396,6 +398,79 @@ impl aide::OperationInput for IfNoneMatch {
                 style: aide::openapi::HeaderStyle::Simple,
             }],
         );
+    }
+}
+
+/// How often the degraded marks are read again (one control query per
+/// view, not per request).
+const DEGRADED_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The degraded marks of every view (aggregates whose write the store
+/// refused for good), from a copy at most [`DEGRADED_FRESH_FOR`] old; the
+/// last copy while the store does not answer.
+#[derive(Debug, Default)]
+pub(crate) struct DegradedMarks {
+    copy: parking_lot::RwLock<(Option<Instant>, HashMap<(String, String), Degraded>)>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl DegradedMarks {
+    /// The mark of `key` in `view`, if it has one.
+    pub(crate) async fn of(&self, views: &Generations, view: View, key: &str) -> Option<Degraded> {
+        let stale = self
+            .copy
+            .read()
+            .0
+            .is_none_or(|t| t.elapsed() >= DEGRADED_FRESH_FOR);
+        if stale && let Ok(_g) = self.refreshing.try_lock() {
+            let mut all = HashMap::new();
+            let mut ok = true;
+            for v in crate::project::views::ALL.iter().map(|r| r.view) {
+                let got = match views.active(v).await {
+                    Ok(store) => store.degraded(v.as_str()).await,
+                    Err(e) => Err(e),
+                };
+                match got {
+                    Ok(ds) => {
+                        all.extend(ds.into_iter().map(|d| ((d.view.clone(), d.key.clone()), d)))
+                    }
+                    Err(_) => ok = false,
+                }
+            }
+            let mut copy = self.copy.write();
+            copy.0 = Some(Instant::now());
+            if ok {
+                copy.1 = all;
+            }
+        }
+        self.copy
+            .read()
+            .1
+            .get(&(view.as_str().to_owned(), key.to_owned()))
+            .cloned()
+    }
+}
+
+/// What a read of a degraded aggregate adds: the row lacks an event the
+/// store refused to write (a `sink` dead letter), until it is replayed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(super) struct DegradedNote {
+    /// What the store said.
+    reason: String,
+    /// When it was refused.
+    since: DateTime<Utc>,
+    /// The refused event's source position, as the dead letter names it
+    /// (`topic/partition/offset`).
+    source: String,
+}
+
+impl From<Degraded> for DegradedNote {
+    fn from(d: Degraded) -> Self {
+        Self {
+            reason: d.reason,
+            since: DateTime::from_timestamp_millis(d.at_ms).unwrap_or_default(),
+            source: format!("{}/{}/{}", d.topic, d.partition, d.offset),
+        }
     }
 }
 

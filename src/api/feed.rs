@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Accepted, Etagged, IfNoneMatch, ItemRef, TIME_CURSOR, append, decode_time_cursor,
+    Accepted, DegradedNote, Etagged, IfNoneMatch, ItemRef, TIME_CURSOR, append, decode_time_cursor,
     encode_time_cursor, fresh, fresh_row,
 };
 use super::contract::op;
@@ -319,6 +319,10 @@ pub(super) struct ItemView {
     rejected: std::collections::BTreeMap<String, u64>,
     /// The log position this row reflects.
     version: Position,
+    /// Present when the store refused to write one of this item's events
+    /// for good: the row lacks it until its dead letter is replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<DegradedNote>,
 }
 
 impl From<ItemState> for ItemView {
@@ -337,6 +341,7 @@ impl From<ItemState> for ItemView {
                 .map(|(k, v)| (k.as_str().to_owned(), v))
                 .collect(),
             version: s.position,
+            degraded: None,
         }
     }
 }
@@ -353,7 +358,13 @@ pub(super) async fn item_view(
     if item.deleted_at.is_some() {
         return Err(gone(id));
     }
-    Ok(ItemView::from(item))
+    let mut view = ItemView::from(item);
+    view.degraded = st
+        .degraded
+        .of(&st.views, crate::view::feed::VIEW, &id.to_string())
+        .await
+        .map(DegradedNote::from);
+    Ok(view)
 }
 
 async fn read(

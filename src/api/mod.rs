@@ -73,6 +73,8 @@ pub struct AppState {
     pub(crate) health: Arc<tokio::sync::Mutex<Option<(Instant, pipeline::Measured)>>>,
     /// How far each partition is known to reach (`?after` tokens).
     pub(crate) reached: Arc<common::Reached>,
+    /// Aggregates the store refused a write of (reads say so).
+    pub(crate) degraded: Arc<common::DegradedMarks>,
 }
 
 /// The running parts the API is built over.
@@ -117,6 +119,7 @@ impl AppState {
             ready_lag: cfg.http.ready_lag,
             health: Arc::default(),
             reached: Arc::default(),
+            degraded: Arc::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Accepted, Etagged, IfNoneMatch, PollRef, TIME_CURSOR, append, decode_time_cursor,
+    Accepted, DegradedNote, Etagged, IfNoneMatch, PollRef, TIME_CURSOR, append, decode_time_cursor,
     encode_time_cursor, fresh, fresh_row, page_limit,
 };
 use super::contract::op;
@@ -379,6 +379,10 @@ pub struct PollView {
     rejected: BTreeMap<String, u64>,
     /// The log position this row reflects.
     version: Position,
+    /// Present when the store refused to write one of this poll's events
+    /// for good: the row lacks it until its dead letter is replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<DegradedNote>,
 }
 
 /// A question with its tally.
@@ -428,6 +432,7 @@ impl From<PollState> for PollView {
                 .map(|(k, v)| (k.as_str().to_owned(), v))
                 .collect(),
             version: s.position,
+            degraded: None,
         }
     }
 }
@@ -442,7 +447,13 @@ async fn read(
     let poll = fresh_poll(&st, pid, q.after.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_poll", format!("no poll {pid}")))?;
-    Ok(Etagged::new(inm, PollView::from(poll)))
+    let mut view = PollView::from(poll);
+    view.degraded = st
+        .degraded
+        .of(&st.views, VIEW, &pid.to_string())
+        .await
+        .map(DegradedNote::from);
+    Ok(Etagged::new(inm, view))
 }
 
 /// A page of an owner's polls.

@@ -172,7 +172,7 @@ where
 /// commits it cuts.
 pub trait Aggregate: Default + Send + 'static {
     /// The aggregate's id (the topic key).
-    type Id: Copy + Eq + Hash + Send + Sync + std::fmt::Debug + 'static;
+    type Id: Copy + Eq + Hash + Send + Sync + std::fmt::Debug + std::fmt::Display + 'static;
     /// Its state, as the view stores it.
     type State: Versioned<Reason = Self::Reason> + Clone + Send + Sync + 'static;
     /// A row kept apart from the state.

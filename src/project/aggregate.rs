@@ -150,6 +150,10 @@ where
 {
     type Plan = Plan<A>;
 
+    fn key_of(&self, data: &crate::event::EventData) -> Option<String> {
+        A::id_of(data).map(|id| id.to_string())
+    }
+
     async fn plan(
         &self,
         partition: i32,

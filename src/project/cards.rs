@@ -47,6 +47,11 @@ pub struct Plan {
 impl Projection for Cards {
     type Plan = Plan;
 
+    /// A session's cards (what `GET /v1/sessions/{key}/cards` names).
+    fn key_of(&self, data: &crate::event::EventData) -> Option<String> {
+        crate::fold::cards::target(data).map(|(session, _)| session.to_string())
+    }
+
     async fn plan(
         &self,
         _partition: i32,

@@ -87,6 +87,11 @@ impl Changes {
         }
     }
 
+    /// Whether anyone listens (work done only to announce can be skipped).
+    pub fn has_subscribers(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     /// A new subscription, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Announced> {
         self.tx.subscribe()

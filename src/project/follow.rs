@@ -136,14 +136,22 @@ async fn release(
         let Ok(store) = views.active(view).await else {
             continue;
         };
-        let Ok(Some(cp)) = store.checkpoint(view.as_str(), topic, *partition).await else {
-            continue;
+        // What this process's own projectors applied needs no read; the
+        // checkpoint is read for partitions projected elsewhere.
+        let applied = match watermarks.local(topic, *partition) {
+            Some(o) if q.front().is_some_and(|(f, _)| *f <= o) => o,
+            _ => match store.checkpoint(view.as_str(), topic, *partition).await {
+                Ok(Some(cp)) => cp.offset,
+                _ => continue,
+            },
         };
         let mut last = None;
-        while q.front().is_some_and(|(o, _)| *o <= cp.offset) {
+        while q.front().is_some_and(|(o, _)| *o <= applied) {
             let (offset, p) = q.pop_front().expect("front exists");
             let change = match p {
                 Pending::Ready(c) => Some(c),
+                // Its kind costs a view read: only when someone listens.
+                Pending::FeedItem(_) if !watermarks.changes.has_subscribers() => None,
                 Pending::FeedItem(id) => store
                     .item(id)
                     .await
@@ -161,7 +169,7 @@ async fn release(
             last = Some(offset);
         }
         if let Some(o) = last {
-            watermarks.publish(topic, *partition, o.max(cp.offset));
+            watermarks.publish(topic, *partition, o.max(applied));
         }
     }
 }

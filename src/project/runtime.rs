@@ -36,7 +36,7 @@ use crate::dlq;
 use crate::event::{Event, Topic, wire};
 use crate::fold::Position;
 use crate::telemetry::emit;
-use crate::view::{Checkpoint, CheckpointStore, View, ViewError};
+use crate::view::{Checkpoint, CheckpointStore, Degraded, View, ViewError};
 
 /// An event with its log position.
 pub type Positioned = (Position, Event);
@@ -112,6 +112,12 @@ pub trait Projection: Send + Sync + 'static {
     /// A partition was assigned to this process: another one may have
     /// written it meanwhile.
     fn assigned(&self, _partition: i32) {}
+
+    /// The key of the view row `data` changes (what a read names), for the
+    /// degraded marks of refused writes; `None` when it changes none.
+    fn key_of(&self, _data: &crate::event::EventData) -> Option<String> {
+        None
+    }
 }
 
 /// Whether a projector's generation serves reads. A rebuild's projector
@@ -324,6 +330,29 @@ impl<P: Projection> Projector<P> {
     /// single record it refuses goes to the DLQ with stage [`SINK`]. Parts
     /// apply in log order; an outage meanwhile is returned as retriable
     /// (the whole batch runs again, and what landed is skipped as applied).
+    /// A replayed dead letter (`dlq_replay_of`) that applied clears its
+    /// aggregate's degraded mark.
+    async fn clear_replayed(&self, batch: &Batch, refused: &[i64]) -> Result<(), HandlerError> {
+        for rec in &batch.records {
+            if rec.header(crate::dlq::header::REPLAY_OF).is_none() || refused.contains(&rec.offset)
+            {
+                continue;
+            }
+            let body = rec.payload.as_deref().unwrap_or_default();
+            let Ok(e) = wire::decode(rec.header_pairs(), body, None) else {
+                continue;
+            };
+            if let Some(key) = self.projection.key_of(&e.data) {
+                self.checkpoints
+                    .clear_degraded(self.view.as_str(), &key)
+                    .await
+                    .map_err(view_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn isolate(
         &self,
         batch: &Batch,
@@ -332,6 +361,7 @@ impl<P: Projection> Projector<P> {
         cp: &mut Checkpoint,
         announce: &mut (dyn FnMut(Change, Position) + Send),
         live: bool,
+        refused: &mut Vec<i64>,
     ) -> Result<(), HandlerError> {
         let mut parts = std::collections::VecDeque::from([events]);
         while let Some(part) = parts.pop_front() {
@@ -360,11 +390,28 @@ impl<P: Projection> Projector<P> {
                 }
                 Err(e) if part.len() == 1 => {
                     self.projection.failed(batch.partition, &plan);
+                    refused.push(last.offset);
                     let rec = batch
                         .records
                         .iter()
                         .find(|r| r.offset == last.offset)
                         .expect("a decoded event comes from a record of its batch");
+                    if let Some(key) = self.projection.key_of(&part[0].1.data) {
+                        // Reads of the aggregate say it lacks this event.
+                        let mark = Degraded {
+                            view: self.view.as_str().to_owned(),
+                            key,
+                            reason: e.to_string(),
+                            topic: batch.topic.clone(),
+                            partition: batch.partition,
+                            offset: last.offset,
+                            at_ms: chrono::Utc::now().timestamp_millis(),
+                        };
+                        self.checkpoints
+                            .mark_degraded(&mark)
+                            .await
+                            .map_err(view_err)?;
+                    }
                     dlq::send(
                         &self.dlq,
                         SINK,
@@ -414,6 +461,7 @@ impl<P: Projection> Projector<P> {
         let folded = started.elapsed();
         let wrote = Instant::now();
         let live = self.live.get();
+        let mut refused: Vec<i64> = Vec::new();
         let changes = &self.watermarks.changes;
         let mut announce = |c: Change, at: Position| changes.publish_local(c, &batch.topic, at);
         let at = Position {
@@ -447,8 +495,16 @@ impl<P: Projection> Projector<P> {
                 let events = self
                     .decode(batch, cp.offset, &mut BatchStats::default(), false)
                     .await?;
-                self.isolate(batch, events, &mut stats, &mut cp, &mut announce, live)
-                    .await?;
+                self.isolate(
+                    batch,
+                    events,
+                    &mut stats,
+                    &mut cp,
+                    &mut announce,
+                    live,
+                    &mut refused,
+                )
+                .await?;
             }
         }
         cp.offset = last;
@@ -456,6 +512,7 @@ impl<P: Projection> Projector<P> {
             .save_checkpoint(&cp)
             .await
             .map_err(view_err)?;
+        self.clear_replayed(batch, &refused).await?;
         let write = wrote.elapsed();
         self.cache
             .lock()

@@ -47,7 +47,29 @@ impl Checkpoint {
     }
 }
 
-/// Projector checkpoints.
+/// An aggregate whose write the store refused for good (a `sink` dead
+/// letter): its row lacks that event until the letter is replayed. Reads
+/// of the aggregate say so instead of answering silently stale.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Degraded {
+    /// The view (`polls`).
+    pub view: String,
+    /// The aggregate's key in the view (a poll or item id, a session key).
+    pub key: String,
+    /// What the store said.
+    pub reason: String,
+    /// The refused event's source topic (full name), partition and offset:
+    /// the dead letter names the same.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// When it was refused (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// Projector checkpoints, and the aggregates the store refused a write of.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + 'static {
     /// A projector checkpoint.
@@ -61,6 +83,14 @@ pub trait CheckpointStore: Send + Sync + 'static {
     async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError>;
     /// All checkpoints of a view (one query).
     async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError>;
+    /// Marks an aggregate degraded (a later mark of the same one replaces
+    /// it).
+    async fn mark_degraded(&self, d: &Degraded) -> Result<(), ViewError>;
+    /// Clears an aggregate's mark (its letter was replayed and applied).
+    async fn clear_degraded(&self, view: &str, key: &str) -> Result<(), ViewError>;
+    /// Every degraded aggregate of a view (one query on a small control
+    /// table; readers consult it through a cache, not per request).
+    async fn degraded(&self, view: &str) -> Result<Vec<Degraded>, ViewError>;
 }
 
 /// The generation rows of rebuilds (read from the base store).

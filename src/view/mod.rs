@@ -26,7 +26,7 @@ pub mod generations;
 pub mod polls;
 
 pub use cards::CardsStore;
-pub use control::{Checkpoint, CheckpointStore, GenerationStore};
+pub use control::{Checkpoint, CheckpointStore, Degraded, GenerationStore};
 pub use cql::CqlStore;
 pub use embedded::EmbeddedStore;
 pub use feed::{ALL_KINDS, FeedCursor, FeedStore, TimelineRow};

@@ -533,6 +533,15 @@ impl CheckpointStore for FlakyStore {
     async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
         self.inner.checkpoints(view).await
     }
+    async fn mark_degraded(&self, d: &atelier::view::Degraded) -> Result<(), ViewError> {
+        self.inner.mark_degraded(d).await
+    }
+    async fn clear_degraded(&self, view: &str, key: &str) -> Result<(), ViewError> {
+        self.inner.clear_degraded(view, key).await
+    }
+    async fn degraded(&self, view: &str) -> Result<Vec<atelier::view::Degraded>, ViewError> {
+        self.inner.degraded(view).await
+    }
 }
 
 async fn exactly_once(b: Backends) {

@@ -12,7 +12,7 @@ use atelier::event::{Event, EventData, PollCreated, PollId, Question, VoteCast};
 use atelier::fold::Position;
 use atelier::fold::poll::{FoldConfig, PollState, reference as poll_reference};
 use atelier::project::runtime::SINK;
-use atelier::view::PollsStore;
+use atelier::view::{CheckpointStore, PollsStore};
 
 use crate::exactly_once::{FlakyStore, produce, project_until};
 use crate::helpers::{self, Backends, event};
@@ -71,7 +71,15 @@ async fn refused_writes_become_sink_letters(b: Backends) {
     // Batches of several votes: the refused one shares its batch (and its
     // poll's commit) with others that must still apply.
     cfg.projector.max_batch = 16;
-    let app = App::start(cfg.clone(), Roles::NONE).await.unwrap();
+    // The API too: reads of the refused poll must say it is degraded.
+    let app = App::start(cfg.clone(), Roles::API).await.unwrap();
+    let read = |id: PollId| {
+        let url = format!("{}/v1/polls/{id}", app.url());
+        async move {
+            let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v
+        }
+    };
     let (events, [refused_poll, other_poll]) = workload();
     let produced = produce(&app.producer, events, 0).await;
     // Never flaky; refuses the voter's ballots.
@@ -150,6 +158,31 @@ async fn refused_writes_become_sink_letters(b: Backends) {
         refused_at
     );
 
+    // The refused poll is marked degraded, with the letter's position, and
+    // its reads say so; the other poll's do not.
+    let marks = store.degraded("polls").await.unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0].key, refused_poll.to_string());
+    assert_eq!(
+        (marks[0].partition, marks[0].offset),
+        (refused_at.partition, refused_at.offset)
+    );
+    let v = read(refused_poll).await;
+    assert!(
+        v["degraded"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refuses")),
+        "{v}"
+    );
+    assert!(
+        v["degraded"]["source"].as_str().is_some_and(
+            |s| s.ends_with(&format!("/{}/{}", refused_at.partition, refused_at.offset))
+        ),
+        "{v}"
+    );
+    let v = read(other_poll).await;
+    assert!(v.get("degraded").is_none(), "{v}");
+
     // Fixed: the replayed copy applies, once.
     *store.refuse.lock() = None;
     let bulk = dlq.replay_matching(&sink, false, "test").await.unwrap();
@@ -170,6 +203,17 @@ async fn refused_writes_become_sink_letters(b: Backends) {
     );
     let again = dlq.replay_matching(&sink, false, "test").await.unwrap();
     assert!(again.replays.is_empty(), "replayed once");
+    // Applied: the mark is gone, and so is the note (after the marks'
+    // one-second cache).
+    assert!(store.degraded("polls").await.unwrap().is_empty());
+    helpers::eventually(10, "the degraded note to go", || async {
+        read(refused_poll)
+            .await
+            .get("degraded")
+            .is_none()
+            .then_some(())
+    })
+    .await;
     app.stop().await.unwrap();
 }
 both!(refused_writes_become_sink_letters);

@@ -10,7 +10,7 @@ use scylla::value::CqlValue;
 
 use super::{CqlStore, Db, Stmt, json, rows_err, unjson};
 use crate::view::{
-    Checkpoint, CheckpointStore, Generation, GenerationStore, ViewError, write_timestamp,
+    Checkpoint, CheckpointStore, Degraded, Generation, GenerationStore, ViewError, write_timestamp,
 };
 
 pub(super) const SCHEMA: &[&str] = &[
@@ -25,6 +25,11 @@ pub(super) const SCHEMA: &[&str] = &[
         offset bigint,
         rejected text,
         PRIMARY KEY (view_name, topic, partition))",
+    "CREATE TABLE IF NOT EXISTS {ks}.degraded (
+        view_name text,
+        key text,
+        body text,
+        PRIMARY KEY (view_name, key))",
 ];
 
 #[derive(DeserializeRow)]
@@ -56,6 +61,9 @@ pub(super) struct Statements {
     generations: Stmt,
     generation_insert: Stmt,
     generation_update: Stmt,
+    degraded_mark: Stmt,
+    degraded_clear: Stmt,
+    degraded: Stmt,
 }
 
 impl Statements {
@@ -68,6 +76,9 @@ impl Statements {
             generations,
             generation_insert,
             generation_update,
+            degraded_mark,
+            degraded_clear,
+            degraded,
         ] = db
             .prepare_all([
                 "SELECT topic, partition, offset, rejected FROM {ks}.checkpoints \
@@ -81,6 +92,9 @@ impl Statements {
                 "INSERT INTO {ks}.generations (view_name, body, rev) VALUES (?, ?, ?) \
                  IF NOT EXISTS",
                 "UPDATE {ks}.generations SET body = ?, rev = ? WHERE view_name = ? IF rev = ?",
+                "INSERT INTO {ks}.degraded (view_name, key, body) VALUES (?, ?, ?)",
+                "DELETE FROM {ks}.degraded WHERE view_name = ? AND key = ?",
+                "SELECT body FROM {ks}.degraded WHERE view_name = ?",
             ])
             .await?;
         Ok(Self {
@@ -91,6 +105,9 @@ impl Statements {
             generations,
             generation_insert,
             generation_update,
+            degraded_mark,
+            degraded_clear,
+            degraded,
         })
     }
 }
@@ -155,6 +172,36 @@ impl CheckpointStore for CqlStore {
             .map_err(rows_err)?
             .map(|r| checkpoint_of(view, r.map_err(rows_err)?))
             .collect()
+    }
+
+    async fn mark_degraded(&self, d: &Degraded) -> Result<(), ViewError> {
+        self.db
+            .run(
+                &self.control_st()?.degraded_mark,
+                (&d.view, &d.key, json(d)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_degraded(&self, view: &str, key: &str) -> Result<(), ViewError> {
+        self.db
+            .run(&self.control_st()?.degraded_clear, (view, key))
+            .await?;
+        Ok(())
+    }
+
+    async fn degraded(&self, view: &str) -> Result<Vec<Degraded>, ViewError> {
+        let res = self.db.run(&self.control_st()?.degraded, (view,)).await?;
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        let mut out = Vec::new();
+        for r in rows.rows::<(Option<String>,)>().map_err(rows_err)? {
+            let (body,) = r.map_err(rows_err)?;
+            if let Some(d) = unjson::<Option<Degraded>>("degraded", body)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -43,8 +43,9 @@ enum Kind {
     Read,
     /// Writes one.
     Write,
-    /// Reads or writes the generation rows: readers consult them through a
-    /// cache, never per request, so they are not view statements.
+    /// Reads or writes the generation rows or the degraded marks: readers
+    /// consult them through a cache, never per request, so they are not
+    /// view statements.
     Control,
 }
 
@@ -85,7 +86,9 @@ impl Db {
     /// Prepares `cql` (with `{ks}` for the keyspace) and classifies it.
     async fn prepare(&self, cql: &str) -> Result<Stmt, ViewError> {
         let cql = cql.replace("{ks}", &self.keyspace);
-        let kind = if cql.contains(&format!("{}.generations", self.keyspace)) {
+        let kind = if cql.contains(&format!("{}.generations", self.keyspace))
+            || cql.contains(&format!("{}.degraded", self.keyspace))
+        {
             Kind::Control
         } else if cql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
             Kind::Read

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use super::EmbeddedStore;
 use super::table::{Mutation, Row, Table, from_cells, to_cells};
 use crate::view::{
-    Checkpoint, CheckpointStore, Counters, Generation, GenerationStore, ViewError, write_timestamp,
+    Checkpoint, CheckpointStore, Counters, Degraded, Generation, GenerationStore, ViewError,
+    write_timestamp,
 };
 
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub(super) struct Tables {
     checkpoints: Table<String, (String, i32)>,
     /// The control rows of view generations, by view (or stage) name.
     generations: parking_lot::Mutex<BTreeMap<String, Generation>>,
+    /// Degraded aggregates, by view and key.
+    degraded: parking_lot::Mutex<BTreeMap<(String, String), Degraded>>,
 }
 
 impl Tables {
@@ -24,6 +27,7 @@ impl Tables {
         Self {
             checkpoints: Table::new(c),
             generations: Default::default(),
+            degraded: Default::default(),
         }
     }
 
@@ -74,6 +78,33 @@ impl CheckpointStore for EmbeddedStore {
                 .map(from_cells)
                 .collect()
         })
+    }
+
+    async fn mark_degraded(&self, d: &Degraded) -> Result<(), ViewError> {
+        self.control
+            .degraded
+            .lock()
+            .insert((d.view.clone(), d.key.clone()), d.clone());
+        Ok(())
+    }
+
+    async fn clear_degraded(&self, view: &str, key: &str) -> Result<(), ViewError> {
+        self.control
+            .degraded
+            .lock()
+            .remove(&(view.to_owned(), key.to_owned()));
+        Ok(())
+    }
+
+    async fn degraded(&self, view: &str) -> Result<Vec<Degraded>, ViewError> {
+        Ok(self
+            .control
+            .degraded
+            .lock()
+            .values()
+            .filter(|d| d.view == view)
+            .cloned()
+            .collect())
     }
 }
 
