@@ -405,12 +405,15 @@ impl aide::OperationInput for IfNoneMatch {
 /// view, not per request).
 const DEGRADED_FRESH_FOR: Duration = Duration::from_secs(1);
 
+/// Degraded marks by view and key.
+type Marks = HashMap<(String, String), Degraded>;
+
 /// The degraded marks of every view (aggregates whose write the store
 /// refused for good), from a copy at most [`DEGRADED_FRESH_FOR`] old; the
 /// last copy while the store does not answer.
 #[derive(Debug, Default)]
 pub(crate) struct DegradedMarks {
-    copy: parking_lot::RwLock<(Option<Instant>, HashMap<(String, String), Degraded>)>,
+    copy: parking_lot::RwLock<(Option<Instant>, Marks)>,
     refreshing: tokio::sync::Mutex<()>,
 }
 
