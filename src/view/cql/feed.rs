@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use scylla::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
 use scylla::value::MaybeUnset;
 
 use super::{CqlStore, Db, IN_CHUNK, Stmt, Values, fan_out, json, rows_err, time, unjson, us};
@@ -293,10 +294,10 @@ impl FeedStore for CqlStore {
             }
         }
         self.db.batch(None, &stmts, values).await?;
+        // The members, then the version row last (see `Db::batch`).
         let mut stmts = Vec::with_capacity(c.members.len() + 1);
         let mut values: Values = Vec::with_capacity(c.members.len() + 1);
-        stmts.push(&st.item_static);
-        values.push(Box::new((
+        let item_static: Box<dyn SerializeRow + Send + Sync> = Box::new((
             s.kind.as_str(),
             json(&s.content),
             json(&s.author),
@@ -313,7 +314,7 @@ impl FeedStore for CqlStore {
             s.position.partition,
             s.position.offset,
             s.item_id.0,
-        )));
+        ));
         for ((rel, user), m) in &c.members {
             match m {
                 Some(m) => {
@@ -336,6 +337,8 @@ impl FeedStore for CqlStore {
                 }
             }
         }
+        stmts.push(&st.item_static);
+        values.push(item_static);
         self.db.batch(Some(ts), &stmts, values).await
     }
 

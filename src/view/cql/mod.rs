@@ -79,6 +79,14 @@ fn consistency(c: CqlConsistency) -> Consistency {
     }
 }
 
+/// Most statements in one batch. Batches are per partition (Cassandra and
+/// ScyllaDB exempt those from the batch size thresholds), so the bound
+/// that matters is the mutation size limit (stock Cassandra: 16 MiB, half
+/// the commit log segment); at a few hundred bytes a row, 256 rows stay far
+/// under it, and under the 50 KiB fail threshold of batches that span
+/// partitions.
+pub(super) const MAX_BATCH_STATEMENTS: usize = 256;
+
 /// Boxed bound values of one batch statement.
 type Values = Vec<Box<dyn SerializeRow + Send + Sync>>;
 
@@ -132,21 +140,32 @@ impl Db {
     }
 
     /// A batch of `statements` with their `values`, all written at `ts`
-    /// (`None`: each statement says its own `USING TIMESTAMP`).
+    /// (`None`: each statement says its own `USING TIMESTAMP`). More than
+    /// [`MAX_BATCH_STATEMENTS`] are split into consecutive batches, in
+    /// order, so callers put the row that carries the version last: a
+    /// crash between the parts leaves the old version, and the retry
+    /// rewrites the earlier parts with the same timestamps.
     async fn batch(
         &self,
         ts: Option<i64>,
         statements: &[&Stmt],
-        values: Values,
+        mut values: Values,
     ) -> Result<(), ViewError> {
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_timestamp(ts);
-        batch.set_consistency(self.write);
-        for st in statements {
-            batch.append_statement(st.prepared.clone());
+        let mut start = 0;
+        while start < statements.len() {
+            let end = (start + MAX_BATCH_STATEMENTS).min(statements.len());
+            let rest = values.split_off(end - start);
+            let part = std::mem::replace(&mut values, rest);
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_timestamp(ts);
+            batch.set_consistency(self.write);
+            for st in &statements[start..end] {
+                batch.append_statement(st.prepared.clone());
+            }
+            self.counters.write(batch.statements.len() as u64);
+            self.session.batch(&batch, part).await.map_err(exec_err)?;
+            start = end;
         }
-        self.counters.write(batch.statements.len() as u64);
-        self.session.batch(&batch, values).await.map_err(exec_err)?;
         Ok(())
     }
 

@@ -374,11 +374,10 @@ impl PollsStore for CqlStore {
             self.db.batch(Some(ts), &stmts, values).await?;
         }
         // Then the aggregate and its ballots: one single-partition batch, so
-        // the version and the values it covers change together.
+        // the version and the values it covers change together (the version
+        // row last: a batch past `MAX_BATCH_STATEMENTS` is split, in order).
         let mut stmts = Vec::with_capacity(c.ballots.len() + 1);
         let mut values: Values = Vec::with_capacity(c.ballots.len() + 1);
-        stmts.push(&st.poll_static);
-        values.push(Box::new(PollRow::of(s)));
         for (voter, b) in &c.ballots {
             match b {
                 Some(b) => {
@@ -397,6 +396,8 @@ impl PollsStore for CqlStore {
                 }
             }
         }
+        stmts.push(&st.poll_static);
+        values.push(Box::new(PollRow::of(s)));
         self.db.batch(Some(ts), &stmts, values).await
     }
 
