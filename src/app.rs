@@ -103,6 +103,86 @@ pub struct App {
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     // Dropped last: the mock cluster must outlive its clients.
     cluster: Option<EmbeddedCluster>,
+    /// This process's claim on its data directory (the embedded default).
+    _data_dir: Option<DataDir>,
+}
+
+/// The data directory's format version: written on first use, checked on
+/// every start of the embedded default.
+pub const DATA_FORMAT: u32 = 1;
+
+/// A claimed data directory: its format checked, and a lock held for the
+/// process's life (released by the kernel at exit, SIGKILL included).
+#[derive(Debug)]
+pub struct DataDir {
+    _lock: std::fs::File,
+}
+
+impl DataDir {
+    /// Checks `dir`'s format (writing it on first use) and locks it; a
+    /// directory another process holds, or one of another format, is
+    /// refused with what to do.
+    pub fn claim(dir: &Path) -> anyhow::Result<DataDir> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        let lock_path = dir.join("LOCK");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                anyhow::bail!(
+                    "another atelier process (pid {}) uses the data directory {}; give each \
+                     process its own (ATELIER_DATA_DIR or data_dir), or stop that one first",
+                    holder.trim(),
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
+        }
+        lock.set_len(0)?;
+        writeln!(lock, "{}", std::process::id())?;
+        let format_path = dir.join("FORMAT");
+        match std::fs::read_to_string(&format_path) {
+            Ok(s) => {
+                let v: Option<u32> = s
+                    .trim()
+                    .strip_prefix("atelier-data ")
+                    .and_then(|v| v.parse().ok());
+                match v {
+                    Some(DATA_FORMAT) => {}
+                    Some(v) => anyhow::bail!(
+                        "the data directory {} has format {v}; this atelier reads format \
+                         {DATA_FORMAT}. Run the atelier version that wrote it, or move the \
+                         directory aside (`mv {0} {0}.v{v}`) and start afresh",
+                        dir.display()
+                    ),
+                    None => anyhow::bail!(
+                        "{} is not an atelier data format file ({:?}); is {} another \
+                         program's directory?",
+                        format_path.display(),
+                        s.trim(),
+                        dir.display()
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(&format_path, format!("atelier-data {DATA_FORMAT}\n"))
+                    .with_context(|| format!("writing {}", format_path.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", format_path.display())),
+        }
+        Ok(DataDir { _lock: lock })
+    }
 }
 
 /// Reads (or creates) the development JWT secret under `data_dir`.
@@ -182,7 +262,15 @@ impl App {
     /// Starts the roles on the configured backends.
     pub async fn start(cfg: Config, roles: Roles) -> anyhow::Result<App> {
         require_secrets(&cfg, roles)?;
+        // On the embedded default the directory is the deployment's state:
+        // one process at a time, of a format it reads.
+        let data_dir = if cfg.kafka.is_embedded() {
+            Some(DataDir::claim(&cfg.data_dir)?)
+        } else {
+            None
+        };
         let mut app = App::open(with_dev_auth(cfg)?).await?;
+        app._data_dir = data_dir;
         let engine = if roles.infer {
             Some(model::engine(&app.config.infer).context("the inference role")?)
         } else {
@@ -244,6 +332,7 @@ impl App {
             brokers,
             config: cfg,
             cluster,
+            _data_dir: None,
         })
     }
 
@@ -600,4 +689,32 @@ pub fn cancel_on_signals(token: CancellationToken) {
         tracing::info!("shutting down");
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_is_held_by_one_process_and_read_only_in_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DataDir::claim(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+            format!("atelier-data {DATA_FORMAT}\n")
+        );
+        let e = DataDir::claim(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("another atelier process"), "{e}");
+        assert!(e.contains(&std::process::id().to_string()), "{e}");
+        drop(held);
+        let again = DataDir::claim(dir.path()).unwrap();
+        drop(again);
+        std::fs::write(dir.path().join("FORMAT"), "atelier-data 99\n").unwrap();
+        let e = DataDir::claim(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("has format 99"), "{e}");
+        assert!(e.contains("reads format 1"), "{e}");
+        std::fs::write(dir.path().join("FORMAT"), "something else").unwrap();
+        let e = DataDir::claim(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not an atelier data format file"), "{e}");
+    }
 }
