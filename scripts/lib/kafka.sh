@@ -108,7 +108,15 @@ CONF
     # KRaft refuses to start on an unformatted log dir; format once per data dir.
     if [[ ! -f "$data/meta.properties" ]]; then
         local cluster_id
-        cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')"
+        # Never starting with '-' (as Kafka's own random-uuid): the storage
+        # tool's argument parser would take such an id for an option (one CI
+        # run in 64 failed so).
+        cluster_id="$(python3 -c 'import base64, uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not s.startswith("-"):
+        print(s)
+        break')"
         log "kafka: formatting storage (cluster id $cluster_id)"
         kafka_tool_java kafka.tools.StorageTool format -t "$cluster_id" -c "$conf/server.properties" \
             >>"$dir/kafka.log" 2>&1 || die "kafka storage format failed; see $dir/kafka.log"
