@@ -214,8 +214,16 @@ pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
 /// share with other processes ([`require_secrets`]); the tools that only
 /// sign tokens (`atelier token`, `emit`) still get a development secret.
 pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
-    if cfg.auth.jwt_secret.expose().is_empty() && cfg.auth.api_keys.is_empty() {
+    if cfg.auth.jwt_secret.expose().is_empty()
+        && cfg.auth.api_keys.is_empty()
+        && cfg.auth.jwks.is_empty()
+    {
         cfg.auth.jwt_secret = Secret(dev_secret(&cfg.data_dir)?);
+    }
+    // The embedded default's administrator is the CLI's (`admin`, with the
+    // development secret); elsewhere only what is configured.
+    if cfg.kafka.is_embedded() && cfg.auth.admins.is_empty() && cfg.auth.admin_claim.is_empty() {
+        cfg.auth.admins = vec![crate::config::ADMIN.to_owned()];
     }
     if cfg.auth.voter_key.expose().is_empty() {
         // Stable per data dir: pseudonyms of anonymous voters must not change
@@ -236,10 +244,14 @@ pub fn require_secrets(cfg: &Config, roles: Roles) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut missing = Vec::new();
-    if roles.api && cfg.auth.jwt_secret.expose().is_empty() && cfg.auth.api_keys.is_empty() {
+    if roles.api
+        && cfg.auth.jwt_secret.expose().is_empty()
+        && cfg.auth.api_keys.is_empty()
+        && cfg.auth.jwks.is_empty()
+    {
         missing.push(
-            "auth.jwt_secret or auth.api_keys (ATELIER_AUTH__JWT_SECRET): every API process \
-             must verify the same tokens",
+            "auth.jwt_secret, auth.jwks or auth.api_keys (ATELIER_AUTH__JWT_SECRET): every API \
+             process must verify the same tokens",
         );
     }
     if roles.projector && cfg.auth.voter_key.expose().is_empty() {
@@ -428,14 +440,31 @@ impl App {
 
     /// The API role: the HTTP server, with its state built complete.
     async fn start_api(&mut self) -> anyhow::Result<()> {
-        let cfg = &self.config;
+        let cfg = &self.config.clone();
+        let auth = Arc::new(Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?);
+        if auth
+            .load_jwks()
+            .await
+            .map_err(anyhow::Error::msg)?
+            .is_some()
+        {
+            let (auth, every, token) = (
+                auth.clone(),
+                Duration::from_secs(cfg.auth.jwks_refresh_secs.max(1)),
+                self.shutdown.clone(),
+            );
+            self.spawn("jwks refresh", async move {
+                api::refresh_jwks(auth, every, token).await;
+                Ok(())
+            });
+        }
         let state = AppState::new(
             cfg,
             api::Parts {
                 producer: self.producer.clone(),
                 views: self.views.clone(),
                 heads: self.heads.clone(),
-                auth: Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?,
+                auth,
                 watermarks: self.watermarks.clone(),
                 blobs: self.blobs.clone(),
                 catalog: self.catalog.clone(),

@@ -280,8 +280,31 @@ pub struct AuthConfig {
     /// the life of the views (replays derive the same pseudonyms from it).
     pub voter_key: Secret,
     /// User ids (token subjects or API-key principals) allowed to call the
-    /// operations routes under `/v1/admin` (replay, DLQ, export).
+    /// operations routes under `/v1/admin` (replay, DLQ, export). Empty by
+    /// default: outside the embedded default (where `admin` is one) there
+    /// is no administrator unless configured, here or by `admin_claim`.
     pub admins: Vec<String>,
+    /// A token claim that makes its holder an administrator when it is, or
+    /// (an array) contains, `admin_role`; e.g. `roles`. Empty: none.
+    pub admin_claim: String,
+    /// The value of `admin_claim` that grants admin.
+    pub admin_role: String,
+    /// Public keys for RS256 and ES256 tokens: a JWKS file, or an http(s)
+    /// URL (an identity provider's `jwks_uri`), read at start and again
+    /// every `jwks_refresh_secs`. Empty: HS256 (`jwt_secret`) only.
+    pub jwks: String,
+    /// How often the JWKS is read again, in seconds.
+    pub jwks_refresh_secs: u64,
+    /// The `iss` tokens must carry (empty: not checked).
+    pub issuer: String,
+    /// The `aud` values accepted (empty: not checked).
+    pub audience: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// The claim with the display name (the subject when absent).
+    pub name_claim: String,
+    /// The claim with the avatar URL.
+    pub avatar_claim: String,
 }
 
 impl Default for AuthConfig {
@@ -290,13 +313,22 @@ impl Default for AuthConfig {
             jwt_secret: Secret::default(),
             api_keys: BTreeMap::new(),
             voter_key: Secret::default(),
-            admins: vec![ADMIN.to_owned()],
+            admins: Vec::new(),
+            admin_claim: String::new(),
+            admin_role: "admin".into(),
+            jwks: String::new(),
+            jwks_refresh_secs: 300,
+            issuer: String::new(),
+            audience: Vec::new(),
+            leeway_secs: 30,
+            name_claim: "name".into(),
+            avatar_claim: "picture".into(),
         }
     }
 }
 
 /// The user id the CLI's operations commands sign their tokens for, and the
-/// default (only) member of `auth.admins`.
+/// administrator of the embedded default.
 pub const ADMIN: &str = "admin";
 
 /// Projector tuning.

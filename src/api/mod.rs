@@ -17,7 +17,7 @@ mod stream;
 pub mod token;
 mod uploads;
 
-pub use auth::{Admin, Auth, Authed, Claims, mint};
+pub use auth::{Admin, Auth, Authed, Caller, Claims, mint, refresh_jwks};
 pub use error::{ApiError, ErrorBody};
 pub use token::Token;
 
@@ -87,7 +87,7 @@ pub struct Parts {
     /// Where the topics end.
     pub heads: Heads,
     /// Verifies callers.
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
     /// Applied offsets.
     pub watermarks: Arc<Watermarks>,
     /// Images.
@@ -107,7 +107,7 @@ impl AppState {
             producer: p.producer,
             views: p.views,
             heads: p.heads,
-            auth: Arc::new(p.auth),
+            auth: p.auth,
             watermarks: p.watermarks,
             max_after_wait: Duration::from_millis(cfg.http.max_after_wait_ms),
             shutdown: p.shutdown,

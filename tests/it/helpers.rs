@@ -83,6 +83,8 @@ pub async fn config(b: Backends) -> Option<Config> {
     cfg.kafka.namespace = format!("t-{}.", unique());
     cfg.auth.jwt_secret = Secret(SECRET.into());
     cfg.auth.voter_key = Secret("test-voter-key".into());
+    // On real services there is no administrator unless configured.
+    cfg.auth.admins = vec![atelier::config::ADMIN.to_owned()];
     cfg.projector.linger_ms = 2;
     if b == Backends::Real {
         let kafka = real("ATELIER_IT_KAFKA")?;
