@@ -441,6 +441,9 @@ impl App {
     /// The API role: the HTTP server, with its state built complete.
     async fn start_api(&mut self) -> anyhow::Result<()> {
         let cfg = &self.config.clone();
+        // The recorder before the first request: what happens before the
+        // first scrape counts too (the binary installs it at start already).
+        let _ = crate::telemetry::prometheus();
         let auth = Arc::new(Auth::new(&cfg.auth).map_err(anyhow::Error::msg)?);
         if auth
             .load_jwks()
@@ -479,10 +482,14 @@ impl App {
         self.addr = Some(listener.local_addr()?);
         let token = self.shutdown.clone();
         self.spawn("http", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-                .context("http server")
+            // With each connection's address: per-address read limits.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .context("http server")
         });
         Ok(())
     }

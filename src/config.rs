@@ -61,6 +61,8 @@ pub struct Config {
     pub uploads: UploadsConfig,
     /// Inference workers.
     pub infer: InferConfig,
+    /// Per-caller limits.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -75,6 +77,42 @@ impl Default for Config {
             projector: ProjectorConfig::default(),
             uploads: UploadsConfig::default(),
             infer: InferConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Per-caller limits: past them a caller gets 429 (rates) or 503 (upload
+/// capacity) with `Retry-After`, and `atelier_limited_total` counts it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Writes one principal may make per second, sustained (0: no limit).
+    pub writes_per_sec: u32,
+    /// Writes one principal may make at once beyond the rate.
+    pub writes_burst: u32,
+    /// Unauthenticated reads one client address may make per second (0,
+    /// the default: no limit; behind a proxy every client shares its
+    /// address, so set it where clients connect directly).
+    pub reads_per_sec: u32,
+    /// Reads one address may make at once beyond the rate.
+    pub reads_burst: u32,
+    /// Uploads received at once, across callers (past it: 503).
+    pub uploads_in_flight: u32,
+    /// Bytes uploads may hold in memory at once, in MiB (each reserves its
+    /// `Content-Length`, or `uploads.max_bytes` when unknown; past it: 503).
+    pub upload_memory_mib: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            writes_per_sec: 200,
+            writes_burst: 400,
+            reads_per_sec: 0,
+            reads_burst: 1000,
+            uploads_in_flight: 16,
+            upload_memory_mib: 256,
         }
     }
 }

@@ -378,14 +378,22 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.verify(bearer(parts)?).map(Authed)
+        let p = state.auth.verify(bearer(parts)?)?;
+        // Every route that takes a principal and is no read is a write.
+        if !matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        ) {
+            state.limits.write(p.id.as_str())?;
+        }
+        Ok(Authed(p))
     }
 }
 
 impl aide::OperationInput for Authed {
     fn operation_input(_: &mut aide::generate::GenContext, op: &mut aide::openapi::Operation) {
         super::contract::secured(op);
-        super::contract::add_errors(op, &[401]);
+        super::contract::add_errors(op, &[401, 429]);
     }
 }
 

@@ -43,8 +43,9 @@ const ERRORS: &[(u16, &str, &str)] = &[
     (
         403,
         "Forbidden",
-        "Only the owner or author may do this (`not_owner`, `not_author`); only callers in \
-         `auth.admins` may use operations routes (`not_admin`).",
+        "Only the owner or author may do this (`not_owner`, `not_author`); only \
+         administrators (`auth.admins`, `auth.admin_claim`) may use operations routes \
+         (`not_admin`).",
     ),
     (
         404,
@@ -91,6 +92,13 @@ const ERRORS: &[(u16, &str, &str)] = &[
          cannot be replayed as asked (`not_replayable`, `invalid_header`).",
     ),
     (
+        429,
+        "TooManyRequests",
+        "Retry (after `Retry-After` seconds): this principal writes faster than \
+         `limits.writes_per_sec`, or this address reads faster than `limits.reads_per_sec` \
+         (`rate_limited`).",
+    ),
+    (
         500,
         "InternalServerError",
         "Stopped midway, saying what was done: a replay's copy was published but its marker \
@@ -105,7 +113,9 @@ const ERRORS: &[(u16, &str, &str)] = &[
          (`views_unavailable`, `log_unavailable`, `blobs_unavailable`); the views lag more \
          than `http.ready_lag` (`not_ready`, on `/readyz`); the DLQ was not read to its end \
          in time (`dlq_timeout`); a replay failed, publishing none or only some (those are \
-         marked replayed: a retry skips them) (`replay_failed`).",
+         marked replayed: a retry skips them) (`replay_failed`); as many uploads as \
+         `limits.uploads_in_flight` allows, or as much upload memory as \
+         `limits.upload_memory_mib`, are in use (`uploads_busy`).",
     ),
 ];
 
@@ -263,6 +273,16 @@ pub(super) fn finish(api: &mut OpenApi) {
     .collect();
     let error = schema_of::<ErrorBody>();
     link_creates(api);
+    // Every read may meet the per-address read limit (`limits.reads_per_sec`).
+    if let Some(paths) = api.paths.as_mut() {
+        for item in paths.paths.values_mut() {
+            if let ReferenceOr::Item(item) = item
+                && let Some(get) = item.get.as_mut()
+            {
+                add_errors(get, &[429]);
+            }
+        }
+    }
     let components = api.components.get_or_insert_with(Components::default);
     components.security_schemes.insert(
         BEARER.into(),
@@ -270,8 +290,10 @@ pub(super) fn finish(api: &mut OpenApi) {
             scheme: "bearer".into(),
             bearer_format: Some("JWT or API key".into()),
             description: Some(
-                "An HS256 JWT (`sub`, `name`, optional `picture`, `exp`) signed with \
-                 `auth.jwt_secret`, or an API key from `auth.api_keys`."
+                "A JWT (`sub`, `exp`; a name and avatar from configurable claims): HS256 signed \
+                 with `auth.jwt_secret`, or RS256/ES256 verified against `auth.jwks`, with \
+                 `iss` and `aud` checked when configured; or an API key from \
+                 `auth.api_keys`."
                     .into(),
             ),
             extensions: IndexMap::new(),
@@ -279,7 +301,7 @@ pub(super) fn finish(api: &mut OpenApi) {
     );
     for (status, name, description) in ERRORS {
         let mut r = raw_response(description, &["application/json"], error.clone());
-        if *status == 503 {
+        if matches!(*status, 429 | 503) {
             r.headers.insert(
                 "Retry-After".into(),
                 header(

@@ -21,6 +21,9 @@ pub struct ApiError {
     pub reason: String,
     /// Optional field the error is about.
     pub field: Option<String>,
+    /// Seconds to wait before retrying (`Retry-After`; a 503 says 1 when
+    /// unset).
+    pub retry_after: Option<u64>,
 }
 
 /// The body of every error answer.
@@ -50,7 +53,14 @@ impl ApiError {
             code,
             reason: reason.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    /// Says when to retry (`Retry-After`).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     /// Names the field the error is about.
@@ -96,6 +106,7 @@ impl From<ValidationError> for ApiError {
             code: "invalid_field",
             reason: e.reason,
             field: Some(e.field),
+            retry_after: None,
         }
     }
 }
@@ -128,9 +139,12 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry = self
+            .retry_after
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if let Some(secs) = retry {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

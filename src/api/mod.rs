@@ -11,6 +11,7 @@ mod dashboard;
 mod error;
 mod feed;
 mod json;
+mod limits;
 mod pipeline;
 mod polls;
 mod stream;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub(crate) reached: Arc<common::Reached>,
     /// Aggregates the store refused a write of (reads say so).
     pub(crate) degraded: Arc<common::DegradedMarks>,
+    /// Per-caller limits.
+    pub(crate) limits: Arc<limits::Limits>,
 }
 
 /// The running parts the API is built over.
@@ -120,6 +123,7 @@ impl AppState {
             health: Arc::default(),
             reached: Arc::default(),
             degraded: Arc::default(),
+            limits: Arc::new(limits::Limits::new(&cfg.limits)),
         }
     }
 }
@@ -206,6 +210,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             refuse_oversized(body_limit, req, next)
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::reads))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }

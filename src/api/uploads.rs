@@ -225,9 +225,18 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T, ApiError> {
 async fn create(
     State(st): State<AppState>,
     Authed(principal): Authed,
+    headers: axum::http::HeaderMap,
     MultipartForm(mp, _): MultipartForm<UploadForm>,
 ) -> Result<Accepted<UploadRef>, ApiError> {
     let max = st.uploads.max_bytes;
+    // Room for it first: a slot, and the memory its body will take.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let _room = st
+        .limits
+        .upload(declared.unwrap_or(max as u64).min(max as u64 + 64 * 1024))?;
     let form = read_form(mp, max).await?;
     let image = required(form.image, "image")?;
     let session_key = SessionKey::parse(required(form.session_key, "session_key")?.trim())?;

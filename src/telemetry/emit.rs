@@ -117,6 +117,11 @@ pub fn lag(group: &str, topic: &str, partition: i32, lag: i64) {
     .set(lag as f64);
 }
 
+/// A request refused by a limit (`writes`, `reads`, `uploads`).
+pub fn limited(limit: &'static str) {
+    metrics::counter!(names::LIMITED, "limit" => limit).increment(1);
+}
+
 /// A consumer group member received an assignment.
 pub fn rebalance() {
     metrics::counter!(names::REBALANCES).increment(1);

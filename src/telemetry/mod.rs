@@ -48,6 +48,8 @@ pub mod names {
     /// Rebalances this process's consumer group members went through
     /// (each assignment they received).
     pub const REBALANCES: &str = "atelier_rebalances_total";
+    /// Requests refused by a limit, by `limit` (writes, reads, uploads).
+    pub const LIMITED: &str = "atelier_limited_total";
     /// HTTP requests, by `route`, `status`.
     pub const HTTP_REQUESTS: &str = "atelier_http_requests_total";
     /// HTTP latency, seconds, by `route`.

@@ -35,6 +35,7 @@ mod helpers;
 mod infer;
 mod kill;
 mod layers;
+mod limits;
 mod one_query;
 mod openapi;
 mod replay;
