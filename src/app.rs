@@ -76,6 +76,9 @@ impl Roles {
 pub struct App {
     /// Where the API listens (when it runs).
     pub addr: Option<SocketAddr>,
+    /// Where `/metrics` and `/v1/pipeline` are served, when apart
+    /// (`http.ops_listen`).
+    pub ops_addr: Option<SocketAddr>,
     /// Bootstrap servers of the log.
     pub brokers: String,
     /// The effective configuration (with generated dev secrets).
@@ -329,6 +332,7 @@ impl App {
         let (_, models_ready) = watch::channel(false);
         Ok(App {
             addr: None,
+            ops_addr: None,
             views: Generations::new(base, &cfg.views),
             // Where the topics end: one client for the supervisor and the API.
             heads: Heads::new(&cfg.kafka, &brokers)?,
@@ -475,7 +479,36 @@ impl App {
                 shutdown: self.shutdown.clone(),
             },
         );
-        let app = api::router(state, cfg.http.body_limit);
+        let (main, ops) = if cfg.http.ops_listen.is_empty() {
+            (api::Listener::All, None)
+        } else {
+            let addr: SocketAddr = cfg
+                .http
+                .ops_listen
+                .parse()
+                .with_context(|| format!("http.ops_listen {:?}", cfg.http.ops_listen))?;
+            (api::Listener::Api, Some(addr))
+        };
+        if let Some(addr) = ops {
+            let ops_app = api::router_for(
+                state.clone(),
+                cfg.http.body_limit,
+                api::Listener::Ops,
+                cfg.http.ops_token,
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (http.ops_listen)"))?;
+            self.ops_addr = Some(listener.local_addr()?);
+            let token = self.shutdown.clone();
+            self.spawn("ops http", async move {
+                axum::serve(listener, ops_app)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+                    .context("ops http server")
+            });
+        }
+        let app = api::router_for(state, cfg.http.body_limit, main, cfg.http.ops_token);
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
             .with_context(|| format!("binding {}", cfg.http.listen))?;

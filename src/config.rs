@@ -130,6 +130,14 @@ pub struct HttpConfig {
     /// `/readyz` answers ready only while the views lag the log by at most
     /// this many records.
     pub ready_lag: u64,
+    /// Where `/metrics` and `/v1/pipeline` are served. Empty (the default):
+    /// with the API on `listen`. An address (`127.0.0.1:9090`): only there,
+    /// with `/healthz` and `/readyz` (the API's listener answers 404 for
+    /// them): a port only the monitoring network reaches.
+    pub ops_listen: String,
+    /// `/metrics` and `/v1/pipeline` need an administrator's token
+    /// (wherever they are served).
+    pub ops_token: bool,
 }
 
 impl Default for HttpConfig {
@@ -139,6 +147,8 @@ impl Default for HttpConfig {
             body_limit: 64 * 1024,
             max_after_wait_ms: 2_000,
             ready_lag: 1_000,
+            ops_listen: String::new(),
+            ops_token: false,
         }
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use aide::axum::ApiRouter;
 use aide::axum::routing::get_with;
 use aide::openapi::OpenApi;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -161,8 +161,10 @@ fn routes(upload_limit: usize) -> ApiRouter<AppState> {
                     "ops",
                     "Prometheus metrics",
                     "The Prometheus text exposition of the process's metrics; 404 when no \
-                     recorder is installed in this process.",
-                    &[404],
+                     recorder is installed in this process. With `http.ops_token`, \
+                     administrators only (401, 403 `not_admin`); with `http.ops_listen`, \
+                     served there instead.",
+                    &[401, 403, 404],
                 )
             }),
         )
@@ -197,8 +199,64 @@ pub fn document() -> serde_json::Value {
     serde_json::to_value(&api).expect("the document serializes")
 }
 
+/// Which listener a router serves (see `http.ops_listen`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The API's, with the operations endpoints too.
+    All,
+    /// The API's; the operations endpoints are on another.
+    Api,
+    /// The operations endpoints' own: `/metrics`, `/v1/pipeline`,
+    /// `/healthz`, `/readyz`.
+    Ops,
+}
+
+/// The operations endpoints `http.ops_listen` moves and `http.ops_token`
+/// guards.
+const OPS_PATHS: [&str; 2] = ["/metrics", "/v1/pipeline"];
+
+/// Routes a request by listener, and asks for an administrator on the
+/// operations endpoints when `http.ops_token` is set.
+async fn ops_gate(
+    State((st, listener, token)): State<(AppState, Listener, bool)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    let ops = OPS_PATHS.contains(&path);
+    let here = match listener {
+        Listener::All => true,
+        Listener::Api => !ops,
+        Listener::Ops => ops || matches!(path, "/healthz" | "/readyz"),
+    };
+    if !here {
+        return ApiError::not_found("no_route", "not served on this listener (http.ops_listen)")
+            .into_response();
+    }
+    if ops && token {
+        let (mut parts, body) = req.into_parts();
+        if let Err(e) =
+            <Admin as FromRequestParts<AppState>>::from_request_parts(&mut parts, &st).await
+        {
+            return e.into_response();
+        }
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    next.run(req).await
+}
+
 /// The whole API.
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    router_for(state, body_limit, Listener::All, false)
+}
+
+/// The API as one listener serves it.
+pub fn router_for(
+    state: AppState,
+    body_limit: usize,
+    listener: Listener,
+    ops_token: bool,
+) -> Router {
     let (router, api) = build(state.uploads.max_bytes);
     let doc = Arc::new(serde_json::to_value(&api).expect("the document serializes"));
     router
@@ -211,6 +269,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             refuse_oversized(body_limit, req, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), limits::reads))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), listener, ops_token),
+            ops_gate,
+        ))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }

@@ -34,8 +34,10 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                     "Pipeline health",
                     "Per topic, the records the active generation of its view has applied (a \
                      counter: its rate is the throughput) and its lag; the records in the DLQ \
-                     topic; each view's generations. The dashboard charts this.",
-                    &[503],
+                     topic; each view's generations. The dashboard charts this. With \
+                     `http.ops_token`, administrators only (401, 403 `not_admin`); with \
+                     `http.ops_listen`, served there instead.",
+                    &[401, 403, 503],
                 )
             }),
         )

@@ -38,6 +38,7 @@ mod layers;
 mod limits;
 mod one_query;
 mod openapi;
+mod ops_endpoints;
 mod replay;
 mod schemas;
 mod sink;
