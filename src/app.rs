@@ -479,6 +479,13 @@ impl App {
                 shutdown: self.shutdown.clone(),
             },
         );
+        {
+            let (state, token) = (state.clone(), self.shutdown.clone());
+            self.spawn("limits", async move {
+                state.forget_idle_callers(token).await;
+                Ok(())
+            });
+        }
         let (main, ops) = if cfg.http.ops_listen.is_empty() {
             (api::Listener::All, None)
         } else {

@@ -83,6 +83,19 @@ impl Limits {
         }
     }
 
+    /// Forgets the keys whose cells are back to full (idle callers), so the
+    /// limiters hold the recently active callers, not every caller ever.
+    pub fn forget_idle(&self) {
+        if let Some(l) = &self.writes {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Some(l) = &self.reads {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
     /// One write by `principal`, or 429.
     pub fn write(&self, principal: &str) -> Result<(), ApiError> {
         let Some(l) = &self.writes else { return Ok(()) };
@@ -153,4 +166,27 @@ pub async fn reads(st: axum::extract::State<AppState>, req: Request, next: Next)
         return e.into_response();
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_callers_are_forgotten() {
+        let l = Limits::new(&LimitsConfig {
+            writes_per_sec: 20,
+            writes_burst: 1,
+            ..LimitsConfig::default()
+        });
+        for i in 0..100 {
+            l.write(&format!("p{i}")).unwrap();
+        }
+        assert!(l.write("p0").is_err(), "p0 spent its burst");
+        let held = || l.writes.as_ref().map_or(0, |w| w.len());
+        assert_eq!(held(), 100);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        l.forget_idle();
+        assert_eq!(held(), 0, "every caller is back at a full allowance");
+    }
 }

@@ -80,6 +80,20 @@ pub struct AppState {
     pub(crate) limits: Arc<limits::Limits>,
 }
 
+impl AppState {
+    /// Until `shutdown`, every minute: the rate limiters forget callers
+    /// idle long enough to be back at a full allowance (bounds their memory
+    /// by the recently active callers).
+    pub async fn forget_idle_callers(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => self.limits.forget_idle(),
+            }
+        }
+    }
+}
+
 /// The running parts the API is built over.
 #[derive(Debug)]
 pub struct Parts {
