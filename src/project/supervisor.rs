@@ -122,10 +122,16 @@ impl Supervisor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = tick.tick() => {}
             }
             if let Some(e) = self.reap().await {
+                // A projector that ended because everything is stopping
+                // (its token is a child of `shutdown`) did not fail.
+                if shutdown.is_cancelled() {
+                    break Ok(());
+                }
                 break Err(e);
             }
             let rows = match self.gens.refresh().await {
