@@ -233,6 +233,10 @@ pub fn with_dev_auth(mut cfg: Config) -> anyhow::Result<Config> {
         // between runs over the same views.
         cfg.auth.voter_key = Secret(format!("voters:{}", dev_secret(&cfg.data_dir)?));
     }
+    if cfg.auth.link_key.expose().is_empty() {
+        // Stable per data dir: session keys stay their owners' across runs.
+        cfg.auth.link_key = Secret(format!("links:{}", dev_secret(&cfg.data_dir)?));
+    }
     Ok(cfg)
 }
 
@@ -255,6 +259,12 @@ pub fn require_secrets(cfg: &Config, roles: Roles) -> anyhow::Result<()> {
         missing.push(
             "auth.jwt_secret, auth.jwks or auth.api_keys (ATELIER_AUTH__JWT_SECRET): every API \
              process must verify the same tokens",
+        );
+    }
+    if roles.api && cfg.auth.link_key.expose().is_empty() {
+        missing.push(
+            "auth.link_key (ATELIER_AUTH__LINK_KEY): every API process must recognize the same \
+             session owners and signed links",
         );
     }
     if roles.projector && cfg.auth.voter_key.expose().is_empty() {

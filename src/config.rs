@@ -353,6 +353,16 @@ pub struct AuthConfig {
     pub name_claim: String,
     /// The claim with the avatar URL.
     pub avatar_claim: String,
+    /// Signs session keys (they name their owner without saying who) and
+    /// the expiring links to images and shared sessions. The same for every
+    /// API process; changing it revokes every link and leaves sessions
+    /// readable by administrators only. Empty in embedded mode: derived from
+    /// the development secret under `data_dir`.
+    pub link_key: Secret,
+    /// How long a signed link lives, in seconds (links are issued on a grid
+    /// of this period, so an unchanged card keeps its links, and live
+    /// between one and two periods).
+    pub link_ttl_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -371,6 +381,8 @@ impl Default for AuthConfig {
             leeway_secs: 30,
             name_claim: "name".into(),
             avatar_claim: "picture".into(),
+            link_key: Secret::default(),
+            link_ttl_secs: 3600,
         }
     }
 }

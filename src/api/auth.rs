@@ -397,6 +397,41 @@ impl aide::OperationInput for Authed {
     }
 }
 
+/// The caller of a read, when it says who it is: no `Authorization` header
+/// is an anonymous caller, a bad one is refused (401) as on writes.
+#[derive(Clone, Debug, Default)]
+pub struct Reader(pub Option<Caller>);
+
+impl Reader {
+    /// Whether the caller is an administrator.
+    pub fn admin(&self) -> bool {
+        self.0.as_ref().is_some_and(|c| c.admin)
+    }
+
+    /// The caller's user id.
+    pub fn user(&self) -> Option<&crate::event::UserId> {
+        self.0.as_ref().map(|c| &c.principal.id)
+    }
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Ok(Reader(None));
+        }
+        Ok(Reader(Some(state.auth.caller(bearer(parts)?)?)))
+    }
+}
+
+impl aide::OperationInput for Reader {
+    fn operation_input(_: &mut aide::generate::GenContext, op: &mut aide::openapi::Operation) {
+        super::contract::optionally_secured(op);
+        super::contract::add_errors(op, &[401]);
+    }
+}
+
 /// An authenticated administrator (`auth.admins` or `auth.admin_claim`):
 /// the operations routes (replay, DLQ, export) take this instead of
 /// [`Authed`].

@@ -167,6 +167,16 @@ pub(super) fn secured(op: &mut Operation) {
     }
 }
 
+/// Marks an operation as taking bearer credentials when given (anonymous
+/// callers too).
+pub(super) fn optionally_secured(op: &mut Operation) {
+    let anonymous = SecurityRequirement::new();
+    if !op.security.contains(&anonymous) {
+        op.security.push(anonymous);
+    }
+    secured(op);
+}
+
 /// A `200` answer of `media` types with `schema` (for raw bodies: images,
 /// event streams, exports, text).
 pub(super) fn raw_response(

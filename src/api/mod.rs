@@ -2,6 +2,7 @@
 //! events, and read routes that answer from one view query each, with
 //! `?after=<token>` read-your-writes.
 
+pub mod access;
 mod admin;
 mod auth;
 mod cards;
@@ -18,7 +19,8 @@ mod stream;
 pub mod token;
 mod uploads;
 
-pub use auth::{Admin, Auth, Authed, Caller, Claims, mint, refresh_jwks};
+pub use access::session_key_for;
+pub use auth::{Admin, Auth, Authed, Caller, Claims, Reader, mint, refresh_jwks};
 pub use error::{ApiError, ErrorBody};
 pub use token::Token;
 
@@ -78,6 +80,8 @@ pub struct AppState {
     pub(crate) degraded: Arc<common::DegradedMarks>,
     /// Per-caller limits.
     pub(crate) limits: Arc<limits::Limits>,
+    /// Session owners and signed links.
+    pub(crate) links: Arc<access::Links>,
 }
 
 impl AppState {
@@ -138,6 +142,10 @@ impl AppState {
             reached: Arc::default(),
             degraded: Arc::default(),
             limits: Arc::new(limits::Limits::new(&cfg.limits)),
+            links: Arc::new(access::Links::new(
+                cfg.auth.link_key.expose().as_bytes(),
+                cfg.auth.link_ttl_secs,
+            )),
         }
     }
 }

@@ -24,6 +24,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use super::access::Grant;
+use super::auth::Reader;
 use super::contract::{op, raw_response};
 use super::json::QueryParams;
 use super::{ApiError, AppState, Token};
@@ -41,13 +43,16 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                 "stream",
                 "Live view changes (Server-Sent Events)",
                 "Filters `poll`, `session`, `upload` and `kind` may be combined; none means \
-                 everything. A filtered stream starts with the current state of what it \
+                 everything but sessions and uploads (administrators: everything). \
+                 `session` and `upload` follow only what the caller may read: its own (bearer \
+                 token), or a session whose share link's `exp` and `sig` are given; 404 \
+                 `unknown_session` or `unknown_upload` otherwise. A filtered stream starts with the current state of what it \
                  names. Each event's `id` is the consistency token of the change (none for \
                  the initial state); its name says which view row changed (`poll`, `feed`, \
                  `feed_deleted`, `cards`, `upload`) and its data is that row as its read \
                  answers it. Bursts are coalesced, and a subscriber that falls too far behind \
                  gets a `lagged` event and continues with the newest.",
-                &[],
+                &[404],
             )
         }),
     )
@@ -71,6 +76,11 @@ struct StreamQuery {
     /// Follow feed changes of this kind (`all`: every kind).
     #[schemars(with = "Option<KindFilter>")]
     kind: Option<String>,
+    /// A share link's expiry (with `session`, or `upload` of that session).
+    exp: Option<u64>,
+    /// A share link's signature.
+    #[schemars(length(max = 64))]
+    sig: Option<String>,
 }
 
 /// A feed kind, or every kind.
@@ -139,6 +149,9 @@ struct Filter {
     upload: Option<UploadId>,
     /// `Some(None)`: every kind; `Some(Some(k))`: one kind.
     kind: Option<Option<FeedKind>>,
+    /// Whether an unfiltered stream carries every session's and upload's
+    /// changes (administrators').
+    everything: bool,
 }
 
 impl Filter {
@@ -151,7 +164,7 @@ impl Filter {
 
     fn wants(&self, c: &Change) -> bool {
         if self.is_empty() {
-            return true;
+            return self.everything || !matches!(c, Change::Session(_) | Change::Upload(_));
         }
         match c {
             Change::Poll(id) => self.poll == Some(*id),
@@ -188,12 +201,26 @@ fn parse(q: StreamQuery) -> Result<Filter, ApiError> {
             .kind
             .map(|k| super::feed::parse_kind(Some(&k)))
             .transpose()?,
+        everything: false,
     })
+}
+
+/// Who follows: the caller and the share link it gave.
+#[derive(Clone, Debug)]
+struct Access {
+    reader: Reader,
+    grant: Option<Grant>,
+}
+
+impl Access {
+    fn may_read(&self, st: &AppState, key: &SessionKey) -> bool {
+        super::cards::may_read(&st.links, &self.reader, key, self.grant.as_ref())
+    }
 }
 
 /// Reads the view row a change names and renders it as one SSE event
 /// (`None` when it is gone or unreadable: the next change retries).
-async fn render(st: &AppState, a: &Announced) -> Option<Event> {
+async fn render(st: &AppState, who: &Access, a: &Announced) -> Option<Event> {
     // A snapshot (no topic) reflects whatever is applied now: no token.
     let token = Token::at(&a.topic, a.position.partition, a.position.offset).map(|t| t.encode());
     let (name, data) = match &a.change {
@@ -218,8 +245,13 @@ async fn render(st: &AppState, a: &Announced) -> Option<Event> {
             ("cards", serde_json::to_value(c))
         }
         Change::Upload(u) => {
-            let c = super::cards::upload_status(st, *u, None).await.ok()?;
-            ("upload", serde_json::to_value(c))
+            let c = super::cards::upload_card(st, *u, None, |k| who.may_read(st, k))
+                .await
+                .ok()?;
+            (
+                "upload",
+                serde_json::to_value(super::cards::CardView::new(c, &st.links)),
+            )
         }
     };
     let mut e = Event::default().event(name);
@@ -230,7 +262,7 @@ async fn render(st: &AppState, a: &Announced) -> Option<Event> {
 }
 
 /// The current state of what a filter names, as initial events.
-async fn snapshot(st: &AppState, f: &Filter) -> Vec<Event> {
+async fn snapshot(st: &AppState, who: &Access, f: &Filter) -> Vec<Event> {
     let mut out = Vec::new();
     let at = |change| Announced {
         change,
@@ -248,7 +280,7 @@ async fn snapshot(st: &AppState, f: &Filter) -> Vec<Event> {
         wanted.push(at(Change::Upload(u)));
     }
     for a in wanted {
-        if let Some(e) = render(st, &a).await {
+        if let Some(e) = render(st, who, &a).await {
             out.push(e);
         }
     }
@@ -257,6 +289,7 @@ async fn snapshot(st: &AppState, f: &Filter) -> Vec<Event> {
 
 struct Sub {
     st: AppState,
+    who: Access,
     filter: Filter,
     rx: tokio::sync::broadcast::Receiver<Announced>,
     ready: VecDeque<Event>,
@@ -298,7 +331,7 @@ fn events(sub: Sub) -> impl Stream<Item = Result<Event, Infallible>> {
                 last.push(a);
             }
             for a in &last {
-                if let Some(e) = render(&sub.st, a).await {
+                if let Some(e) = render(&sub.st, &sub.who, a).await {
                     sub.ready.push_back(e);
                 }
             }
@@ -308,14 +341,33 @@ fn events(sub: Sub) -> impl Stream<Item = Result<Event, Infallible>> {
 
 async fn stream(
     State(st): State<AppState>,
-    QueryParams(q): QueryParams<StreamQuery>,
+    reader: Reader,
+    QueryParams(mut q): QueryParams<StreamQuery>,
 ) -> Result<Live, ApiError> {
-    let filter = parse(q)?;
+    let grant = super::cards::grant(q.exp.take(), q.sig.take());
+    let mut filter = parse(q)?;
+    filter.everything = reader.admin();
+    let who = Access { reader, grant };
+    if let Some(k) = &filter.session
+        && !who.may_read(&st, k)
+    {
+        return Err(super::cards::unknown_session(k));
+    }
+    // An upload not yet projected may still become the caller's: each of
+    // its changes is checked as it is rendered. One already known and not
+    // the caller's is refused now.
+    if let Some(u) = filter.upload
+        && let Ok(Some(c)) = st.views.cards().await?.upload(u).await
+        && !c.session_key.as_ref().is_some_and(|k| who.may_read(&st, k))
+    {
+        return Err(super::cards::unknown_upload(&u.to_string()));
+    }
     // Subscribe before the snapshot, so nothing falls between the two.
     let rx = st.watermarks.changes.subscribe();
-    let ready: VecDeque<Event> = snapshot(&st, &filter).await.into();
+    let ready: VecDeque<Event> = snapshot(&st, &who, &filter).await.into();
     let sub = Sub {
         st,
+        who,
         filter,
         rx,
         ready,

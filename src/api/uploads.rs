@@ -23,7 +23,8 @@ use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::cards::UploadPath;
+use super::auth::Reader;
+use super::cards::{UploadPath, grant, may_read, unknown_upload, upload_card};
 use super::common::{Accepted, Etagged, IfNoneMatch, UploadRef, append};
 use super::contract::{header as doc_header, op, raw_response};
 use super::json::{MultipartForm, QueryParams};
@@ -58,10 +59,11 @@ pub(super) fn routes(max_bytes: usize) -> ApiRouter<AppState> {
                      header claiming more pixels than `uploads.max_side` / \
                      `uploads.max_pixels` 422 `too_many_pixels` (never decoded), a truncated \
                      file 422 `truncated_image`; a style without a published model (see \
-                     `GET /v1/styles`) 422 `unknown_style`. Then the image is stored under an \
-                     unguessable key and `UploadReceived` appended; follow the job at \
-                     `Location` or on `/v1/stream?upload=`.",
-                    &[503],
+                     `GET /v1/styles`) 422 `unknown_style`; a session that is not the \
+                     caller's (keys come from `POST /v1/sessions`) 403 `not_your_session`. \
+                     Then the image is stored under an unguessable key and `UploadReceived` \
+                     appended; follow the job at `Location` or on `/v1/stream?upload=`.",
+                    &[403, 503],
                 )
             })
             .layer(DefaultBodyLimit::max(max_bytes + FORM_OVERHEAD)),
@@ -74,7 +76,11 @@ pub(super) fn routes(max_bytes: usize) -> ApiRouter<AppState> {
                     "readUploadImage",
                     "uploads",
                     "An upload's input or stylized output image",
-                    "One view query (the upload's keys), then the bytes from the blob store.",
+                    "For the holder of a signed link (`exp` and `sig`, as cards carry them \
+                     in `input_url` and `output_url`) until it expires, and for the upload's \
+                     owner and administrators (bearer token); 404 `unknown_upload` for \
+                     everyone else. One view query (the upload's keys), then the bytes from \
+                     the blob store. `Cache-Control: private`.",
                     &[404, 503],
                 )
             }),
@@ -102,7 +108,8 @@ pub(super) struct UploadForm {
     /// The image: JPEG, PNG or WebP by its bytes, at most `uploads.max_bytes`.
     #[schemars(with = "BinaryFile")]
     image: (),
-    /// The session whose cards show the upload.
+    /// The session whose cards show the upload: one of the caller's (`POST
+    /// /v1/sessions`).
     #[schemars(length(min = 1, max = ID_MAX), pattern(TEXT_ID))]
     session_key: String,
     /// The card slot.
@@ -240,6 +247,18 @@ async fn create(
     let form = read_form(mp, max).await?;
     let image = required(form.image, "image")?;
     let session_key = SessionKey::parse(required(form.session_key, "session_key")?.trim())?;
+    if !st.links.owns(&principal.id, &session_key) {
+        let mut e = ApiError::forbidden(
+            "not_your_session",
+            format!(
+                "session {:?} is not {}'s; upload into a session of your own (POST /v1/sessions)",
+                session_key.as_str(),
+                principal.id
+            ),
+        );
+        e.field = Some("session_key".into());
+        return Err(e);
+    }
     let slot: u8 = required(form.slot, "slot")?
         .trim()
         .parse()
@@ -313,19 +332,35 @@ enum Variant {
     Output,
 }
 
-/// Which image.
+impl Variant {
+    fn as_str(self) -> &'static str {
+        match self {
+            Variant::Input => "input",
+            Variant::Output => "output",
+        }
+    }
+}
+
+/// Which image, and a signed link's grant.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ImageQuery {
     /// The uploaded image (the default) or the stylized output.
     variant: Option<Variant>,
+    /// A signed link's expiry (seconds since the epoch).
+    exp: Option<u64>,
+    /// A signed link's signature.
+    #[schemars(length(max = 64))]
+    sig: Option<String>,
 }
 
-/// An image's bytes, cacheable for good (keys never change meaning).
+/// An image's bytes, cacheable privately (keys never change meaning) for
+/// as long as the link that fetched it lives.
 #[derive(Debug)]
 struct Image {
     bytes: Bytes,
     content_type: Option<String>,
+    max_age: u64,
 }
 
 impl IntoResponse for Image {
@@ -338,10 +373,9 @@ impl IntoResponse for Image {
         {
             h.insert(header::CONTENT_TYPE, ct);
         }
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=31536000, immutable"),
-        );
+        if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={}", self.max_age)) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
         h.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -365,7 +399,8 @@ impl aide::OperationOutput for Image {
         r.headers.insert(
             "Cache-Control".into(),
             doc_header(
-                "`public, max-age=31536000, immutable`: an image's key never changes meaning.",
+                "`private, max-age=<seconds>`: for the browser only, as long as the link lives \
+                 (an hour for a bearer's read).",
                 schemars::json_schema!({"type": "string"}),
             ),
         );
@@ -373,25 +408,27 @@ impl aide::OperationOutput for Image {
     }
 }
 
-/// `GET /v1/uploads/{id}/image?variant=input|output`: one view query for
-/// the upload's keys, then the bytes. Keys never change meaning (an output
-/// key names its model version), so answers are cacheable for good.
+/// `GET /v1/uploads/{id}/image?variant=input|output[&exp=&sig=]`: one view
+/// query for the upload's keys, then the bytes. Keys never change meaning
+/// (an output key names its model version), so answers are cacheable,
+/// privately, while the link lives.
 async fn image(
     State(st): State<AppState>,
+    reader: Reader,
     Path(p): Path<UploadPath>,
     QueryParams(q): QueryParams<ImageQuery>,
 ) -> Result<Image, ApiError> {
-    let id = &p.id;
-    let unknown = || ApiError::not_found("unknown_upload", format!("no upload {id:?}"));
-    let upload_id = UploadId::parse(id).map_err(|_| unknown())?;
-    let card = st
-        .views
-        .cards()
-        .await?
-        .upload(upload_id)
-        .await?
-        .ok_or_else(unknown)?;
-    let (key, content_type) = match q.variant.unwrap_or_default() {
+    let upload_id = UploadId::parse(&p.id).map_err(|_| unknown_upload(&p.id))?;
+    let variant = q.variant.unwrap_or_default();
+    // A signed link names the image; a bearer must own its session.
+    let signed =
+        grant(q.exp, q.sig).and_then(|g| st.links.image_allowed(upload_id, variant.as_str(), &g));
+    let card = upload_card(&st, upload_id, None, |k| {
+        signed.is_some() || may_read(&st.links, &reader, k, None)
+    })
+    .await?;
+    let max_age = signed.unwrap_or(3600);
+    let (key, content_type) = match variant {
         Variant::Input => (card.input_key, card.content_type),
         Variant::Output => (card.output_key, Some("image/jpeg".to_owned())),
     };
@@ -411,6 +448,7 @@ async fn image(
     Ok(Image {
         bytes,
         content_type,
+        max_age,
     })
 }
 

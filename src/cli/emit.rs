@@ -111,9 +111,10 @@ pub(super) enum EmitCmd {
     /// Upload an image for stylization and follow its job until it is
     /// done (its card is printed at the end).
     Upload {
-        /// Session whose cards show it.
+        /// Session whose cards show it: one of yours, from an earlier upload
+        /// (without it, a new session is made and its key printed).
         #[arg(long)]
-        session: String,
+        session: Option<String>,
         /// Card slot, 1 to 3.
         #[arg(long, default_value_t = 1)]
         slot: u8,
@@ -300,7 +301,7 @@ async fn item_action(
 async fn upload(
     cfg: &Config,
     who: &Who,
-    session: String,
+    session: Option<String>,
     slot: u8,
     style: String,
     file: Option<std::path::PathBuf>,
@@ -320,6 +321,15 @@ async fn upload(
         }
     };
     let c = client(cfg, who)?;
+    let session = match session {
+        Some(s) => s,
+        None => {
+            let v = c.call(reqwest::Method::POST, "/v1/sessions", None).await?;
+            let key = field(&v, "session_key")?.to_owned();
+            eprintln!("new session {key} (pass --session {key} to upload into it again)");
+            key
+        }
+    };
     let form = reqwest::multipart::Form::new()
         .text("session_key", session.clone())
         .text("slot", slot.to_string())
@@ -378,10 +388,23 @@ async fn upload(
             if matches!(status, "completed" | "failed") {
                 println!("{}", serde_json::to_string_pretty(&card)?);
                 if status == "completed" {
+                    // A share link opens the session's gallery in a browser
+                    // (the session is the caller's alone otherwise).
+                    let link = c
+                        .call(
+                            reqwest::Method::POST,
+                            &format!("/v1/sessions/{session}/share"),
+                            None,
+                        )
+                        .await?;
                     eprintln!(
-                        "output: {}/v1/uploads/{id}/image?variant=output\ncards:  {}/v1/sessions/{session}/cards",
+                        "output:  {}{}\ngallery: {}{}",
                         c.base(),
-                        c.base()
+                        card.get("output_url")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                        c.base(),
+                        field(&link, "dashboard_url")?,
                     );
                 }
                 return Ok(());

@@ -247,8 +247,19 @@ async function gallery(page) {
     return r.status === 200 && r.data.styles.length > 0 && r.data.styles.map((s) => s.style);
   });
   const style = styles.includes('sketch') ? 'sketch' : styles[0];
-  const session = `browser-${nonce}`;
+  // Sessions are their owners': one minted for DEV, opened through its
+  // share link. Its bare key shows nothing.
+  const minted = await api('POST', '/v1/sessions', { token: DEV });
+  assert.equal(minted.status, 200, JSON.stringify(minted.data));
+  const session = minted.data.session_key;
   await page.fill('#session', session);
+  await page.press('#session', 'Enter');
+  await until(
+    page,
+    'a bare session key (no share link) is refused with a reason',
+    () => document.querySelector('#session-status')?.textContent.includes('not shared with you'),
+  );
+  await page.fill('#session', BASE + minted.data.dashboard_url);
   await page.press('#session', 'Enter');
   await until(page, `the gallery opens session ${session}`, (k) => {
     const el = document.querySelector('#cards');

@@ -151,6 +151,8 @@ struct Api {
     http: reqwest::Client,
     urls: Vec<String>,
     secret: String,
+    /// The uploader's five sessions.
+    sessions: Vec<String>,
 }
 
 impl Api {
@@ -379,7 +381,7 @@ async fn uploads(api: Api, seen: Arc<Seen>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let form = reqwest::multipart::Form::new()
-            .text("session_key", format!("chaos-{}", n % 5))
+            .text("session_key", api.sessions[n as usize % 5].clone())
             .text("slot", ((n % 3) + 1).to_string())
             .text("style", STYLES[n as usize % STYLES.len()])
             .part(
@@ -531,6 +533,9 @@ async fn chaos_on_a_local_cluster() {
             .unwrap(),
         urls: urls.clone(),
         secret: env["ATELIER_AUTH__JWT_SECRET"].clone(),
+        sessions: (0..5)
+            .map(|_| atelier::api::session_key_for(&env["ATELIER_AUTH__LINK_KEY"], "uploader"))
+            .collect(),
     };
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,8 +13,8 @@ use atelier::api::Token;
 use atelier::bus::Appended;
 use atelier::event::wire::{self, WireRecord};
 use atelier::event::{
-    Event, EventData, FeedContent, FeedItemCreated, FeedItemId, ModelVersion, PollId, SessionKey,
-    Style, StyleTransferStarted, TransferRef, UploadId, UploadReceived, VoteCast,
+    Event, EventData, FeedContent, FeedItemCreated, FeedItemId, ModelVersion, PollId, Style,
+    StyleTransferStarted, TransferRef, UploadId, UploadReceived, VoteCast,
 };
 use serde_json::{Value, json};
 
@@ -206,7 +206,7 @@ async fn poison_is_dead_lettered_and_later_events_apply(b: Backends) {
 
     // Completions: an upload, then a start without its type header and one
     // for slot 9, then a good start.
-    let session = SessionKey::parse(&format!("s-{}", unique())).unwrap();
+    let session = crate::helpers::session_of("ann");
     let upload = UploadId(uuid::Uuid::now_v7());
     let style = Style::parse("mosaic").unwrap();
     let received = event(
@@ -243,10 +243,13 @@ async fn poison_is_dead_lettered_and_later_events_apply(b: Backends) {
     let invalid_start = poison(&t, &started, &slot9, None).await;
     let at = t.app.producer.send(&started).await.unwrap();
     let (_, v) = t
-        .get(&format!(
-            "/v1/sessions/{session}/cards?after={}",
-            Token::from(&at).encode()
-        ))
+        .get_as(
+            "ann",
+            &format!(
+                "/v1/sessions/{session}/cards?after={}",
+                Token::from(&at).encode()
+            ),
+        )
         .await;
     assert_eq!(card_status(&v, 1), Some("started"), "{v}");
 

@@ -8,6 +8,14 @@ use atelier::config::{BlobBackend, BlobConfig, Config, Secret, ViewBackend, View
 use serde_json::Value;
 
 pub const SECRET: &str = "test-secret";
+/// The link key of test apps: session keys of events written directly to
+/// the log are minted with it ([`session_of`]).
+pub const LINK_KEY: &str = "test-link-key";
+
+/// A new session key owned by `user`, as `POST /v1/sessions` mints it.
+pub fn session_of(user: &str) -> atelier::event::SessionKey {
+    atelier::event::SessionKey::parse(&atelier::api::session_key_for(LINK_KEY, user)).unwrap()
+}
 
 /// Which backends a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +91,7 @@ pub async fn config(b: Backends) -> Option<Config> {
     cfg.kafka.namespace = format!("t-{}.", unique());
     cfg.auth.jwt_secret = Secret(SECRET.into());
     cfg.auth.voter_key = Secret("test-voter-key".into());
+    cfg.auth.link_key = Secret(LINK_KEY.into());
     // On real services there is no administrator unless configured.
     cfg.auth.admins = vec![atelier::config::ADMIN.to_owned()];
     cfg.projector.linger_ms = 2;
@@ -164,6 +173,12 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// A read as `user`.
+    pub async fn get_as(&self, user: &str, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(user), None)
+            .await
     }
 
     /// Creates a poll and returns (id, token).

@@ -108,7 +108,7 @@ async fn upload_ok(t: &TestApp, session: &str, slot: u8, style: &str, image: Vec
 /// Waits for an upload's job to finish; answers its status row.
 async fn finished(t: &TestApp, id: &str, secs: u64) -> Value {
     eventually(secs, &format!("upload {id} to finish"), || async {
-        let (s, v) = t.get(&format!("/v1/uploads/{id}")).await;
+        let (s, v) = t.get_as("ann", &format!("/v1/uploads/{id}")).await;
         (s == 200 && matches!(v["status"].as_str(), Some("completed" | "failed"))).then_some(v)
     })
     .await
@@ -138,7 +138,7 @@ async fn uploads_are_stylized_in_every_style(b: Backends) {
         .collect();
     assert_eq!(offered, ["mosaic", "painterly", "palette", "sketch"]);
 
-    let session = format!("s{}", helpers::unique());
+    let session = helpers::session_of("ann").to_string();
     let input = jpeg(320, 240, 7);
     let decoded_input = codec::decode(
         &input,
@@ -162,17 +162,30 @@ async fn uploads_are_stylized_in_every_style(b: Backends) {
         let job = finished(&t, id, 120).await;
         assert_eq!(job["status"], "completed", "{style}: {job}");
         assert!(job["started_at"].is_string(), "{job}");
-        let key = job["output_key"].as_str().unwrap();
+        // Where the output lies is the view's, never the API's.
+        assert!(job.get("output_key").is_none(), "{job}");
+        let card = t
+            .app
+            .views
+            .cards()
+            .await
+            .unwrap()
+            .upload(atelier::event::UploadId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let key = card.output_key.as_deref().unwrap();
         assert!(key.ends_with(&format!(
             "{style}-{}.jpg",
             job["model_version"].as_str().unwrap()
         )));
         // The output is in the blob store (S3 on real backends)...
         let stored = t.app.blobs.get(key).await.expect("output stored");
-        // ... and served by the API, as a JPEG of the input's size.
+        // ... and served by the API through the card's signed link, as a
+        // JPEG of the input's size.
         let res = t
             .http
-            .get(format!("{}/v1/uploads/{id}/image?variant=output", t.url))
+            .get(format!("{}{}", t.url, job["output_url"].as_str().unwrap()))
             .send()
             .await
             .unwrap();
@@ -204,7 +217,9 @@ async fn uploads_are_stylized_in_every_style(b: Backends) {
         }
     }
     // The session's cards: slot 1 shows the newest upload (painterly).
-    let (s, cards) = t.get(&format!("/v1/sessions/{session}/cards")).await;
+    let (s, cards) = t
+        .get_as("ann", &format!("/v1/sessions/{session}/cards"))
+        .await;
     assert_eq!(s, 200);
     let cards = cards["cards"].as_array().unwrap();
     assert_eq!(cards.len(), 3);
@@ -216,7 +231,7 @@ async fn uploads_are_stylized_in_every_style(b: Backends) {
     );
     assert_eq!(slot1["status"], "completed");
     assert!(
-        cards.iter().all(|c| c["output_key"].is_string()),
+        cards.iter().all(|c| c["output_url"].is_string()),
         "{cards:?}"
     );
     t.stop().await;
@@ -238,7 +253,7 @@ async fn bad_uploads_are_refused_at_the_edge(b: Backends) {
     };
     cfg.uploads.max_bytes = 300_000;
     let t = spawn(cfg).await;
-    let session = format!("s{}", helpers::unique());
+    let session = helpers::session_of("ann").to_string();
     let form = [
         ("session_key", session.as_str()),
         ("slot", "1"),
@@ -341,7 +356,9 @@ async fn bad_uploads_are_refused_at_the_edge(b: Backends) {
             .all(|k| k.starts_with(&format!("uploads/{id}/"))),
         "only the accepted upload is stored: {stored:?}"
     );
-    let (_, cards) = t.get(&format!("/v1/sessions/{session}/cards")).await;
+    let (_, cards) = t
+        .get_as("ann", &format!("/v1/sessions/{session}/cards"))
+        .await;
     assert_eq!(cards["cards"].as_array().unwrap().len(), 1, "{cards}");
     t.stop().await;
 }
@@ -463,7 +480,7 @@ async fn corrupt_images_fail_with_a_reason_and_the_partition_moves_on(b: Backend
     };
     let t = spawn(cfg).await;
     let blobs: &Arc<dyn BlobStore> = &t.app.blobs;
-    let session = SessionKey::parse(&format!("s{}", helpers::unique())).unwrap();
+    let session = helpers::session_of("ann");
     // Same session, so the same partition, in this order: an image
     // corrupted after the edge checked it (header and trailer intact, the
     // middle zeroed), one that vanished from the store, a poison record,
@@ -586,7 +603,7 @@ async fn one_model_copy_and_a_swap_without_dropping_work() {
     .await;
     assert_eq!(registry.loads(), 2, "each style loaded once at start");
     let first = registry.get(&Style::parse("sketch").unwrap()).unwrap();
-    let session = format!("s{}", helpers::unique());
+    let session = helpers::session_of("ann").to_string();
     let mut ids = Vec::new();
     for i in 0..16 {
         ids.push(upload_ok(&t, &session, (i % 3) as u8 + 1, "sketch", jpeg(96, 80, i)).await);
@@ -802,8 +819,9 @@ async fn rewinding_the_inference_stage_reruns_uploads(b: Backends) {
         return;
     };
     let t = spawn(cfg).await;
-    let first = upload_ok(&t, "rw", 1, "sketch", jpeg(48, 32, 1)).await;
-    let second = upload_ok(&t, "rw", 2, "sketch", jpeg(40, 40, 2)).await;
+    let rw = helpers::session_of("ann").to_string();
+    let first = upload_ok(&t, &rw, 1, "sketch", jpeg(48, 32, 1)).await;
+    let second = upload_ok(&t, &rw, 2, "sketch", jpeg(40, 40, 2)).await;
     for id in [&first, &second] {
         assert_eq!(finished(&t, id, 120).await["status"], "completed");
     }

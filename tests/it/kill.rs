@@ -44,6 +44,10 @@ fn spawn(cfg: &atelier::config::Config, log: &std::path::Path, run: usize) -> Ch
             cfg.auth.voter_key.expose().to_owned(),
         ),
         (
+            "ATELIER_AUTH__LINK_KEY",
+            cfg.auth.link_key.expose().to_owned(),
+        ),
+        (
             "ATELIER_DATA_DIR",
             cfg.data_dir.to_string_lossy().into_owned(),
         ),

@@ -19,7 +19,9 @@ macro_rules! both {
     };
 }
 
+mod access;
 mod api_polls;
+mod authz;
 mod blobs;
 mod cards;
 #[cfg(feature = "torch")]

@@ -412,12 +412,28 @@ async fn answers_match_the_documented_schemas() {
         410,
     );
 
-    // Cards.
+    // Sessions and cards.
+    let minted = t.post("/v1/sessions", "ann", json!({})).await;
+    check("post", "/v1/sessions", &minted, 200);
+    let mine = minted.1["session_key"].as_str().unwrap().to_owned();
+    check(
+        "post",
+        "/v1/sessions/{key}/share",
+        &t.post(&format!("/v1/sessions/{mine}/share"), "ann", json!({}))
+            .await,
+        200,
+    );
     check(
         "get",
         "/v1/sessions/{key}/cards",
-        &t.get("/v1/sessions/s1/cards").await,
+        &t.get_as("ann", &format!("/v1/sessions/{mine}/cards")).await,
         200,
+    );
+    check(
+        "get",
+        "/v1/sessions/{key}/cards",
+        &t.get(&format!("/v1/sessions/{mine}/cards")).await,
+        404,
     );
     let unknown = uuid::Uuid::now_v7();
     check(

@@ -55,7 +55,11 @@ fn compose_and_the_cluster_harness_agree() {
         assert!(harness.contains(harness_cmd), "harness: {harness_cmd}");
     }
     // compose ships no usable secret: it refuses to start without them.
-    for secret in ["ATELIER_AUTH__JWT_SECRET", "ATELIER_AUTH__VOTER_KEY"] {
+    for secret in [
+        "ATELIER_AUTH__JWT_SECRET",
+        "ATELIER_AUTH__VOTER_KEY",
+        "ATELIER_AUTH__LINK_KEY",
+    ] {
         let line = compose
             .lines()
             .find(|l| l.contains(secret))

@@ -152,6 +152,18 @@ export class Hub {
     this.reopen();
   }
 
+  /** Sets (or, with null, removes) several filters, reopening once. */
+  setAll(values) {
+    let changed = false;
+    for (const [name, value] of Object.entries(values)) {
+      if ((this.params[name] ?? null) === (value ?? null)) continue;
+      changed = true;
+      if (value === null || value === undefined) delete this.params[name];
+      else this.params[name] = value;
+    }
+    if (changed) this.reopen();
+  }
+
   reopen() {
     this.stream?.close();
     this.stream = null;

@@ -39,7 +39,7 @@ pipeline.start();
 polls.pin(pinnedPoll());
 polls.setOwner(params.get('owner') || 'dev');
 const session = params.get('session');
-if (session) gallery.open(session);
+if (session) gallery.open({ key: session, exp: params.get('exp'), sig: params.get('sig') });
 
 window.addEventListener('hashchange', () => polls.pin(pinnedPoll()));
 setInterval(tickTimes, 10000);

@@ -1,6 +1,11 @@
 // The session gallery: a session's three card slots, each with the uploaded
 // image beside its stylized output and the job's status, moved live by the
 // session's `cards` events on the shared stream.
+//
+// Sessions are their owners': the gallery opens one through its share link
+// (`?session=&exp=&sig=`, from `POST /v1/sessions` or
+// `POST /v1/sessions/{key}/share`), and shows images through the signed
+// links each card carries.
 
 import { getJson, describe } from './api.js';
 import { h, replace, setText, time, fmt, isTextId } from './dom.js';
@@ -17,8 +22,22 @@ const STATUS_TEXT = {
 // The server's merge order: a card's status only moves forward.
 const RANK = { received: 1, started: 2, failed: 3, completed: 4 };
 
-function imageUrl(uploadId, variant) {
-  return `/v1/uploads/${encodeURIComponent(uploadId)}/image?variant=${variant}`;
+/**
+ * A session and its grant from what was typed or linked: a share link (any
+ * URL with `session`, `exp` and `sig`), or a bare key (then only its owner
+ * could read it, and the page says so).
+ */
+export function parseShare(text) {
+  const t = text.trim();
+  if (t.includes('?') || t.includes('://')) {
+    try {
+      const q = new URL(t, location.href).searchParams;
+      return { key: q.get('session') ?? '', exp: q.get('exp'), sig: q.get('sig') };
+    } catch {
+      return { key: t, exp: null, sig: null };
+    }
+  }
+  return { key: t, exp: null, sig: null };
 }
 
 /** Sets an image's source only when it changes, so a re-render never refetches. */
@@ -77,15 +96,16 @@ class Slot {
     setText(this.style, card?.style ?? '');
     this.style.hidden = !card?.style;
 
-    this.input.hidden = !card?.upload_id;
-    this.noInput.hidden = Boolean(card?.upload_id);
-    if (card?.upload_id) source(this.input, imageUrl(card.upload_id, 'input'));
+    // Signed links: the same within a period, so a re-render never refetches.
+    this.input.hidden = !card?.input_url;
+    this.noInput.hidden = Boolean(card?.input_url);
+    if (card?.input_url) source(this.input, card.input_url);
     else this.input.removeAttribute('src');
 
-    // The output exists only once completed (before, its URL answers 404).
-    const done = Boolean(status === 'completed' && card.upload_id && card.output_key);
+    // The output exists only once completed.
+    const done = Boolean(status === 'completed' && card.output_url);
     this.output.hidden = !done;
-    if (done) source(this.output, imageUrl(card.upload_id, 'output'));
+    if (done) source(this.output, card.output_url);
     else this.output.removeAttribute('src');
     this.waiting.hidden = done;
     setText(this.waiting, card ? STATUS_TEXT[status] ?? status : 'no upload in this slot');
@@ -125,7 +145,7 @@ export class Gallery {
     this.grid.hidden = true;
     this.form.addEventListener('submit', (e) => {
       e.preventDefault();
-      this.open(this.input.value.trim());
+      this.open(parseShare(this.input.value));
     });
     hub.subscribe({
       handlers: { cards: (c) => this.show(c) },
@@ -133,34 +153,62 @@ export class Gallery {
     });
   }
 
-  /** Shows a session's cards (and follows them); an invalid key is refused at the form. */
-  open(key) {
+  /**
+   * Shows a session's cards (and follows them) with its share link's grant;
+   * an invalid key is refused at the form.
+   */
+  open({ key, exp, sig }) {
     if (!isTextId(key)) {
-      setText(this.status, 'a session key is 1 to 64 of A-Z a-z 0-9 _ . : @ -');
+      setText(this.status, 'paste a session\'s share link (or its key: 1 to 64 of A-Z a-z 0-9 _ . : @ -)');
       return;
     }
     this.input.value = key;
-    if (key === this.key) return;
+    if (key === this.key && exp === this.exp && sig === this.sig) return;
     this.key = key;
+    this.exp = exp;
+    this.sig = sig;
     const url = new URL(location.href);
     url.searchParams.set('session', key);
+    for (const [name, value] of [['exp', exp], ['sig', sig]]) {
+      if (value) url.searchParams.set(name, value);
+      else url.searchParams.delete(name);
+    }
     history.replaceState(null, '', url);
     setText(this.status, '');
     for (const slot of this.slots.values()) slot.show(null);
     this.grid.hidden = false;
     this.grid.dataset.session = key;
-    // The stream starts with the session's current cards.
-    this.hub.set('session', key);
+    // Read first: the session joins the shared stream (the grant riding
+    // along) only once the grant is known to work, since a refused filter
+    // would refuse the feed's stream too.
+    this.hub.setAll({ session: null, exp: null, sig: null });
+    this.read();
+  }
+
+  /** The grant's query string (empty without one). */
+  grant() {
+    return this.exp && this.sig
+      ? `?${new URLSearchParams({ exp: this.exp, sig: this.sig })}`
+      : '';
   }
 
   async read() {
     if (!this.key) return;
     const key = this.key;
     try {
-      const cards = await getJson(`/v1/sessions/${encodeURIComponent(key)}/cards`);
+      const cards = await getJson(`/v1/sessions/${encodeURIComponent(key)}/cards${this.grant()}`);
+      if (key !== this.key) return;
       this.show(cards);
+      // The stream then starts again with the session's current cards.
+      this.hub.setAll({ session: key, exp: this.exp || null, sig: this.sig || null });
     } catch (err) {
-      if (key === this.key) setText(this.status, `could not read the cards (${describe(err)})`);
+      if (key !== this.key) return;
+      setText(
+        this.status,
+        err.status === 404
+          ? 'this session is not shared with you: open it with its share link'
+          : `could not read the cards (${describe(err)})`,
+      );
     }
   }
 
