@@ -53,7 +53,7 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                      grid: one to two periods): whoever holds it reads the session's cards \
                      and its uploads, and follows them on the stream, until it expires. The \
                      owner's only; 404 `unknown_session` for everyone else.",
-                    &[404],
+                    &[400, 404],
                 )
             }),
         )
@@ -106,18 +106,38 @@ struct AfterQuery {
     #[schemars(pattern(cards_token()), description = AFTER_DOC)]
     after: Option<String>,
     /// A share link's expiry (seconds since the epoch).
-    exp: Option<u64>,
+    #[schemars(pattern(EXP_PATTERN))]
+    exp: Option<String>,
     /// A share link's signature.
-    #[schemars(length(max = 64))]
+    #[schemars(pattern(SIG_PATTERN))]
     sig: Option<String>,
 }
 
-/// The grant of `exp` and `sig` when both are given.
-pub(super) fn grant(exp: Option<u64>, sig: Option<String>) -> Option<Grant> {
-    Some(Grant {
-        exp: exp?,
-        sig: sig?,
-    })
+/// A link's expiry: seconds since the epoch.
+pub(super) const EXP_PATTERN: &str = "^[0-9]{1,19}$";
+/// A link's signature: base64url.
+pub(super) const SIG_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// The grant of `exp` and `sig` when both are given; 400 `invalid_link`
+/// when either is malformed.
+pub(super) fn grant(exp: Option<String>, sig: Option<String>) -> Result<Option<Grant>, ApiError> {
+    let bad = |what: &str| ApiError::bad_request("invalid_link", format!("malformed {what}"));
+    let exp = exp
+        .map(|e| {
+            (e.len() <= 19 && e.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| e.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| bad("exp: seconds since the epoch"))
+        })
+        .transpose()?;
+    if let Some(s) = &sig
+        && !((1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(bad("sig: base64url"));
+    }
+    Ok(exp.zip(sig).map(|(exp, sig)| Grant { exp, sig }))
 }
 
 /// Whether `reader` (or the holder of `grant`) may read `key`: its owner,
@@ -352,7 +372,7 @@ async fn cards(
 ) -> Result<Etagged<Cards>, ApiError> {
     let key = SessionKey::parse(&p.key)
         .map_err(|e| ApiError::bad_request("invalid_session", e.reason))?;
-    if !may_read(&st.links, &reader, &key, grant(q.exp, q.sig).as_ref()) {
+    if !may_read(&st.links, &reader, &key, grant(q.exp, q.sig)?.as_ref()) {
         return Err(unknown_session(&key));
     }
     let cards = session_cards(&st, key, q.after.as_deref()).await?;
@@ -390,7 +410,7 @@ async fn upload(
     inm: IfNoneMatch,
 ) -> Result<Etagged<CardView>, ApiError> {
     let id = UploadId::parse(&p.id).map_err(|_| unknown_upload(&p.id))?;
-    let g = grant(q.exp, q.sig);
+    let g = grant(q.exp, q.sig)?;
     let card = upload_card(&st, id, q.after.as_deref(), |k| {
         may_read(&st.links, &reader, k, g.as_ref())
     })

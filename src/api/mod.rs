@@ -142,12 +142,24 @@ impl AppState {
             reached: Arc::default(),
             degraded: Arc::default(),
             limits: Arc::new(limits::Limits::new(&cfg.limits)),
-            links: Arc::new(access::Links::new(
-                cfg.auth.link_key.expose().as_bytes(),
-                cfg.auth.link_ttl_secs,
-            )),
+            links: Arc::new(links(cfg)),
         }
     }
+}
+
+/// The link key, or (unconfigured, which only the embedded log allows) a
+/// random one for this process: a key anyone knows would let anyone mint
+/// another's sessions.
+fn links(cfg: &Config) -> access::Links {
+    let key = cfg.auth.link_key.expose();
+    if key.is_empty() {
+        tracing::warn!(
+            "auth.link_key is not set: sessions and signed links last as long as this process"
+        );
+        let random: [u8; 32] = rand::random();
+        return access::Links::new(&random, cfg.auth.link_ttl_secs);
+    }
+    access::Links::new(key.as_bytes(), cfg.auth.link_ttl_secs)
 }
 
 /// Every route, each declared once with its documentation.
@@ -280,6 +292,7 @@ pub fn router_for(
     ops_token: bool,
 ) -> Router {
     let (router, api) = build(state.uploads.max_bytes);
+    let upload_limit = state.uploads.max_bytes;
     let doc = Arc::new(serde_json::to_value(&api).expect("the document serializes"));
     router
         .layer(axum::Extension(Document(doc)))
@@ -288,7 +301,7 @@ pub fn router_for(
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(move |req, next| {
-            refuse_oversized(body_limit, req, next)
+            refuse_oversized(body_limit, upload_limit, req, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), limits::reads))
         .layer(middleware::from_fn_with_state(
@@ -302,13 +315,17 @@ pub fn router_for(
 /// The most bytes an oversized body is read (and dropped) before its 413.
 const DRAIN_MAX: u64 = 64 << 20;
 
-/// A body (other than a multipart upload, which has its own limit and
-/// reads past it the same way) whose `Content-Length` is over `limit` is
-/// answered 413 `body_too_large` after its bytes are read and dropped, up
-/// to [`DRAIN_MAX`]: a client that sends its whole body before it reads
-/// the answer then reads the 413 with its reason, not a reset connection.
-/// Past `DRAIN_MAX` the connection is closed after the answer.
-async fn refuse_oversized(limit: usize, req: Request, next: Next) -> Response {
+/// A body whose `Content-Length` is over `limit` (a multipart upload: over
+/// `upload_limit`, the image's, and the form around it) is answered 413
+/// (`body_too_large`, `image_too_large`) after its bytes are read and
+/// dropped, up to [`DRAIN_MAX`]: a client that sends its whole body before
+/// it reads the answer then reads the 413 with its reason, not a reset
+/// connection. A client that sent `Expect: 100-continue` gets the 413
+/// before it sends a byte (nothing is read, so no `100 Continue` goes
+/// out). Past `DRAIN_MAX` the connection is closed after the answer. An
+/// upload of unknown length is counted as it streams in (see
+/// `uploads::read_form`).
+async fn refuse_oversized(limit: usize, upload_limit: usize, req: Request, next: Next) -> Response {
     let length = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -319,15 +336,36 @@ async fn refuse_oversized(limit: usize, req: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/"));
-    let Some(length) = length.filter(|n| *n > limit as u64 && !multipart) else {
+    let most = if multipart {
+        upload_limit + uploads::FORM_OVERHEAD
+    } else {
+        limit
+    };
+    let Some(length) = length.filter(|n| *n > most as u64) else {
         return next.run(req).await;
     };
-    let refusal = ApiError::new(
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!("the body is {length} bytes; at most {limit} are accepted (http.body_limit)"),
-    );
-    if length > DRAIN_MAX {
+    let refusal = if multipart {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "image_too_large",
+            format!(
+                "the upload is {length} bytes; images of at most {upload_limit} bytes are \
+                 accepted (uploads.max_bytes)"
+            ),
+        )
+    } else {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is {length} bytes; at most {limit} are accepted (http.body_limit)"),
+        )
+    };
+    let expects_continue = req
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if length > DRAIN_MAX || expects_continue {
         let mut res = refusal.into_response();
         res.headers_mut().insert(
             axum::http::header::CONNECTION,

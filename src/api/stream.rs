@@ -52,7 +52,7 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                  `feed_deleted`, `cards`, `upload`) and its data is that row as its read \
                  answers it. Bursts are coalesced, and a subscriber that falls too far behind \
                  gets a `lagged` event and continues with the newest.",
-                &[404],
+                &[400, 404],
             )
         }),
     )
@@ -77,9 +77,10 @@ struct StreamQuery {
     #[schemars(with = "Option<KindFilter>")]
     kind: Option<String>,
     /// A share link's expiry (with `session`, or `upload` of that session).
-    exp: Option<u64>,
+    #[schemars(pattern(super::cards::EXP_PATTERN))]
+    exp: Option<String>,
     /// A share link's signature.
-    #[schemars(length(max = 64))]
+    #[schemars(pattern(super::cards::SIG_PATTERN))]
     sig: Option<String>,
 }
 
@@ -344,7 +345,7 @@ async fn stream(
     reader: Reader,
     QueryParams(mut q): QueryParams<StreamQuery>,
 ) -> Result<Live, ApiError> {
-    let grant = super::cards::grant(q.exp.take(), q.sig.take());
+    let grant = super::cards::grant(q.exp.take(), q.sig.take())?;
     let mut filter = parse(q)?;
     filter.everything = reader.admin();
     let who = Access { reader, grant };

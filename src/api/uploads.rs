@@ -24,7 +24,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Reader;
-use super::cards::{UploadPath, grant, may_read, unknown_upload, upload_card};
+use super::cards::{
+    EXP_PATTERN, SIG_PATTERN, UploadPath, grant, may_read, unknown_upload, upload_card,
+};
 use super::common::{Accepted, Etagged, IfNoneMatch, UploadRef, append};
 use super::contract::{header as doc_header, op, raw_response};
 use super::json::{MultipartForm, QueryParams};
@@ -37,7 +39,7 @@ use crate::image::codec::{self, Caps, Rejection};
 use crate::infer::registry::sha256_hex;
 
 /// Multipart overhead allowed beyond the image (boundaries, text fields).
-const FORM_OVERHEAD: usize = 64 * 1024;
+pub(super) const FORM_OVERHEAD: usize = 64 * 1024;
 /// Longest text field.
 const MAX_TEXT: usize = 256;
 
@@ -181,12 +183,19 @@ struct Form {
     style: Option<String>,
 }
 
-async fn read_form(mut mp: Multipart, max: usize) -> Result<Form, ApiError> {
+/// Reads the form; `declared` is the body's `Content-Length`, when known.
+async fn read_form(mut mp: Multipart, max: usize, declared: Option<u64>) -> Result<Form, ApiError> {
     let mut form = Form::default();
     while let Some(mut field) = mp.next_field().await.map_err(|e| multipart_error(e, max))? {
         let name = field.name().unwrap_or_default().to_owned();
         let limit = if name == "image" { max } else { MAX_TEXT };
-        let (mut buf, mut seen) = (Vec::new(), 0usize);
+        // The image's buffer is sized once from the body's length: grown by
+        // doubling, it would briefly hold twice what the upload reserved.
+        let capacity = match declared {
+            Some(n) if name == "image" => (n as usize).min(max),
+            _ => 0,
+        };
+        let (mut buf, mut seen) = (Vec::with_capacity(capacity), 0usize);
         while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
             // Past the limit, keep reading (up to the body limit) without
             // keeping: a client still writing its body then reads the 413
@@ -244,7 +253,7 @@ async fn create(
     let _room = st
         .limits
         .upload(declared.unwrap_or(max as u64).min(max as u64 + 64 * 1024))?;
-    let form = read_form(mp, max).await?;
+    let form = read_form(mp, max, declared).await?;
     let image = required(form.image, "image")?;
     let session_key = SessionKey::parse(required(form.session_key, "session_key")?.trim())?;
     if !st.links.owns(&principal.id, &session_key) {
@@ -348,9 +357,10 @@ struct ImageQuery {
     /// The uploaded image (the default) or the stylized output.
     variant: Option<Variant>,
     /// A signed link's expiry (seconds since the epoch).
-    exp: Option<u64>,
+    #[schemars(pattern(EXP_PATTERN))]
+    exp: Option<String>,
     /// A signed link's signature.
-    #[schemars(length(max = 64))]
+    #[schemars(pattern(SIG_PATTERN))]
     sig: Option<String>,
 }
 
@@ -422,7 +432,7 @@ async fn image(
     let variant = q.variant.unwrap_or_default();
     // A signed link names the image; a bearer must own its session.
     let signed =
-        grant(q.exp, q.sig).and_then(|g| st.links.image_allowed(upload_id, variant.as_str(), &g));
+        grant(q.exp, q.sig)?.and_then(|g| st.links.image_allowed(upload_id, variant.as_str(), &g));
     let card = upload_card(&st, upload_id, None, |k| {
         signed.is_some() || may_read(&st.links, &reader, k, None)
     })

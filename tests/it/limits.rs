@@ -225,3 +225,72 @@ async fn uploads_past_the_slots_or_the_memory_are_refused_until_room_frees() {
     busy_while_one_trickles(&t, "uploads").await;
     t.stop().await;
 }
+
+/// Sends `head` and then `body` whole over a raw connection, reading
+/// nothing until it is sent; answers what came back.
+async fn send_then_read(t: &TestApp, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = t.url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body)
+        .await
+        .expect("the whole body is taken before the answer (no reset mid-send)");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An upload past `uploads.max_bytes` (40 MB against 16 MiB) is answered a
+/// readable 413 with its reason: after the body when the client sends it
+/// whole first, before it when the client asks `Expect: 100-continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upload_reads_its_413() {
+    let t = app(|_| {}).await;
+    let session = helpers::session_of("big");
+    let boundary = "XXbigXX";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"session_key\"\r\n\r\n{session}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&[0xFF, 0xD8, 0xFF]);
+    body.resize(40_000_000, 0);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let head = |expect: &str| {
+        format!(
+            "POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: multipart/form-data; boundary={boundary}\r\n\
+             Content-Length: {}\r\n{expect}\r\n",
+            t.token("big"),
+            body.len()
+        )
+    };
+    let answer = send_then_read(&t, &head(""), &body).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.300}");
+    assert!(
+        answer.contains("image_too_large") && answer.contains("uploads.max_bytes"),
+        "{answer:.500}"
+    );
+
+    // With Expect: the 413 comes before the body (and no 100 Continue).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = t.url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head("Expect: 100-continue\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("image_too_large"), "{answer}");
+    t.stop().await;
+}

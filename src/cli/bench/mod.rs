@@ -3,6 +3,7 @@
 //! measured and how.
 
 mod infer;
+mod limits;
 mod project;
 mod reads;
 
@@ -22,6 +23,9 @@ pub(super) enum BenchCmd {
     /// Python process per image, a batch-size sweep, and (--memory)
     /// resident memory with 1 and 8 uploads in flight.
     Infer(infer::InferArgs),
+    /// Per-caller limits: a steady writer's latency beside a flooding
+    /// principal, and resident memory under many large uploads at once.
+    Limits(limits::LimitsArgs),
     /// One memory measurement of `bench infer --memory` (run as a child).
     #[command(hide = true)]
     InferMemoryProbe(infer::MemoryProbeArgs),
@@ -33,6 +37,7 @@ pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Project(a) => project::run(cfg, a).await,
         BenchCmd::Reads(a) => reads::run(cfg, a).await,
         BenchCmd::Infer(a) => infer::run(cfg, a).await,
+        BenchCmd::Limits(a) => limits::run(cfg, a).await,
         BenchCmd::InferMemoryProbe(a) => infer::memory_probe(cfg, a).await,
     }
 }
