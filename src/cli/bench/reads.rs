@@ -250,6 +250,9 @@ pub(super) async fn run(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     if cfg.auth.voter_key.expose().is_empty() {
         cfg.auth.voter_key = Secret(uuid::Uuid::new_v4().simple().to_string());
     }
+    if cfg.auth.link_key.expose().is_empty() {
+        cfg.auth.link_key = Secret(uuid::Uuid::new_v4().simple().to_string());
+    }
     let kafka = if cfg.kafka.is_embedded() {
         "embedded Kafka"
     } else {
