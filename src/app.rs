@@ -496,6 +496,14 @@ impl App {
                 Ok(())
             });
         }
+        // The embedded blob store is this data directory's: images a crash
+        // left without their event are swept once the views caught up.
+        if cfg.kafka.is_embedded() && self.projector(crate::view::cards::VIEW).is_some() {
+            tokio::spawn(api::sweep_blobs_at_start(
+                state.clone(),
+                self.shutdown.clone(),
+            ));
+        }
         let (main, ops) = if cfg.http.ops_listen.is_empty() {
             (api::Listener::All, None)
         } else {

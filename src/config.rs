@@ -441,6 +441,10 @@ pub struct UploadsConfig {
     pub max_side: u32,
     /// Most pixels (width × height), read from the header.
     pub max_pixels: u64,
+    /// How old an upload must be (by its id) before an image of it that no
+    /// event names is an orphan the blob sweep deletes, in seconds. An
+    /// upload appends its event within seconds of storing its image.
+    pub orphan_grace_secs: u64,
 }
 
 impl Default for UploadsConfig {
@@ -449,6 +453,7 @@ impl Default for UploadsConfig {
             max_bytes: 16 * 1024 * 1024,
             max_side: 12_000,
             max_pixels: 50_000_000,
+            orphan_grace_secs: 3600,
         }
     }
 }

@@ -162,6 +162,38 @@ fn links(cfg: &Config) -> access::Links {
     access::Links::new(key.as_bytes(), cfg.auth.link_ttl_secs)
 }
 
+/// Sweeps orphaned images once (see `POST /v1/admin/blobs/gc`), as soon as
+/// the cards view has caught up with the uploads topic, retrying while it
+/// is behind; gives up at shutdown or after about five minutes.
+pub async fn sweep_blobs_at_start(st: AppState, token: tokio_util::sync::CancellationToken) {
+    for _ in 0..150 {
+        let r = tokio::select! {
+            r = admin::sweep(&st, false) => r,
+            _ = token.cancelled() => return,
+        };
+        match r {
+            Ok(s) => {
+                tracing::info!(
+                    scanned = s.scanned,
+                    orphans = s.orphans,
+                    "blob sweep at start"
+                );
+                return;
+            }
+            Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = token.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.reason, "the blob sweep at start failed");
+                return;
+            }
+        }
+    }
+}
+
 /// Every route, each declared once with its documentation.
 fn routes(upload_limit: usize) -> ApiRouter<AppState> {
     ApiRouter::new()

@@ -6,6 +6,7 @@ mod client;
 mod dlq;
 mod emit;
 mod export;
+mod gc;
 mod latency;
 mod loadgen;
 mod models;
@@ -88,6 +89,9 @@ enum Command {
     Dlq(dlq::DlqCmd),
     /// Stream a view out (JSON lines or CSV) to a file or S3.
     Export(export::ExportArgs),
+    /// Remove orphaned images: stored by an upload whose event was never
+    /// appended (a crash between the two).
+    Gc(gc::GcArgs),
     /// Benchmarks that need running services (see also `cargo bench`).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -166,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(a) => replay::run(cfg, a).await,
         Command::Dlq(c) => dlq::run(cfg, c).await,
         Command::Export(a) => export::run(cfg, a).await,
+        Command::Gc(a) => gc::run(cfg, a).await,
         Command::Bench(c) => bench::run(cfg, c).await,
         Command::Config => {
             println!("{cfg:#?}");

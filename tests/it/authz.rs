@@ -102,6 +102,7 @@ const MATRIX: &[(&str, [u16; 4])] = &[
     ("replayStatus", [401, 403, 403, 200]),
     ("startReplay", [401, 403, 403, 422]),
     ("replayGc", [401, 403, 403, 200]),
+    ("sweepBlobs", [401, 403, 403, 200]),
 ];
 
 /// What the requests name, all Ann's.
@@ -172,6 +173,8 @@ fn request(op: &str, f: &Fixtures) -> Option<(Method, String, Body)> {
         "replayStatus" => get("/v1/admin/replay".into()),
         "startReplay" => post("/v1/admin/replay".into(), json!({})),
         "replayGc" => post("/v1/admin/replay/gc".into(), json!({})),
+        // A dry run: the test bucket is shared with tests running beside.
+        "sweepBlobs" => post("/v1/admin/blobs/gc?dry_run=true".into(), json!({})),
         _ => None,
     }
 }

@@ -44,6 +44,7 @@ mod ops_endpoints;
 mod replay;
 mod schemas;
 mod sink;
+mod sweep;
 mod topics;
 mod topology;
 mod views;
