@@ -471,6 +471,32 @@ pub enum InferDevice {
     Cuda,
 }
 
+/// The arithmetic of the models' forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 autocast on a CPU with AVX-512 BF16 or AMX, float32 elsewhere.
+    #[default]
+    Auto,
+    /// float32 throughout.
+    Fp32,
+    /// bf16 autocast on the CPU (convolutions and matrix multiplies in
+    /// bfloat16, reductions and normalizations in float32), where the CPU
+    /// has it; float32 on a GPU.
+    Bf16,
+}
+
+impl Precision {
+    /// The name the banner and `/metrics` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Whether completions and offsets commit in one Kafka transaction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -490,6 +516,8 @@ pub enum Transactions {
 pub struct InferConfig {
     /// CPU or CUDA.
     pub device: InferDevice,
+    /// The arithmetic models run in (see [`Precision`]).
+    pub precision: Precision,
     /// Intra-op threads of the model (0: every core).
     pub threads: usize,
     /// Most images in one model call; 0: 8 on CUDA, 1 on the CPU (where
@@ -541,6 +569,7 @@ impl Default for InferConfig {
     fn default() -> Self {
         Self {
             device: InferDevice::Auto,
+            precision: Precision::Auto,
             threads: 0,
             max_batch: 0,
             max_delay_ms: 20,

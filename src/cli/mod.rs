@@ -194,7 +194,11 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
         .map(|p| p.style.to_string())
         .collect();
     let inference = match &app.registry {
-        Some(r) => format!("libtorch on {}", r.engine().device()),
+        Some(r) => format!(
+            "libtorch on {}, {}",
+            r.engine().device(),
+            r.engine().precision()
+        ),
         None if crate::infer::model::HAS_ENGINE => "not in this process".to_owned(),
         None => "off: this build has no model engine (use scripts/up)".to_owned(),
     };

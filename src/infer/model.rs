@@ -54,6 +54,8 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn load(&self, bytes: &[u8]) -> Result<Arc<dyn Model>, ModelError>;
     /// Where models run (`cpu`, `cuda:0`).
     fn device(&self) -> String;
+    /// The arithmetic they run in (`fp32`, `bf16`).
+    fn precision(&self) -> &'static str;
 }
 
 /// The engine this build has, configured (device, threads).

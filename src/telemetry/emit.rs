@@ -142,6 +142,12 @@ pub fn infer_fenced() {
     metrics::counter!(names::INFER_FENCED).increment(1);
 }
 
+/// The inference engine's device and precision (see `names::INFER_ENGINE`).
+pub fn infer_engine(device: &str, precision: &'static str) {
+    metrics::gauge!(names::INFER_ENGINE, "device" => device.to_owned(), "precision" => precision)
+        .set(1.0);
+}
+
 /// Time one image spent in an inference pipeline stage (decode, queue,
 /// encode).
 pub fn infer_stage(stage: &'static str, took: Duration) {

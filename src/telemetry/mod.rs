@@ -69,6 +69,9 @@ pub mod names {
     /// Times an inference worker was fenced: another worker opened its
     /// transactional id (a duplicate `infer.instance`, or its successor).
     pub const INFER_FENCED: &str = "atelier_infer_fenced_total";
+    /// 1, labelled with the inference engine's `device` and `precision`
+    /// (fp32, bf16) as chosen at start.
+    pub const INFER_ENGINE: &str = "atelier_infer_engine_info";
     /// Models loaded into memory, by `style`.
     pub const MODEL_LOADS: &str = "atelier_model_loads_total";
     /// Uploads accepted at the edge, by `content_type`.

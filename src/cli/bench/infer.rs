@@ -170,10 +170,11 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
     };
     if !a.json {
         eprintln!(
-            "model {} ({}), {threads} threads, device {}",
+            "model {} ({}), {threads} threads, device {}, {}",
             a.model,
             file.display(),
-            engine.device()
+            engine.device(),
+            engine.precision()
         );
         println!(
             "{:>5}  {:<34} {:>6} {:>7} {:>10} {:>10} {:>10}",
