@@ -142,6 +142,11 @@ pub fn infer_fenced() {
     metrics::counter!(names::INFER_FENCED).increment(1);
 }
 
+/// One ERROR event was logged (see `names::LOG_ERRORS`).
+pub fn log_error() {
+    metrics::counter!(names::LOG_ERRORS).increment(1);
+}
+
 /// The inference engine's device and precision (see `names::INFER_ENGINE`).
 pub fn infer_engine(device: &str, precision: &'static str) {
     metrics::gauge!(names::INFER_ENGINE, "device" => device.to_owned(), "precision" => precision)

@@ -72,6 +72,8 @@ pub mod names {
     /// 1, labelled with the inference engine's `device` and `precision`
     /// (fp32, bf16) as chosen at start.
     pub const INFER_ENGINE: &str = "atelier_infer_engine_info";
+    /// ERROR events logged (a healthy process logs none).
+    pub const LOG_ERRORS: &str = "atelier_log_errors_total";
     /// Models loaded into memory, by `style`.
     pub const MODEL_LOADS: &str = "atelier_model_loads_total";
     /// Uploads accepted at the edge, by `content_type`.
@@ -88,20 +90,46 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// ERROR events logged by this process (see [`ErrorCounter`]).
+static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// ERROR events this process has logged since it started: a healthy run
+/// logs none (the benchmarks check it).
+pub fn error_events() -> u64 {
+    ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts ERROR events, in [`error_events`] and in `/metrics`
+/// (`names::LOG_ERRORS`).
+#[derive(Debug)]
+struct ErrorCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::ERROR {
+            ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            emit::log_error();
+        }
+    }
+}
+
 /// Initializes tracing: level from `ATELIER_LOG` (or `RUST_LOG`), format from
 /// `ATELIER_LOG_FORMAT` (`pretty` default, or `json`). Safe to call twice.
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("ATELIER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,scylla=warn,aws=warn"));
     let json = std::env::var("ATELIER_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let output = if json {
+        fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        builder.compact().try_init()
+        fmt::layer().compact().with_writer(std::io::stderr).boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .with(ErrorCounter)
+        .try_init();
 }

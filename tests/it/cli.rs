@@ -23,11 +23,15 @@ fn atelier(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn up_then_emit_shows_tallies_and_sigterm_stops() {
     let data = std::env::temp_dir().join(format!("atelier-cli-{}", crate::helpers::unique()));
+    let log_path =
+        std::env::temp_dir().join(format!("atelier-cli-{}.log", crate::helpers::unique()));
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut up = Command::new(env!("CARGO_BIN_EXE_atelier"))
         .args(["up", "--listen", "127.0.0.1:0"])
         .env("ATELIER_DATA_DIR", &data)
+        .env("ATELIER_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("atelier up starts");
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
@@ -160,6 +164,20 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
     assert!(
         exit.success(),
         "atelier up exits cleanly on SIGTERM: {exit:?}"
+    );
+    // Quiet when healthy: the whole run, start to stop, logged no ERROR.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("\"level\":\"INFO\""),
+        "the log was captured: {log:.500}"
+    );
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a healthy run logged ERROR lines: {errors:#?}"
     );
 }
 

@@ -31,6 +31,15 @@ pub(super) enum BenchCmd {
     InferMemoryProbe(infer::MemoryProbeArgs),
 }
 
+/// A healthy run logs no ERROR line: the benchmarks that run the pipeline
+/// end with this check, and fail past it (the log says what went wrong).
+pub(super) fn quiet_when_healthy() -> anyhow::Result<()> {
+    let n = crate::telemetry::error_events();
+    eprintln!("ERROR log lines during the run: {n}");
+    anyhow::ensure!(n == 0, "{n} ERROR log lines: a healthy run logs none");
+    Ok(())
+}
+
 /// Runs one benchmark.
 pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {

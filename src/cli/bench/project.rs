@@ -216,5 +216,5 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
         totals.rejected,
         totals.duplicates,
     );
-    Ok(())
+    super::quiet_when_healthy()
 }

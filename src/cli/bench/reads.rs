@@ -290,7 +290,7 @@ pub(super) async fn run(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     } else {
         print_table(&report);
     }
-    Ok(())
+    super::quiet_when_healthy()
 }
 
 async fn bench(app: &App, kafka: &'static str, a: &ReadsArgs) -> anyhow::Result<Report> {
