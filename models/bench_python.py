@@ -12,6 +12,9 @@ Modes:
   runs the model and converts back to uint8, exactly as the Rust engine's
   call does (the model's speed can depend on the pixels, so both sides run
   the same ones). Without it: fixed-seed random float tensors.
+- ``flops``: no timing; the floating-point operations of one forward pass
+  of one S×S image, counted by ``torch.utils.flop_counter`` (the last line
+  is ``{"mode": "flops", "size", "gflop", "torch"}``).
 - ``pipeline``: JPEG files from ``--inputs DIR`` (all S×S; reused in a cycle
   when there are fewer than N). The file bytes are read into memory before
   timing; per batch of B the timed work is PIL decode → float tensor →
@@ -143,7 +146,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Python baseline for atelier's inference benchmark.")
     parser.add_argument("--model", type=Path, required=True, help="TorchScript file")
     parser.add_argument("--threads", type=int, required=True, help="torch intra-op threads")
-    parser.add_argument("--mode", choices=("forward", "pipeline"), required=True)
+    parser.add_argument("--mode", choices=("forward", "pipeline", "flops"), required=True)
     parser.add_argument("--batch", type=int, required=True, help="images per forward call")
     parser.add_argument("--size", type=int, required=True, help="image side S (S×S)")
     parser.add_argument("--images", type=int, required=True, help="images to time (rounded up to whole batches)")
@@ -171,6 +174,16 @@ def main(argv: Sequence[str]) -> int:
     model = torch.jit.load(str(args.model), map_location="cpu")
     model.eval()
     log(f"{args.model} mode={args.mode} threads={args.threads} batch={args.batch} size={args.size}")
+
+    if args.mode == "flops":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = torch.rand(1, 3, args.size, args.size) * 255.0
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        gflop = counter.get_total_flops() / 1e9
+        print(json.dumps({"mode": "flops", "size": args.size, "gflop": round(gflop, 3), "torch": torch.__version__}), flush=True)
+        return 0
 
     # `seconds` covers the timed batches only, not loading or warm-up.
     grad_mode = torch.inference_mode() if args.grad_mode == "inference" else torch.no_grad()

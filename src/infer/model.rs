@@ -56,6 +56,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn device(&self) -> String;
     /// The arithmetic they run in (`fp32`, `bf16`).
     fn precision(&self) -> &'static str;
+    /// A measured ceiling: GFLOP/s of an `n`×`n` matrix product on this
+    /// engine's threads, in fp32 or bf16.
+    fn gemm_gflops(&self, n: usize, bf16: bool) -> Result<f64, ModelError>;
 }
 
 /// The engine this build has, configured (device, threads).

@@ -107,6 +107,29 @@ impl Engine for TchEngine {
     fn precision(&self) -> &'static str {
         self.precision.as_str()
     }
+
+    fn gemm_gflops(&self, n: usize, bf16: bool) -> Result<f64, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
+        let n = n as i64;
+        let a = Tensor::f_randn([n, n], (kind, self.device)).map_err(err)?;
+        let b = Tensor::f_randn([n, n], (kind, self.device)).map_err(err)?;
+        let mut out = a.f_matmul(&b).map_err(err)?;
+        // Enough products for about a second at the slower (fp32) rate.
+        let mut reps = 0u32;
+        let t = std::time::Instant::now();
+        while reps < 3 || t.elapsed().as_secs_f64() < 1.0 {
+            out = a.f_matmul(&b).map_err(err)?;
+            reps += 1;
+        }
+        // Waits for a device to finish, and keeps the result alive.
+        let _ = out
+            .f_sum(kind)
+            .and_then(|s| s.f_double_value(&[]))
+            .map_err(err)?;
+        let secs = t.elapsed().as_secs_f64();
+        Ok(2.0 * (n as f64).powi(3) * f64::from(reps) / secs / 1e9)
+    }
 }
 
 /// One loaded TorchScript module.

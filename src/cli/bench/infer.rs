@@ -181,8 +181,33 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
             "size", "what", "batch", "images", "images/s", "p50 ms", "p99 ms"
         );
     }
+    // The ceilings: the best this machine does on these threads.
+    let ceilings = (
+        engine.gemm_gflops(2048, false)?,
+        engine.gemm_gflops(2048, true)?,
+    );
+    let ceiling = if engine.precision() == "bf16" {
+        ceilings.1
+    } else {
+        ceilings.0
+    };
+    if !a.json {
+        eprintln!(
+            "ceilings on {threads} threads: fp32 GEMM {:.0} GFLOP/s, bf16 GEMM {:.0} GFLOP/s (2048x2048 products)",
+            ceilings.0, ceilings.1
+        );
+    } else {
+        println!(
+            "{}",
+            json!({"ceilings": {"threads": threads, "fp32_gflops": round2(ceilings.0), "bf16_gflops": round2(ceilings.1)}})
+        );
+    }
     for &size in &a.sizes {
         let n = images_at(a.images, size);
+        let gflop = match &python {
+            Some(py) => Some(python_flops(py, &a, &file, size)?),
+            None => None,
+        };
         let inputs = tempdir("bench-inputs")?;
         let jpegs: Vec<Vec<u8>> = (0..n as u32)
             .map(|i| {
@@ -207,6 +232,23 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
             }
             for r in [median(rs), median(ps)].into_iter().flatten() {
                 print(&r, a.json);
+                // The engine's arithmetic rate against the ceiling of its
+                // precision (the model's FLOPs as torch counts them).
+                if let (Some(g), "rust forward (tch)") = (gflop, r.what) {
+                    let rate = g * r.images_per_s;
+                    if a.json {
+                        println!(
+                            "{}",
+                            json!({"size": size, "batch": batch, "model_gflop_per_image": g, "rust_gflops": round2(rate), "of_ceiling": round2(rate / ceiling)})
+                        );
+                    } else {
+                        println!(
+                            "{size:>5}  model {g:.1} GFLOP/image: the engine runs {rate:.0} GFLOP/s, {:.0}% of the {} GEMM ceiling",
+                            100.0 * rate / ceiling,
+                            engine.precision()
+                        );
+                    }
+                }
                 rows.push(r);
             }
         }
@@ -286,6 +328,40 @@ fn rust_forward(
         p50_ms: lat.quantile_ms(0.5),
         p99_ms: lat.quantile_ms(0.99),
     })
+}
+
+/// The model's GFLOP per `size`² image, as torch's flop counter counts one
+/// forward pass (`bench_python.py --mode flops`).
+fn python_flops(py: &str, a: &InferArgs, model: &Path, size: u32) -> anyhow::Result<f64> {
+    let out = Command::new(py)
+        .arg(a.scripts.join("bench_python.py"))
+        .args(["--model", &model.to_string_lossy()])
+        .args([
+            "--threads",
+            "1",
+            "--mode",
+            "flops",
+            "--batch",
+            "1",
+            "--images",
+            "1",
+        ])
+        .args(["--warmup", "0", "--size", &size.to_string()])
+        .output()
+        .with_context(|| format!("running {py} {}", a.scripts.display()))?;
+    if !out.status.success() {
+        bail!(
+            "bench_python.py --mode flops failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: Value =
+        serde_json::from_str(last).with_context(|| format!("bench_python.py said {last:?}"))?;
+    v["gflop"]
+        .as_f64()
+        .with_context(|| format!("no gflop in {last:?}"))
 }
 
 #[allow(clippy::too_many_arguments)]
