@@ -99,8 +99,9 @@ pub struct LimitsConfig {
     pub reads_burst: u32,
     /// Uploads received at once, across callers (past it: 503).
     pub uploads_in_flight: u32,
-    /// Bytes uploads may hold in memory at once, in MiB (each reserves its
-    /// `Content-Length`, or `uploads.max_bytes` when unknown; past it: 503).
+    /// Resident memory uploads may take at once, in MiB: each reserves 1.5×
+    /// its `Content-Length` (or `uploads.max_bytes` when unknown), its body
+    /// and the buffers and allocator slack measured beside it; past it: 503.
     pub upload_memory_mib: u32,
 }
 

@@ -250,9 +250,11 @@ async fn create(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let _room = st
-        .limits
-        .upload(declared.unwrap_or(max as u64).min(max as u64 + 64 * 1024))?;
+    // Each reserves what it was measured to hold resident: its body, and
+    // about half as much again in the parser's and the connection's
+    // buffers and the allocator's slack (`atelier bench limits`).
+    let body = declared.unwrap_or(max as u64).min(max as u64 + 64 * 1024);
+    let _room = st.limits.upload(body + body / 2)?;
     let form = read_form(mp, max, declared).await?;
     let image = required(form.image, "image")?;
     let session_key = SessionKey::parse(required(form.session_key, "session_key")?.trim())?;
