@@ -67,3 +67,45 @@ fn compose_and_the_cluster_harness_agree() {
         assert!(line.contains(":?"), "{line}");
     }
 }
+
+/// With compose's files as shipped, no request can act as an administrator:
+/// neither file names one (`auth.admins`, `auth.admin_claim`), and the
+/// configuration they make (the defaults plus their variables) makes none
+/// of a token for `admin`, or of one carrying a `roles: ["admin"]` claim.
+#[test]
+fn compose_as_shipped_has_no_administrator() {
+    let compose = read("compose/docker-compose.yml");
+    let shared = read("compose/atelier.env");
+    for text in [&compose, &shared] {
+        let admin_vars: Vec<String> = names(text)
+            .into_iter()
+            .filter(|n| n.starts_with("ATELIER_AUTH__ADMIN"))
+            .collect();
+        assert!(admin_vars.is_empty(), "{admin_vars:?}");
+    }
+    // What compose's processes run with: the defaults, a secret from the
+    // operator, and what the files set (none of it about administrators).
+    let cfg = atelier::config::AuthConfig {
+        jwt_secret: atelier::config::Secret("operator-secret".into()),
+        ..Default::default()
+    };
+    let auth = atelier::api::Auth::new(&cfg).unwrap();
+    let admin = atelier::api::mint("operator-secret", "admin", "Admin", 60);
+    assert!(
+        !auth.caller(&admin).unwrap().admin,
+        "the subject `admin` is no administrator"
+    );
+    let claims = serde_json::json!({
+        "sub": "someone", "exp": 4_000_000_000u64, "roles": ["admin"]
+    });
+    let with_role = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"operator-secret"),
+    )
+    .unwrap();
+    assert!(
+        !auth.caller(&with_role).unwrap().admin,
+        "a roles claim makes no administrator unless configured"
+    );
+}
