@@ -12,8 +12,14 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backends, TestApp, event};
 
-/// An upload of `who` into `session`, completed, with both images stored.
-async fn completed_upload(t: &TestApp, who: &str, session: &SessionKey) -> (UploadId, Vec<String>) {
+/// An upload of `who` into `session`, completed, with both images stored
+/// (`input-bytes`, `output-bytes`); answers its id and the tokens of its two
+/// events (two topics: read after each).
+pub(crate) async fn completed_upload(
+    t: &TestApp,
+    who: &str,
+    session: &SessionKey,
+) -> (UploadId, Vec<String>) {
     let upload_id = UploadId(uuid::Uuid::now_v7());
     let style = Style::parse("mosaic").unwrap();
     let input = format!(

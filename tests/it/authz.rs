@@ -11,15 +11,11 @@
 
 use std::collections::BTreeSet;
 
-use atelier::event::{
-    EventData, ModelVersion, SessionKey, Style, StyleTransferCompleted, Timings, TransferRef,
-    UploadId, UploadReceived,
-};
-use bytes::Bytes;
+use atelier::event::{SessionKey, UploadId};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backends, TestApp, event};
+use crate::helpers::{Backends, TestApp};
 
 /// Who calls.
 #[derive(Clone, Copy, Debug)]
@@ -266,58 +262,7 @@ async fn fixtures(t: &TestApp) -> Fixtures {
     let (s, minted) = t.post("/v1/sessions", "ann", json!({})).await;
     assert_eq!(s, 200, "{minted}");
     let session = SessionKey::parse(minted["session_key"].as_str().unwrap()).unwrap();
-    let upload = UploadId(uuid::Uuid::now_v7());
-    let style = Style::parse("mosaic").unwrap();
-    let input = format!(
-        "uploads/{upload}/{}/original.png",
-        uuid::Uuid::new_v4().simple()
-    );
-    let output = format!("outputs/{upload}/mosaic/v1.jpg");
-    for key in [&input, &output] {
-        t.app
-            .blobs
-            .put(key, Bytes::from(png()), "image/png")
-            .await
-            .unwrap();
-    }
-    let transfer = TransferRef {
-        upload_id: upload,
-        session_key: session.clone(),
-        slot: 1,
-        style: style.clone(),
-    };
-    let events = [
-        event(
-            "ann",
-            EventData::UploadReceived(UploadReceived {
-                upload_id: upload,
-                session_key: session.clone(),
-                slot: 1,
-                style,
-                object_key: input,
-                content_type: "image/png".into(),
-                bytes: 1,
-                width: 8,
-                height: 8,
-                sha256: "ab".repeat(32),
-            }),
-        ),
-        event(
-            "ann",
-            EventData::StyleTransferCompleted(StyleTransferCompleted {
-                upload: transfer,
-                output_key: output,
-                model_version: ModelVersion::parse("v1").unwrap(),
-                timings: Timings {
-                    queue_ms: 1,
-                    decode_ms: 1,
-                    infer_ms: 1,
-                    encode_ms: 1,
-                    batch: 0,
-                },
-            }),
-        ),
-    ];
+    let (upload, upload_tokens) = crate::access::completed_upload(t, "ann", &session).await;
     // Everything applied before the first call: each write's token read
     // back on a view of its topic.
     let mut reads: Vec<String> = Vec::new();
@@ -330,9 +275,7 @@ async fn fixtures(t: &TestApp) -> Fixtures {
     for v in [&game, &doomed] {
         reads.push(format!("/v1/feed?after={}", v["token"].as_str().unwrap()));
     }
-    for e in &events {
-        let at = t.app.producer.send(e).await.unwrap();
-        let tok = atelier::api::Token::from(&at).encode();
+    for tok in &upload_tokens {
         reads.push(format!("/v1/sessions/{session}/cards?after={tok}"));
     }
     for path in &reads {
