@@ -498,7 +498,10 @@ impl App {
         }
         // The embedded blob store is this data directory's: images a crash
         // left without their event are swept once the views caught up.
-        if cfg.kafka.is_embedded() && self.projector(crate::view::cards::VIEW).is_some() {
+        if cfg.kafka.is_embedded()
+            && cfg.uploads.sweep_at_start
+            && self.projector(crate::view::cards::VIEW).is_some()
+        {
             tokio::spawn(api::sweep_blobs_at_start(
                 state.clone(),
                 self.shutdown.clone(),

@@ -446,6 +446,9 @@ pub struct UploadsConfig {
     /// event names is an orphan the blob sweep deletes, in seconds. An
     /// upload appends its event within seconds of storing its image.
     pub orphan_grace_secs: u64,
+    /// Whether `atelier up` (the embedded default, whose blob store is the
+    /// data directory's) sweeps orphaned images once at start.
+    pub sweep_at_start: bool,
 }
 
 impl Default for UploadsConfig {
@@ -455,6 +458,7 @@ impl Default for UploadsConfig {
             max_side: 12_000,
             max_pixels: 50_000_000,
             orphan_grace_secs: 3600,
+            sweep_at_start: true,
         }
     }
 }
