@@ -102,9 +102,12 @@ impl Links {
                 .is_ok()
     }
 
-    /// A new session key owned by `owner`.
+    /// A new session key owned by `owner`. Its nonce is a UUID v7 (74
+    /// random bits after the time): unique, and it says when it was minted
+    /// ([`SessionKey::minted_ms`]), which orders an owner's sessions newest
+    /// first. The tag, not the nonce, is what cannot be forged.
     pub fn mint_session(&self, owner: &UserId) -> SessionKey {
-        let nonce: [u8; NONCE] = rand::random();
+        let nonce: [u8; NONCE] = *uuid::Uuid::now_v7().as_bytes();
         let nonce = B64.encode(nonce);
         let tag = B64.encode(self.mac("session", &[nonce.as_bytes(), owner.as_str().as_bytes()]));
         SessionKey::parse(&format!("{PREFIX}{nonce}.{tag}")).expect("a minted key is valid")
@@ -212,6 +215,26 @@ mod tests {
         let forged = format!("{}A", &key.as_str()[..key.as_str().len() - 1]);
         assert!(!l.owns(&user("alice"), &SessionKey::parse(&forged).unwrap()));
         assert_ne!(key, l.mint_session(&user("alice")), "keys are random");
+    }
+
+    #[test]
+    fn a_minted_key_says_when_it_was_minted() {
+        let l = Links::new(b"k", 60);
+        let before = now_secs() as i64 * 1000;
+        let key = l.mint_session(&user("alice"));
+        let after = (now_secs() as i64 + 1) * 1000;
+        assert!(
+            (before..=after).contains(&key.minted_ms()),
+            "{} not in {before}..={after}",
+            key.minted_ms()
+        );
+        for legacy in ["demo", "s.AAAA.BBBB", "s.not_b64.x"] {
+            let k = SessionKey::parse(legacy).unwrap();
+            assert_eq!(k.minted_ms(), 0, "{legacy}");
+        }
+        // A random (v4) nonce carries no time.
+        let v4 = format!("s.{}.x", B64.encode(uuid::Uuid::new_v4().as_bytes()));
+        assert_eq!(SessionKey::parse(&v4).unwrap().minted_ms(), 0);
     }
 
     #[test]

@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 
 use super::access::{Grant, Links};
 use super::auth::{Authed, Reader};
-use super::common::{DegradedNote, Etagged, IfNoneMatch, fresh};
+use super::common::{DegradedNote, Etagged, IfNoneMatch, fresh, page_limit};
 use super::contract::op;
-use super::json::QueryParams;
+use super::json::{Int, QueryParams};
 use super::token::{AFTER_DOC, Token};
 use super::{ApiError, AppState};
 use crate::event::{ID_MAX, ModelVersion, SessionKey, Style, TEXT_ID, Timings, UploadId};
@@ -26,7 +26,21 @@ pub(super) fn routes() -> ApiRouter<AppState> {
     ApiRouter::new()
         .api_route(
             "/v1/sessions",
-            post_with(create_session, |t| {
+            get_with(list_sessions, |t| {
+                op(
+                    t,
+                    "listSessions",
+                    "cards",
+                    "The caller's sessions",
+                    "The caller's sessions that have an upload, newest minted first, each with \
+                     its latest upload (a signed link to its input image) and a share link to \
+                     open it with (what `POST /v1/sessions/{key}/share` answers). Paged: pass \
+                     `next_cursor` as `cursor`. `?after` takes a token of the uploads topic, \
+                     such as an upload's. One view query.",
+                    &[400, 409, 503],
+                )
+            })
+            .post_with(create_session, |t| {
                 op(
                     t,
                     "createSession",
@@ -283,6 +297,101 @@ impl SessionLink {
             sig: g.sig,
         }
     }
+}
+
+/// A page of the caller's sessions.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SessionsQuery {
+    /// Where the page starts: the previous page's `next_cursor` (the last
+    /// session's key; malformed: 400 `invalid_cursor`).
+    #[schemars(length(min = 1, max = ID_MAX), pattern(TEXT_ID))]
+    cursor: Option<String>,
+    /// Page size (otherwise: 400 `invalid_limit`).
+    #[schemars(range(min = 1, max = 100), extend("default" = 20))]
+    limit: Option<Int<usize>>,
+    #[schemars(pattern(cards_token()), description = AFTER_DOC)]
+    after: Option<String>,
+}
+
+/// One of the caller's sessions.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "SessionSummary")]
+struct SessionSummary {
+    /// The session.
+    session_key: SessionKey,
+    /// When its key was minted (absent for keys older than that record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minted_at: Option<DateTime<Utc>>,
+    /// Its latest upload.
+    last_upload_id: UploadId,
+    /// That upload's style.
+    last_style: Style,
+    /// When that upload was accepted.
+    last_received_at: DateTime<Utc>,
+    /// That upload's input image: a signed link that expires.
+    last_input_url: String,
+    /// A share link of the session.
+    link: SessionLink,
+}
+
+/// The caller's sessions, newest minted first.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "SessionList")]
+struct SessionList {
+    /// The sessions.
+    sessions: Vec<SessionSummary>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+async fn list_sessions(
+    State(st): State<AppState>,
+    Authed(caller): Authed,
+    QueryParams(q): QueryParams<SessionsQuery>,
+    inm: IfNoneMatch,
+) -> Result<Etagged<SessionList>, ApiError> {
+    let limit = page_limit(q.limit.map(|l| l.0))?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            SessionKey::parse(c)
+                .map_err(|_| ApiError::bad_request("invalid_cursor", "the cursor is malformed"))
+        })
+        .transpose()?;
+    fresh(&st, q.after.as_deref(), VIEW).await?;
+    let rows = st
+        .views
+        .cards()
+        .await?
+        .sessions_of(&caller.id, before.as_ref(), limit)
+        .await?;
+    let next_cursor = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.session_key.to_string()))
+        .flatten();
+    let sessions = rows
+        .into_iter()
+        .map(|r| SessionSummary {
+            minted_at: Some(r.session_key.minted_ms())
+                .filter(|&ms| ms > 0)
+                .and_then(DateTime::from_timestamp_millis),
+            last_input_url: st.links.image_url(r.last_upload_id, "input"),
+            link: SessionLink::new(&st.links, r.session_key.clone()),
+            session_key: r.session_key,
+            last_upload_id: r.last_upload_id,
+            last_style: r.last_style,
+            last_received_at: r.last_received_at,
+        })
+        .collect();
+    Ok(Etagged::new(
+        inm,
+        SessionList {
+            sessions,
+            next_cursor,
+        },
+    ))
 }
 
 async fn create_session(State(st): State<AppState>, Authed(p): Authed) -> Json<SessionLink> {

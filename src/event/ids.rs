@@ -155,6 +155,35 @@ text_id!(
     NAME_MAX
 );
 
+impl SessionKey {
+    /// When `POST /v1/sessions` minted this key, in milliseconds since the
+    /// epoch: a minted key is `s.<nonce>.<tag>` and its nonce a UUID v7 in
+    /// base64url, whose first 48 bits are the time. 0 for a key without
+    /// one (chosen by a client, or minted before nonces carried the time),
+    /// so such keys list after every minted one.
+    pub fn minted_ms(&self) -> i64 {
+        use base64::Engine as _;
+        let nonce = self
+            .0
+            .strip_prefix("s.")
+            .and_then(|r| r.split_once('.'))
+            .map(|(n, _)| n);
+        let Some(Ok(bytes)) =
+            nonce.map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(n))
+        else {
+            return 0;
+        };
+        let Ok(id) = uuid::Uuid::from_slice(&bytes) else {
+            return 0;
+        };
+        if id.get_version_num() != 7 {
+            return 0;
+        }
+        let b = id.as_bytes();
+        i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+}
+
 /// A question (answer option) of a poll: its position at creation time.
 pub type QuestionId = u16;
 

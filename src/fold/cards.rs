@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{
     Event, EventData, ModelVersion, SessionKey, Style, StyleTransferCompleted, StyleTransferFailed,
-    StyleTransferStarted, Timings, UploadId,
+    StyleTransferStarted, Timings, UploadId, UserId,
 };
 
 /// Where an upload stands.
@@ -174,6 +174,9 @@ pub struct Patch {
     pub ts: i64,
     /// The columns it sets.
     pub set: Card,
+    /// Who uploaded (received patches only): the session's owner, whose
+    /// list of sessions the patch also writes.
+    pub owner: Option<UserId>,
 }
 
 impl Patch {
@@ -249,6 +252,9 @@ pub fn patch(event: &Event) -> Option<Patch> {
         _ => return None,
     };
     let (upload_id, session_key, slot) = upload;
+    // Only the owner uploads into a session (the edge checks), so the
+    // uploader is the owner.
+    let owner = (status == Status::Received).then(|| event.principal.id.clone());
     let mut set = set;
     set.upload_id = Some(upload_id);
     set.session_key = Some(session_key.clone());
@@ -261,6 +267,7 @@ pub fn patch(event: &Event) -> Option<Patch> {
         status,
         ts: merge_timestamp(upload_id, status),
         set,
+        owner,
     })
 }
 
@@ -296,6 +303,12 @@ where
 /// The card row and status a patch writes (coalescing key for cards).
 pub fn card_key(p: &Patch) -> (SessionKey, u8, Status) {
     (p.session_key.clone(), p.slot, p.status)
+}
+
+/// The owner's session row a received patch writes (coalescing key for
+/// the sessions by owner; `None` for other patches).
+pub fn session_of_owner(p: &Patch) -> Option<(UserId, SessionKey)> {
+    p.owner.clone().map(|o| (o, p.session_key.clone()))
 }
 
 /// The upload and status a patch writes (coalescing key for job status).

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use super::Change;
 use super::runtime::{Announce, BatchStats, Positioned, Projection};
 use crate::fold::Position;
-use crate::fold::cards::{Patch, card_key, coalesce, patch, upload_key};
+use crate::fold::cards::{Patch, card_key, coalesce, patch, session_of_owner, upload_key};
 use crate::view::{CardsStore, Checkpoint, ViewError};
 
 /// The cards view's projection.
@@ -41,6 +41,7 @@ impl Cards {
 pub struct Plan {
     cards: Vec<Patch>,
     uploads: Vec<Patch>,
+    sessions: Vec<Patch>,
 }
 
 #[async_trait]
@@ -67,15 +68,21 @@ impl Projection for Cards {
                 .into_iter()
                 .cloned()
                 .collect(),
+            sessions: coalesce(&patches, session_of_owner)
+                .into_iter()
+                .filter(|p| p.owner.is_some())
+                .cloned()
+                .collect(),
         };
-        stats.commits = (plan.cards.len() + plan.uploads.len()) as u64;
+        stats.commits = (plan.cards.len() + plan.uploads.len() + plan.sessions.len()) as u64;
         Ok(plan)
     }
 
     async fn write(&self, plan: &Plan) -> Result<(), ViewError> {
         let cards: Vec<&Patch> = plan.cards.iter().collect();
         let uploads: Vec<&Patch> = plan.uploads.iter().collect();
-        self.store.apply_patches(&cards, &uploads).await
+        let sessions: Vec<&Patch> = plan.sessions.iter().collect();
+        self.store.apply_patches(&cards, &uploads, &sessions).await
     }
 
     fn applied(&self, at: Position, plan: Plan, announce: Option<Announce<'_>>) {

@@ -5,24 +5,62 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{Generations, View, ViewError};
-use crate::event::{SessionKey, Topic, UploadId};
+use crate::event::{SessionKey, Style, Topic, UploadId, UserId};
 use crate::fold::cards::{Card, Patch};
 
 /// The view.
 pub const VIEW: View = View::new("cards", &[Topic::Uploads, Topic::Completions]);
+
+/// One row of "sessions by owner", newest minted first: a session and its
+/// latest upload. Written by every received upload (the uploader is the
+/// owner) with the upload's merge timestamp, so the latest upload wins
+/// whatever the order of arrival.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SessionRow {
+    /// The session.
+    pub session_key: SessionKey,
+    /// Its latest upload.
+    pub last_upload_id: UploadId,
+    /// That upload's style.
+    pub last_style: Style,
+    /// When that upload was accepted.
+    pub last_received_at: DateTime<Utc>,
+}
+
+/// The clustering key of a session row: when the key was minted
+/// ([`SessionKey::minted_ms`]), then the key; rows list in descending order.
+pub fn session_order(key: &SessionKey) -> (i64, SessionKey) {
+    (key.minted_ms(), key.clone())
+}
 
 /// The cards view's store.
 #[async_trait]
 pub trait CardsStore: Send + Sync + 'static {
     /// Projector: merge patches into session cards and upload status rows,
     /// each `USING TIMESTAMP` its merge order (see `fold::cards`).
-    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError>;
+    /// Received patches also write their owner's session row.
+    async fn apply_patches(
+        &self,
+        cards: &[&Patch],
+        uploads: &[&Patch],
+        sessions: &[&Patch],
+    ) -> Result<(), ViewError>;
     /// Read: a session's cards by slot, one query.
     async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError>;
     /// Read: one upload's job status, one query.
     async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError>;
+    /// Read: an owner's sessions that have an upload, newest minted first,
+    /// after `before` (the previous page's last key), one query.
+    async fn sessions_of(
+        &self,
+        owner: &UserId,
+        before: Option<&SessionKey>,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, ViewError>;
 }
 
 impl Generations {

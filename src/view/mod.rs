@@ -25,7 +25,7 @@ pub mod feed;
 pub mod generations;
 pub mod polls;
 
-pub use cards::CardsStore;
+pub use cards::{CardsStore, SessionRow};
 pub use control::{Checkpoint, CheckpointStore, Degraded, GenerationStore};
 pub use cql::CqlStore;
 pub use embedded::EmbeddedStore;

@@ -183,6 +183,39 @@ async fn sessions_uploads_and_images_are_their_owners(b: Backends) {
     let input_url = card["input_url"].as_str().unwrap().to_owned();
     let output_url = card["output_url"].as_str().unwrap().to_owned();
 
+    // Her list of sessions holds this one, with its latest upload and a
+    // share link that opens it; nobody else's list does, an
+    // administrator's included (a list is its caller's own).
+    let after = tokens.last().unwrap();
+    let (s, list) = t
+        .get_as("ann", &format!("/v1/sessions?after={after}"))
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let mine: Vec<&Value> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["session_key"] == key.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{list}");
+    assert_eq!(mine[0]["last_upload_id"], upload.to_string(), "{list}");
+    let (s, via) = t.get(mine[0]["link"]["cards_url"].as_str().unwrap()).await;
+    assert_eq!(
+        (s, via["cards"][0]["upload_id"].as_str()),
+        (200, Some(&*upload.to_string())),
+        "the listed share link opens the session: {via}"
+    );
+    for who in ["bob", "admin"] {
+        let (s, list) = t.get_as(who, &format!("/v1/sessions?after={after}")).await;
+        assert_eq!(s, 200, "{list}");
+        assert!(
+            !list.to_string().contains(&key),
+            "{who} lists Ann's session: {list}"
+        );
+    }
+    let (s, v) = t.get("/v1/sessions").await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")), "{v}");
+
     // Another user, and an anonymous caller: 404 everywhere, as for an
     // upload or session that does not exist.
     for who in [Some("bob"), None] {

@@ -79,6 +79,7 @@ const MATRIX: &[(&str, [u16; 4])] = &[
     ("deleteFeedItem", [401, 202, 403, 403]),
     // Sessions, uploads and images: the owner's and the administrators'.
     ("createSession", [401, 200, 200, 200]),
+    ("listSessions", [401, 200, 200, 200]),
     ("shareSession", [401, 200, 404, 404]),
     ("readSessionCards", [404, 200, 404, 200]),
     ("readUpload", [404, 200, 404, 200]),
@@ -155,6 +156,7 @@ fn request(op: &str, f: &Fixtures) -> Option<(Method, String, Body)> {
         "leaveFeedItem" => delete(format!("/v1/feed/{item}/members")),
         "deleteFeedItem" => delete(format!("/v1/feed/{}", f.item_to_delete)),
         "createSession" => post("/v1/sessions".into(), json!({})),
+        "listSessions" => get("/v1/sessions".into()),
         "shareSession" => post(format!("/v1/sessions/{s}/share"), json!({})),
         "readSessionCards" => get(format!("/v1/sessions/{s}/cards")),
         "readUpload" => get(format!("/v1/uploads/{u}")),

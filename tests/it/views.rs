@@ -438,7 +438,7 @@ async fn cards_converge_in_any_order(b: Backends) {
     let patches: Vec<Patch> = events.iter().filter_map(patch).collect();
     // Newest first, one at a time: the oldest patch arrives last.
     for p in patches.iter().rev() {
-        s.apply_patches(&[p], &[p]).await.unwrap();
+        s.apply_patches(&[p], &[p], &[p]).await.unwrap();
     }
     let cards = s.cards(&key).await.unwrap();
     assert_eq!(cards.len(), 1);
@@ -459,6 +459,106 @@ async fn cards_converge_in_any_order(b: Backends) {
     );
 }
 both!(cards_converge_in_any_order);
+
+/// An owner's sessions: one row per session with an upload, its latest
+/// upload whatever the order of arrival, newest minted first (keys minted
+/// before nonces carried the time last), paged by the last key; nobody
+/// else's, and nothing from a worker's patch.
+async fn sessions_list_newest_minted_first(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let owner = format!("own{}", crate::helpers::unique());
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(
+            SessionKey::parse(&atelier::api::access::session_key_for(
+                crate::helpers::LINK_KEY,
+                &owner,
+            ))
+            .unwrap(),
+        );
+        // Another millisecond: minting order is listing order.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let legacy = SessionKey::parse(&format!("legacy{}", crate::helpers::unique())).unwrap();
+    let by = |who: &str, key: &SessionKey, style: &str| {
+        let up = UploadId(uuid::Uuid::now_v7());
+        let e = Event {
+            id: EventId(uuid::Uuid::now_v7()),
+            time: Utc::now(),
+            principal: Principal {
+                id: UserId::parse(who).unwrap(),
+                name: who.into(),
+                avatar_url: None,
+            },
+            data: EventData::UploadReceived(UploadReceived {
+                upload_id: up,
+                session_key: key.clone(),
+                slot: 1,
+                style: Style::parse(style).unwrap(),
+                object_key: "in".into(),
+                content_type: "image/jpeg".into(),
+                bytes: 9,
+                width: 3,
+                height: 4,
+                sha256: "c".repeat(64),
+            }),
+        };
+        (up, e)
+    };
+    let (first, e1) = by(&owner, &keys[0], "sketch");
+    // Another millisecond: two uploads in one are a tie each store
+    // resolves its own way (to one of them whole).
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let (latest, e2) = by(&owner, &keys[0], "mosaic");
+    assert!(first.0 < latest.0);
+    let (_, e3) = by(&owner, &keys[1], "sketch");
+    let (_, e4) = by(&owner, &keys[2], "sketch");
+    let (_, e5) = by(&owner, &legacy, "sketch");
+    let (_, theirs) = by("someone-else", &keys[1], "sketch");
+    let done = Event {
+        data: EventData::StyleTransferStarted(StyleTransferStarted {
+            upload: TransferRef {
+                upload_id: first,
+                session_key: keys[0].clone(),
+                slot: 1,
+                style: Style::parse("sketch").unwrap(),
+            },
+            model_version: ModelVersion::parse("v1").unwrap(),
+        }),
+        principal: Principal {
+            id: UserId::parse("worker").unwrap(),
+            name: "worker".into(),
+            avatar_url: None,
+        },
+        ..e1.clone()
+    };
+    // The latest upload first, the older one after it.
+    for e in [&e2, &e1, &e3, &e4, &e5, &theirs, &done] {
+        let p = patch(e).unwrap();
+        let sessions: Vec<&Patch> = p.owner.is_some().then_some(&p).into_iter().collect();
+        assert_eq!(sessions.is_empty(), e.principal.id.as_str() == "worker");
+        s.apply_patches(&[], &[], &sessions).await.unwrap();
+    }
+    let owner_id = UserId::parse(&owner).unwrap();
+    let all = s.sessions_of(&owner_id, None, 10).await.unwrap();
+    let listed: Vec<&SessionKey> = all.iter().map(|r| &r.session_key).collect();
+    assert_eq!(listed, vec![&keys[2], &keys[1], &keys[0], &legacy]);
+    assert_eq!(all[2].last_upload_id, latest, "the latest upload wins");
+    assert_eq!(all[2].last_style.as_str(), "mosaic");
+    let page = s.sessions_of(&owner_id, None, 2).await.unwrap();
+    assert_eq!(page, all[..2].to_vec());
+    let rest = s
+        .sessions_of(&owner_id, Some(&page[1].session_key), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest, all[2..].to_vec());
+    let none = s
+        .sessions_of(&UserId::parse("nobody-at-all").unwrap(), None, 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+}
+both!(sessions_list_newest_minted_first);
 
 async fn voters_by_question_follow_ballots(b: Backends) {
     let Some(s) = store(b).await else { return };

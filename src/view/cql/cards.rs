@@ -8,12 +8,12 @@ use scylla::DeserializeRow;
 use scylla::value::{CqlValue, MaybeUnset};
 
 use super::{CqlStore, Db, FANOUT, Stmt, json, rows_err, time, unjson, us};
-use crate::event::{ModelVersion, SessionKey, Style, UploadId};
+use crate::event::{ModelVersion, SessionKey, Style, UploadId, UserId};
 use crate::fold::cards::{Card, Patch, Status};
-use crate::view::{CardsStore, ViewError};
+use crate::view::{CardsStore, SessionRow, ViewError};
 
 /// The view's tables.
-pub(super) const TABLES: &[&str] = &["cards", "uploads"];
+pub(super) const TABLES: &[&str] = &["cards", "uploads", "sessions_by_owner"];
 
 pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.cards (
@@ -55,6 +55,13 @@ pub(super) const SCHEMA: &[&str] = &[
         timings text,
         error text,
         retriable boolean)",
+    "CREATE TABLE IF NOT EXISTS {ks}.sessions_by_owner (
+        owner_id text,
+        minted_ms bigint,
+        session_key text,
+        last frozen<tuple<uuid, text, bigint>>,
+        PRIMARY KEY (owner_id, minted_ms, session_key))
+        WITH CLUSTERING ORDER BY (minted_ms DESC, session_key DESC)",
 ];
 
 const CARD_COLUMNS: &str = "upload_id, session_key, slot, style, input_key, content_type, width, \
@@ -132,6 +139,31 @@ impl CardRow {
                 .transpose()?,
             error: self.error,
             retriable: self.retriable,
+        }))
+    }
+}
+
+/// A session row. Its latest upload (id, style, received time) is one
+/// cell, a tuple: two uploads with the same merge timestamp (one
+/// millisecond, one API process) resolve to one of them whole, never to a
+/// mix of their columns.
+#[derive(DeserializeRow)]
+struct SessionDbRow {
+    session_key: String,
+    last: Option<(uuid::Uuid, String, i64)>,
+}
+
+impl SessionDbRow {
+    fn into_row(self) -> Result<Option<SessionRow>, ViewError> {
+        let corrupt = |e: crate::event::ValidationError| ViewError::Corrupt(e.reason);
+        let Some((id, style, at)) = self.last else {
+            return Ok(None);
+        };
+        Ok(Some(SessionRow {
+            session_key: SessionKey::parse(&self.session_key).map_err(corrupt)?,
+            last_upload_id: UploadId(id),
+            last_style: Style::parse(&style).map_err(corrupt)?,
+            last_received_at: time(at),
         }))
     }
 }
@@ -226,6 +258,9 @@ pub(super) struct Statements {
     upload_patch: Stmt,
     cards: Stmt,
     upload: Stmt,
+    session_upsert: Stmt,
+    sessions: Stmt,
+    sessions_before: Stmt,
 }
 
 impl Statements {
@@ -243,11 +278,23 @@ impl Statements {
         let [card_patch, upload_patch, cards, upload] = db
             .prepare_all([&card_patch, &upload_patch, &cards, &upload].map(String::as_str))
             .await?;
+        let [session_upsert, sessions, sessions_before] = db
+            .prepare_all([
+                "UPDATE {ks}.sessions_by_owner USING TIMESTAMP ? SET last = ? \
+                 WHERE owner_id = ? AND minted_ms = ? AND session_key = ?",
+                "SELECT session_key, last FROM {ks}.sessions_by_owner WHERE owner_id = ? LIMIT ?",
+                "SELECT session_key, last FROM {ks}.sessions_by_owner WHERE owner_id = ? \
+                 AND (minted_ms, session_key) < (?, ?) LIMIT ?",
+            ])
+            .await?;
         Ok(Self {
             card_patch,
             upload_patch,
             cards,
             upload,
+            session_upsert,
+            sessions,
+            sessions_before,
         })
     }
 }
@@ -260,7 +307,12 @@ impl CqlStore {
 
 #[async_trait]
 impl CardsStore for CqlStore {
-    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
+    async fn apply_patches(
+        &self,
+        cards: &[&Patch],
+        uploads: &[&Patch],
+        sessions: &[&Patch],
+    ) -> Result<(), ViewError> {
         let st = self.cards_st()?;
         let mut writes: Vec<(&Stmt, Vec<PatchValue>)> = Vec::new();
         for p in cards {
@@ -282,6 +334,26 @@ impl CardsStore for CqlStore {
             v.extend(patch_values(p));
             v.push(set(CqlValue::Uuid(p.upload_id.0)));
             writes.push((&st.upload_patch, v));
+        }
+        for p in sessions {
+            let (Some(owner), Some(style), Some(at)) = (&p.owner, &p.set.style, p.set.received_at)
+            else {
+                continue;
+            };
+            writes.push((
+                &st.session_upsert,
+                vec![
+                    set(CqlValue::BigInt(p.ts)),
+                    set(CqlValue::Tuple(vec![
+                        Some(CqlValue::Uuid(p.upload_id.0)),
+                        Some(CqlValue::Text(style.to_string())),
+                        Some(CqlValue::BigInt(us(at))),
+                    ])),
+                    set(CqlValue::Text(owner.to_string())),
+                    set(CqlValue::BigInt(p.session_key.minted_ms())),
+                    set(CqlValue::Text(p.session_key.to_string())),
+                ],
+            ));
         }
         let runs: Vec<_> = writes
             .into_iter()
@@ -316,5 +388,34 @@ impl CardsStore for CqlStore {
             Some(r) => r.into_card(),
             None => Ok(None),
         }
+    }
+
+    async fn sessions_of(
+        &self,
+        owner: &UserId,
+        before: Option<&SessionKey>,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, ViewError> {
+        let st = self.cards_st()?;
+        let limit = limit.clamp(1, 1000) as i32;
+        let res = match before {
+            Some(k) => {
+                self.db
+                    .run(
+                        &st.sessions_before,
+                        (owner.as_str(), k.minted_ms(), k.as_str(), limit),
+                    )
+                    .await?
+            }
+            None => self.db.run(&st.sessions, (owner.as_str(), limit)).await?,
+        };
+        let rows = res.into_rows_result().map_err(rows_err)?;
+        let mut out = Vec::new();
+        for r in rows.rows::<SessionDbRow>().map_err(rows_err)? {
+            if let Some(row) = r.map_err(rows_err)?.into_row()? {
+                out.push(row);
+            }
+        }
+        Ok(out)
     }
 }

@@ -8,14 +8,19 @@ use serde_json::{Map, Value};
 
 use super::EmbeddedStore;
 use super::table::{Mutation, Table, from_cells, page, to_cells};
-use crate::event::{SessionKey, UploadId};
+use crate::event::{SessionKey, UploadId, UserId};
 use crate::fold::cards::{Card, Patch};
-use crate::view::{CardsStore, Counters, ViewError};
+use crate::view::cards::session_order;
+use crate::view::{CardsStore, Counters, SessionRow, ViewError};
+
+/// Newest minted first: clustering order `minted_ms DESC, session_key DESC`.
+type SessionOrder = std::cmp::Reverse<(i64, SessionKey)>;
 
 #[derive(Debug)]
 pub(super) struct Tables {
     cards: Table<SessionKey, u8>,
     uploads: Table<UploadId, ()>,
+    sessions: Table<UserId, SessionOrder>,
 }
 
 impl Tables {
@@ -23,12 +28,14 @@ impl Tables {
         Self {
             cards: Table::new(c),
             uploads: Table::new(c),
+            sessions: Table::new(c),
         }
     }
 
     pub(super) fn clear(&self) {
         self.cards.clear();
         self.uploads.clear();
+        self.sessions.clear();
     }
 }
 
@@ -43,7 +50,12 @@ fn patch_cells(p: &Patch) -> Map<String, Value> {
 
 #[async_trait]
 impl CardsStore for EmbeddedStore {
-    async fn apply_patches(&self, cards: &[&Patch], uploads: &[&Patch]) -> Result<(), ViewError> {
+    async fn apply_patches(
+        &self,
+        cards: &[&Patch],
+        uploads: &[&Patch],
+        sessions: &[&Patch],
+    ) -> Result<(), ViewError> {
         for p in cards {
             self.cards.cards.batch(
                 &p.session_key,
@@ -56,6 +68,26 @@ impl CardsStore for EmbeddedStore {
                 .uploads
                 .batch(&p.upload_id, p.ts, vec![Mutation::Static(patch_cells(p))]);
         }
+        for p in sessions {
+            let (Some(owner), Some(style), Some(at)) = (&p.owner, &p.set.style, p.set.received_at)
+            else {
+                continue;
+            };
+            let row = SessionRow {
+                session_key: p.session_key.clone(),
+                last_upload_id: p.upload_id,
+                last_style: style.clone(),
+                last_received_at: at,
+            };
+            self.cards.sessions.batch(
+                owner,
+                p.ts,
+                vec![Mutation::Upsert(
+                    std::cmp::Reverse(session_order(&p.session_key)),
+                    to_cells(&row),
+                )],
+            );
+        }
         Ok(())
     }
 
@@ -65,5 +97,17 @@ impl CardsStore for EmbeddedStore {
 
     async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
         self.cards.uploads.statics(&id).map(from_cells).transpose()
+    }
+
+    async fn sessions_of(
+        &self,
+        owner: &UserId,
+        before: Option<&SessionKey>,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, ViewError> {
+        let after = before.map(|k| std::cmp::Reverse(session_order(k)));
+        self.cards
+            .sessions
+            .rows(owner, |rows| page(rows, after, limit))
     }
 }
