@@ -464,6 +464,26 @@ impl aide::OperationInput for Admin {
     }
 }
 
+/// A signed-in caller of a read, with the role it holds: a bearer token is
+/// required (401 without one).
+#[derive(Clone, Debug)]
+pub struct SignedIn(pub Caller);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(SignedIn(state.auth.caller(bearer(parts)?)?))
+    }
+}
+
+impl aide::OperationInput for SignedIn {
+    fn operation_input(_: &mut aide::generate::GenContext, op: &mut aide::openapi::Operation) {
+        super::contract::secured(op);
+        super::contract::add_errors(op, &[401]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

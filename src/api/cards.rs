@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use chrono::{DateTime, Utc};
 
 use super::access::{Grant, Links};
-use super::auth::{Authed, Reader};
+use super::auth::{Authed, Reader, SignedIn};
 use super::common::{DegradedNote, Etagged, IfNoneMatch, fresh, page_limit};
 use super::contract::op;
 use super::json::{Int, QueryParams};
 use super::token::{AFTER_DOC, Token};
 use super::{ApiError, AppState};
-use crate::event::{ID_MAX, ModelVersion, SessionKey, Style, TEXT_ID, Timings, UploadId};
+use crate::event::{ID_MAX, ModelVersion, SessionKey, Style, TEXT_ID, Timings, UploadId, UserId};
 use crate::fold::cards::{Card, Status};
 use crate::view::cards::VIEW;
 
@@ -51,6 +51,21 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                      `auth.link_key`); nothing is stored until the first upload. Only the \
                      owner uploads into it; only the owner and administrators read it, or \
                      whoever holds a share link. The answer carries a share link too.",
+                    &[],
+                )
+            }),
+        )
+        .api_route(
+            "/v1/me",
+            get_with(me, |t| {
+                op(
+                    t,
+                    "readMe",
+                    "cards",
+                    "Who the caller is",
+                    "The principal a bearer token names (its id, and the display name and \
+                     avatar from `auth.name_claim` and `auth.avatar_claim`) and whether it is \
+                     an administrator: what a client shows once signed in.",
                     &[],
                 )
             }),
@@ -392,6 +407,30 @@ async fn list_sessions(
             next_cursor,
         },
     ))
+}
+
+/// The signed-in caller.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Me")]
+struct Me {
+    /// The user id (a token's subject, or an API key's principal).
+    id: UserId,
+    /// Display name.
+    name: String,
+    /// Avatar URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avatar_url: Option<String>,
+    /// Whether the caller may use the administrators' routes.
+    admin: bool,
+}
+
+async fn me(SignedIn(c): SignedIn) -> Json<Me> {
+    Json(Me {
+        id: c.principal.id,
+        name: c.principal.name,
+        avatar_url: c.principal.avatar_url,
+        admin: c.admin,
+    })
 }
 
 async fn create_session(State(st): State<AppState>, Authed(p): Authed) -> Json<SessionLink> {

@@ -68,6 +68,11 @@ pub(super) const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("dashboard/gallery.js"),
     ),
     (
+        "account.js",
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard/account.js"),
+    ),
+    (
         "pipeline.js",
         "text/javascript; charset=utf-8",
         include_str!("dashboard/pipeline.js"),
@@ -92,7 +97,8 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                     "ops",
                     "The live dashboard",
                     "An HTML page over the public reads: the feed (paged, live), an owner's \
-                     polls with live tallies, a session's cards with their images, and \
+                     polls with live tallies, a session's cards with their images (and, \
+                     signed in with a token, the list of one's own sessions), and \
                      pipeline health from `/v1/pipeline`. Parameters, read by the page: \
                      `?owner=`, `?session=`, `?poll=` or `#poll=`.",
                     &[],

@@ -301,6 +301,42 @@ async function gallery(page) {
   assert.equal(sizes.input, 128, 'the input image is the uploaded one');
   assert.ok(sizes.output > 0);
   console.log(`ok - gallery: upload ${upload_id} stylized (${style}) and shown beside its input`);
+
+  // Signed in, DEV sees a list of their sessions; a click opens one. First
+  // the gallery moves to another, empty session of DEV's.
+  const empty = await api('POST', '/v1/sessions', { token: DEV });
+  await page.fill('#session', BASE + empty.data.dashboard_url);
+  await page.press('#session', 'Enter');
+  await until(
+    page,
+    'the gallery opens an empty session',
+    (k) => document.querySelector('#cards')?.dataset.session === k,
+    empty.data.session_key,
+  );
+  await page.fill('#signin-token', DEV);
+  await page.press('#signin-token', 'Enter');
+  await until(page, 'signed in as dev', () => document.querySelector('#signed-in')?.dataset.user === 'dev');
+  const item = `#my-sessions li[data-session="${session}"] button`;
+  await until(page, `dev's sessions list ${session}`, (sel) => document.querySelector(sel), item);
+  const listed = await page.locator('#my-sessions li').evaluateAll((els) => els.map((e) => e.dataset.session));
+  assert.ok(!listed.includes(empty.data.session_key), 'a session without an upload is not listed');
+  await page.click(item);
+  await until(
+    page,
+    `a click on the list opens session ${session} with its upload`,
+    ([k, sel]) => document.querySelector('#cards')?.dataset.session === k && document.querySelector(sel),
+    [session, card],
+  );
+  // Bob, signed in, lists none of DEV's sessions.
+  await page.click('#signout');
+  await page.fill('#signin-token', BOB);
+  await page.press('#signin-token', 'Enter');
+  await until(page, 'signed in as bob', () => document.querySelector('#signed-in')?.dataset.user === 'bob');
+  await until(page, "bob's list is read", () =>
+    document.querySelector('#my-sessions-status')?.textContent.startsWith('no sessions'),
+  );
+  assert.equal(await page.locator(item).count(), 0, "bob's list shows dev's session");
+  console.log(`ok - gallery: signed in, a user lists their own sessions only and opens one from the list`);
 }
 
 async function pipeline(page) {

@@ -215,6 +215,16 @@ async fn sessions_uploads_and_images_are_their_owners(b: Backends) {
     }
     let (s, v) = t.get("/v1/sessions").await;
     assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")), "{v}");
+    // Who a token names, as a signed-in client shows it.
+    for (who, admin) in [("ann", false), ("admin", true)] {
+        let (s, me) = t.get_as(who, "/v1/me").await;
+        assert_eq!(s, 200, "{me}");
+        assert_eq!(
+            (me["id"].as_str(), me["admin"].as_bool()),
+            (Some(who), Some(admin)),
+            "{me}"
+        );
+    }
 
     // Another user, and an anonymous caller: 404 everywhere, as for an
     // upload or session that does not exist.

@@ -80,6 +80,7 @@ const MATRIX: &[(&str, [u16; 4])] = &[
     // Sessions, uploads and images: the owner's and the administrators'.
     ("createSession", [401, 200, 200, 200]),
     ("listSessions", [401, 200, 200, 200]),
+    ("readMe", [401, 200, 200, 200]),
     ("shareSession", [401, 200, 404, 404]),
     ("readSessionCards", [404, 200, 404, 200]),
     ("readUpload", [404, 200, 404, 200]),
@@ -157,6 +158,7 @@ fn request(op: &str, f: &Fixtures) -> Option<(Method, String, Body)> {
         "deleteFeedItem" => delete(format!("/v1/feed/{}", f.item_to_delete)),
         "createSession" => post("/v1/sessions".into(), json!({})),
         "listSessions" => get("/v1/sessions".into()),
+        "readMe" => get("/v1/me".into()),
         "shareSession" => post(format!("/v1/sessions/{s}/share"), json!({})),
         "readSessionCards" => get(format!("/v1/sessions/{s}/cards")),
         "readUpload" => get(format!("/v1/uploads/{u}")),

@@ -5,10 +5,15 @@
 // Sessions are their owners': the gallery opens one through its share link
 // (`?session=&exp=&sig=`, from `POST /v1/sessions` or
 // `POST /v1/sessions/{key}/share`), and shows images through the signed
-// links each card carries.
+// links each card carries. A signed-in user also sees a list of their own
+// sessions (`GET /v1/sessions`), each opened through the share link the
+// list carries.
 
 import { getJson, describe } from './api.js';
 import { h, replace, setText, time, fmt, isTextId } from './dom.js';
+
+/** Sessions per page of the signed-in user's list. */
+const MINE_PAGE = 12;
 
 const SLOTS = [1, 2, 3];
 
@@ -132,9 +137,82 @@ class Slot {
   }
 }
 
+/** The signed-in user's sessions, newest first, paged on demand. */
+class MySessions {
+  constructor(root, onOpen) {
+    this.box = root.querySelector('#my-sessions-box');
+    this.list = root.querySelector('#my-sessions');
+    this.more = root.querySelector('#my-sessions-more');
+    this.status = root.querySelector('#my-sessions-status');
+    this.onOpen = onOpen;
+    this.token = null;
+    this.next = null;
+    this.epoch = 0;
+    this.more.addEventListener('click', () => this.load(this.next));
+    root.querySelector('#my-sessions-refresh').addEventListener('click', () => this.reload());
+  }
+
+  /** Follows a sign-in (a token) or a sign-out (none). */
+  follow(token) {
+    this.token = token;
+    this.box.hidden = !token;
+    this.reload();
+  }
+
+  reload() {
+    this.epoch += 1;
+    this.next = null;
+    this.list.replaceChildren();
+    this.more.hidden = true;
+    if (this.token) this.load(null);
+  }
+
+  async load(cursor) {
+    const epoch = this.epoch;
+    const q = new URLSearchParams({ limit: String(MINE_PAGE) });
+    if (cursor) q.set('cursor', cursor);
+    setText(this.status, 'loading…');
+    try {
+      const page = await getJson(`/v1/sessions?${q}`, { token: this.token });
+      if (epoch !== this.epoch) return;
+      this.list.append(...page.sessions.map((s) => this.item(s)));
+      this.next = page.next_cursor ?? null;
+      this.more.hidden = !this.next;
+      setText(
+        this.status,
+        this.list.childElementCount ? '' : 'no sessions with an upload yet (atelier emit upload makes one)',
+      );
+    } catch (err) {
+      if (epoch !== this.epoch) return;
+      setText(this.status, `could not list your sessions (${describe(err)})`);
+    }
+  }
+
+  item(s) {
+    const open = () => this.onOpen({ key: s.session_key, exp: String(s.link.exp), sig: s.link.sig });
+    return h(
+      'li',
+      { 'data-session': s.session_key },
+      h(
+        'button',
+        { type: 'button', class: 'session-pick', title: s.session_key, onclick: open },
+        h('img', { src: s.last_input_url, alt: 'latest upload', loading: 'lazy', decoding: 'async' }),
+        h(
+          'span',
+          { class: 'session-meta' },
+          h('span', { class: 'chip' }, s.last_style),
+          time(s.last_received_at),
+        ),
+      ),
+    );
+  }
+}
+
 export class Gallery {
-  constructor(root, hub) {
+  constructor(root, hub, account) {
     this.hub = hub;
+    this.mine = new MySessions(root, (share) => this.open(share));
+    account.onChange((a) => this.mine.follow(a.token));
     this.grid = root.querySelector('#cards');
     this.form = root.querySelector('#session-form');
     this.input = root.querySelector('#session');
