@@ -312,7 +312,7 @@ async fn create(
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "storing an upload failed");
-            ApiError::unavailable("blobs_unavailable", "the image store is unavailable; retry")
+            store_refused(&e)
         })?;
     let data = UploadReceived {
         upload_id,
@@ -491,4 +491,25 @@ async fn styles(State(st): State<AppState>, inm: IfNoneMatch) -> Etagged<Styles>
         })
         .collect();
     Etagged::new(inm, Styles { styles })
+}
+
+/// The 503 of an image the store would not take: a full disk and a store
+/// that refuses writes say so (an operator's problem, not a client's), and
+/// nothing is appended, so nothing already accepted is touched.
+fn store_refused(e: &crate::blob::BlobError) -> ApiError {
+    use crate::blob::BlobError;
+    match e {
+        BlobError::Full(_) => ApiError::unavailable(
+            "storage_full",
+            "the image store's disk is full; nothing was stored (retry once space is freed)",
+        )
+        .retry_after(30),
+        BlobError::ReadOnly(_) => ApiError::unavailable(
+            "storage_read_only",
+            "the image store refuses writes (a read-only or unwritable directory); nothing was \
+             stored",
+        )
+        .retry_after(30),
+        _ => ApiError::unavailable("blobs_unavailable", "the image store is unavailable; retry"),
+    }
 }

@@ -1,6 +1,10 @@
 //! A local-directory blob store (the embedded default). Writes go to a
-//! temporary file and are renamed into place, so a reader never sees half an
-//! object and an overwrite is atomic.
+//! temporary file, which is synced and renamed into place (then the
+//! directory is synced), so a reader never sees half an object, an
+//! overwrite is atomic, and a stored object survives a crash of the
+//! machine. A full disk and a directory that refuses writes are errors of
+//! their own ([`BlobError::Full`], [`BlobError::ReadOnly`]), so the edge can
+//! say which.
 
 use std::path::{Path, PathBuf};
 
@@ -16,11 +20,32 @@ pub struct LocalBlobs {
 }
 
 fn io(e: std::io::Error, key: &str) -> BlobError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        BlobError::NotFound(key.to_owned())
-    } else {
-        BlobError::Unavailable(format!("{key}: {e}"))
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => BlobError::NotFound(key.to_owned()),
+        K::StorageFull | K::QuotaExceeded => BlobError::Full(format!("{key}: {e}")),
+        K::ReadOnlyFilesystem | K::PermissionDenied => BlobError::ReadOnly(format!("{key}: {e}")),
+        _ => BlobError::Unavailable(format!("{key}: {e}")),
     }
+}
+
+/// Writes `body` to `path` durably: a synced temporary file renamed into
+/// place, then the directory synced. A failed write leaves no temporary
+/// file behind.
+fn write_durably(dir: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl LocalBlobs {
@@ -66,12 +91,9 @@ impl BlobStore for LocalBlobs {
         tokio::task::spawn_blocking(move || {
             let dir = path.parent().expect("keys have a parent");
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-            std::fs::write(&tmp, &body)?;
-            std::fs::write(tmp.with_extension("ct"), ct.as_bytes())?;
             let ct_path = PathBuf::from(format!("{}.content-type", path.display()));
-            std::fs::rename(tmp.with_extension("ct"), ct_path)?;
-            std::fs::rename(&tmp, &path)
+            write_durably(dir, &ct_path, ct.as_bytes())?;
+            write_durably(dir, &path, &body)
         })
         .await
         .map_err(|e| BlobError::Unavailable(e.to_string()))?
@@ -121,5 +143,28 @@ impl BlobStore for LocalBlobs {
         .await
         .map_err(|e| BlobError::Unavailable(e.to_string()))?
         .map_err(|e| io(e, "list"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_and_a_refused_write_say_so() {
+        let e = |code| io(std::io::Error::from_raw_os_error(code), "k");
+        // ENOSPC, EDQUOT: full; EROFS, EACCES, EPERM: not writable.
+        for code in [28, 122] {
+            assert!(matches!(e(code), BlobError::Full(_)), "{code}: {}", e(code));
+        }
+        for code in [30, 13, 1] {
+            assert!(
+                matches!(e(code), BlobError::ReadOnly(_)),
+                "{code}: {}",
+                e(code)
+            );
+        }
+        assert!(matches!(e(2), BlobError::NotFound(_)));
+        assert!(matches!(e(5), BlobError::Unavailable(_)), "EIO");
     }
 }

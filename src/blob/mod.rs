@@ -28,12 +28,22 @@ pub enum BlobError {
     /// The store is unreachable or failed: retry with backoff.
     #[error("blob store unavailable: {0}")]
     Unavailable(String),
+    /// The store's disk (or quota) is full: retry once space is freed.
+    #[error("blob store full: {0}")]
+    Full(String),
+    /// The store refuses writes (a read-only file system, or a directory
+    /// this process may not write): retry once an operator fixed it.
+    #[error("blob store not writable: {0}")]
+    ReadOnly(String),
 }
 
 impl BlobError {
     /// Whether trying again may succeed.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, BlobError::Unavailable(_))
+        matches!(
+            self,
+            BlobError::Unavailable(_) | BlobError::Full(_) | BlobError::ReadOnly(_)
+        )
     }
 }
 

@@ -238,6 +238,107 @@ async fn uploads_are_stylized_in_every_style(b: Backends) {
 }
 both!(uploads_are_stylized_in_every_style);
 
+/// Makes a directory refuse writes (even root's: the immutable attribute)
+/// while it lives.
+struct Unwritable(std::path::PathBuf);
+
+impl Unwritable {
+    /// `None` where the file system has no such attribute (tmpfs).
+    fn new(dir: &std::path::Path) -> Option<Self> {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "chattr +i {}: {}; skipping the unwritable-store test",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The uploads topic's head offsets.
+async fn uploads_heads(t: &TestApp) -> Vec<(i32, i64)> {
+    let topic = t.app.producer.topic(atelier::event::Topic::Uploads);
+    let mut h: Vec<(i32, i64)> = t.app.heads.of(&topic).await.unwrap().into_iter().collect();
+    h.sort();
+    h
+}
+
+/// An image store that refuses writes (a read-only directory): an upload
+/// gets a 503 that says so; nothing is appended, what
+/// was accepted before stays readable, and uploads work again once the
+/// directory does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_image_store_is_a_503_that_says_so_and_loses_nothing() {
+    let Some(cfg) = infer_config(Backends::Embedded, &["sketch"]).await else {
+        return;
+    };
+    let uploads = cfg.data_dir.join("blobs").join("uploads");
+    let t = spawn(cfg).await;
+    let session = helpers::session_of("ann").to_string();
+    let before = upload_ok(&t, &session, 1, "sketch", jpeg(40, 30, 1)).await;
+    assert_eq!(finished(&t, &before, 120).await["status"], "completed");
+    let log_before = uploads_heads(&t).await;
+    {
+        let Some(_ro) = Unwritable::new(&uploads) else {
+            t.stop().await;
+            return;
+        };
+        let (s, v) = upload(
+            &t,
+            &[
+                ("session_key", &session),
+                ("slot", "2"),
+                ("style", "sketch"),
+            ],
+            Some((jpeg(40, 30, 2), "photo.jpg")),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (503, Some("storage_read_only")),
+            "{v}"
+        );
+        assert_eq!(
+            uploads_heads(&t).await,
+            log_before,
+            "a refused upload appended an event"
+        );
+        // What was accepted is all there.
+        let (s, card) = t.get_as("ann", &format!("/v1/uploads/{before}")).await;
+        assert_eq!(
+            (s, card["status"].as_str()),
+            (200, Some("completed")),
+            "{card}"
+        );
+        let img = t
+            .http
+            .get(format!("{}{}", t.url, card["input_url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(img.status(), 200, "the earlier input image");
+    }
+    let after = upload_ok(&t, &session, 2, "sketch", jpeg(40, 30, 3)).await;
+    assert_eq!(finished(&t, &after, 120).await["status"], "completed");
+    t.stop().await;
+}
+
 /// A PNG whose header claims `w × h` (a decompression bomb's header).
 fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     let small = codec::test_pattern(8, 8, 1);
