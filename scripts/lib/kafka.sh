@@ -3,8 +3,11 @@
 # from Maven Central jars so no tarball mirror is needed.
 
 KAFKA_VERSION="${ATELIER_KAFKA_VERSION:-4.3.1}"
-KAFKA_PORT=39092
-KAFKA_CONTROLLER_PORT=39093
+# Below the kernel's ephemeral range (32768-60999 here): a client retrying
+# a stopped broker's port can never be handed that port as its own source
+# port (a self-connect, whose TIME-WAIT then blocks the broker's restart).
+KAFKA_PORT=29092
+KAFKA_CONTROLLER_PORT=29093
 KAFKA_HOME="$ATELIER_CACHE/kafka-$KAFKA_VERSION"
 KAFKA_TIMEOUT="${ATELIER_KAFKA_TIMEOUT:-90}"
 KAFKA_STOP_TIMEOUT=60

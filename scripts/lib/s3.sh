@@ -4,7 +4,7 @@
 # given key pair, so clients exercise real request signing.
 
 S3S_VERSION="${ATELIER_S3S_VERSION:-0.14.1}"
-S3_PORT=39000
+S3_PORT=29000
 S3_ACCESS_KEY=atelier
 S3_SECRET_KEY=atelier-secret-key
 S3_REGION=us-east-1
