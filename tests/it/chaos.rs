@@ -504,8 +504,17 @@ fn count_in_logs(dir: &Path, needle: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "restarts the shared services: scripts/test runs it alone"]
 async fn chaos_on_a_local_cluster() {
+    // It stops and starts the shared services, so it runs alone:
+    // scripts/test skips it in the main run and runs it last with
+    // ATELIER_IT_CHAOS=1 (and fails unless it wrote its figures).
+    if std::env::var_os("ATELIER_IT_CHAOS").is_none() {
+        eprintln!(
+            "chaos: not run here (it restarts the shared services); run it alone: \
+             ATELIER_IT_CHAOS=1 cargo test --features torch --test it -- chaos::"
+        );
+        return;
+    }
     let Some(base) = helpers::config(Backends::Real).await else {
         return;
     };
