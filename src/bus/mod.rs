@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod embedded;
 pub mod heads;
+pub mod journal;
 pub mod member;
 pub mod producer;
 pub mod topics;
