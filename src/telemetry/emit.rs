@@ -64,6 +64,11 @@ pub fn view_writes(n: u64) {
     metrics::counter!(names::VIEW_WRITES).increment(n);
 }
 
+/// View-store requests made (a batch counts once per partition it writes).
+pub fn view_requests(n: u64) {
+    metrics::counter!(names::VIEW_REQUESTS).increment(n);
+}
+
 /// An event refused by a fold rule.
 pub fn fold_rejected(view: &'static str, reason: &'static str) {
     metrics::counter!(names::FOLD_REJECTED, "view" => view, "reason" => reason).increment(1);

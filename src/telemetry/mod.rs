@@ -36,6 +36,9 @@ pub mod names {
     pub const VIEW_READS: &str = "atelier_view_reads_total";
     /// View-store write statements.
     pub const VIEW_WRITES: &str = "atelier_view_writes_total";
+    /// View-store requests: each read or lone write statement is one, a
+    /// batch one per partition it writes.
+    pub const VIEW_REQUESTS: &str = "atelier_view_requests_total";
     /// Events per mini-batch.
     pub const BATCH_EVENTS: &str = "atelier_batch_events";
     /// Partitions paused for backpressure right now.

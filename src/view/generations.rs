@@ -275,6 +275,18 @@ impl Generations {
         }
         (r, w)
     }
+
+    /// Requests made by every store this process opened (see
+    /// [`super::Store::requests`]).
+    pub fn requests(&self) -> u64 {
+        self.base.requests()
+            + self
+                .stores
+                .read()
+                .values()
+                .map(|s| s.requests())
+                .sum::<u64>()
+    }
 }
 
 /// The keyspace of generation `n ≥ 1` of a view.

@@ -144,6 +144,9 @@ pub trait Store:
     /// Statements executed so far: `(reads, writes)`, counted where every
     /// statement passes (see the module docs).
     fn counts(&self) -> (u64, u64);
+    /// Requests made so far: each read or lone write statement is one, a
+    /// batch one per partition it writes.
+    fn requests(&self) -> u64;
     /// Creates the schema when missing (idempotent).
     async fn migrate(&self) -> Result<(), ViewError>;
     /// Deletes every row of one view (its tables and checkpoints) from this
@@ -179,16 +182,30 @@ pub trait AggregateStore<A: Aggregate>: Send + Sync {
 pub(crate) struct Counters {
     reads: AtomicU64,
     writes: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Counters {
+    /// One read statement: one request.
     pub(crate) fn read(&self) {
         self.reads.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::emit::view_reads(1);
+        self.request(1);
     }
+    /// `n` write statements (their requests are counted by [`Self::request`]).
     pub(crate) fn write(&self, n: u64) {
         self.writes.fetch_add(n, Ordering::Relaxed);
         crate::telemetry::emit::view_writes(n);
+    }
+    /// `n` requests: a statement alone, or a batch, is one per partition
+    /// it writes (a single-partition batch is one; the coordinator fans a
+    /// multi-partition batch out to each).
+    pub(crate) fn request(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
+        crate::telemetry::emit::view_requests(n);
+    }
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
     pub(crate) fn get(&self) -> (u64, u64) {
         (

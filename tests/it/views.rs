@@ -358,6 +358,42 @@ async fn items_members_and_timelines(b: Backends) {
 }
 both!(items_members_and_timelines);
 
+/// Requests are counted per partition a write reaches, not per statement:
+/// an item's commit with two memberships is five statements, and three
+/// requests (two timeline partitions, then the item's partition in one
+/// batch); a read is one of each.
+async fn requests_count_partitions_not_statements(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let id = FeedItemId(uuid::Uuid::now_v7());
+    let mut st = item(id, 0, 0, 9);
+    st.likes = 2;
+    let (w0, q0) = (s.counts().1, s.requests());
+    s.commit_item(&ItemCommit {
+        state: st,
+        members: vec![
+            (
+                (Relation::Like, UserId::parse("bob").unwrap()),
+                Some(member(1)),
+            ),
+            (
+                (Relation::Like, UserId::parse("cat").unwrap()),
+                Some(member(2)),
+            ),
+        ],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (s.counts().1 - w0, s.requests() - q0),
+        (5, 3),
+        "(statements, requests) of a commit"
+    );
+    let (r0, q0) = (s.counts().0, s.requests());
+    s.item(id).await.unwrap().unwrap();
+    assert_eq!((s.counts().0 - r0, s.requests() - q0), (1, 1));
+}
+both!(requests_count_partitions_not_statements);
+
 async fn timelines_page_newest_first(b: Backends) {
     let Some(s) = store(b).await else { return };
     let ids: Vec<FeedItemId> = (0..7).map(|_| FeedItemId(uuid::Uuid::now_v7())).collect();

@@ -178,6 +178,7 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let topic = cfg.kafka.topic(Topic::Polls);
     let (reads0, writes0) = views.counts();
+    let requests0 = views.requests();
     let t = Instant::now();
     let task = tokio::spawn(consumer::run(
         cfg.kafka.clone(),
@@ -203,14 +204,17 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     stop.cancel();
     task.await??;
     let (reads, writes) = views.counts();
+    let requests = views.requests() - requests0;
     let totals = projector.totals();
     let n = (a.events + a.polls) as f64;
     println!(
-        "projected {} events in {secs:.2} s: {:.0} events/s; view writes/event {:.3}, reads/event {:.3}, commits {} (applied {}, rejected {}, duplicates {})",
+        "projected {} events in {secs:.2} s: {:.0} events/s; per event: statements {:.3} (writes {:.3}, reads {:.3}), requests {:.3} (a batch counts once per partition); commits {} (applied {}, rejected {}, duplicates {})",
         n,
         n / secs,
+        (writes - writes0 + reads - reads0) as f64 / n,
         (writes - writes0) as f64 / n,
         (reads - reads0) as f64 / n,
+        requests as f64 / n,
         totals.commits,
         totals.applied,
         totals.rejected,

@@ -195,6 +195,12 @@ struct Freshness {
     visible_p99_ms: f64,
     visible_p999_ms: f64,
     visible_max_ms: f64,
+    /// View-store statements per like, once every like is applied (the
+    /// projector's reads and writes; the read-backs' reads taken out).
+    view_statements_per_event: f64,
+    /// View-store requests per like (a batch counts once per partition it
+    /// writes).
+    view_requests_per_event: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -740,6 +746,8 @@ struct FreshTally {
     sampled: AtomicU64,
     /// Microseconds from the start to the latest ack.
     last_ack_us: AtomicU64,
+    /// Each partition's last acknowledged like.
+    last: Mutex<HashMap<i32, Appended>>,
 }
 
 async fn freshness(
@@ -757,6 +765,8 @@ async fn freshness(
     let zipf = (a.skew > 0.0).then(|| crate::cli::loadgen::Zipf::new(t.items.len(), a.skew));
     let mut tasks = JoinSet::new();
     let mut n = 0u64;
+    let views = &app.views;
+    let ((reads0, writes0), requests0) = (views.counts(), views.requests());
     let start = Instant::now();
     for k in 1..=ticks {
         interval.tick().await;
@@ -788,6 +798,13 @@ async fn freshness(
                 tally
                     .last_ack_us
                     .fetch_max(u64::from(micros(start)), Ordering::Relaxed);
+                {
+                    let mut last = tally.last.lock();
+                    let slot = last.entry(at.partition).or_insert_with(|| at.clone());
+                    if at.offset > slot.offset {
+                        *slot = at.clone();
+                    }
+                }
                 if !sample {
                     return;
                 }
@@ -810,6 +827,31 @@ async fn freshness(
     let acked_secs = tally.last_ack_us.load(Ordering::Relaxed) as f64 / 1e6;
     let ack = std::mem::take(&mut *tally.ack.lock());
     let vis = std::mem::take(&mut *tally.visible.lock());
+    // Every like applied: each partition's last one read back (one read
+    // each, taken out below with the sampled read-backs').
+    let lasts: Vec<Appended> = tally.last.lock().values().cloned().collect();
+    let mut catch_up = 0u64;
+    for at in &lasts {
+        let url = format!("{base}/v1/feed?limit=1&after={}", Token::from(at).encode());
+        let deadline = Instant::now() + VISIBLE_WITHIN;
+        loop {
+            match get(http, &url).await {
+                Ok(_) => {
+                    catch_up += 1;
+                    break;
+                }
+                Err(k) => anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the likes did not become visible: {k}"
+                ),
+            }
+        }
+    }
+    let ((reads1, writes1), requests1) = (views.counts(), views.requests());
+    let api_reads = vis.len() + catch_up;
+    let likes = n.max(1) as f64;
+    let statements = (reads1 - reads0 + writes1 - writes0).saturating_sub(api_reads);
+    let requests = (requests1 - requests0).saturating_sub(api_reads);
     Ok(Freshness {
         target_rate: a.rate,
         skew: a.skew,
@@ -827,6 +869,8 @@ async fn freshness(
         visible_p99_ms: vis.quantile_ms(0.99),
         visible_p999_ms: vis.quantile_ms(0.999),
         visible_max_ms: vis.max_ms(),
+        view_statements_per_event: statements as f64 / likes,
+        view_requests_per_event: requests as f64 / likes,
     })
 }
 
@@ -912,5 +956,9 @@ fn print_table(r: &Report) {
         if !f.read_errors.is_empty() {
             println!("    errors: {}", kinds(&f.read_errors));
         }
+        println!(
+            "view store per like, once all applied: {:.3} statements, {:.3} requests (a batch counts once per partition it writes)",
+            f.view_statements_per_event, f.view_requests_per_event
+        );
     }
 }

@@ -9,7 +9,9 @@ use scylla::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::value::MaybeUnset;
 
-use super::{CqlStore, Db, IN_CHUNK, Stmt, Values, fan_out, json, rows_err, time, unjson, us};
+use super::{
+    CqlStore, Db, IN_CHUNK, Partitions, Stmt, Values, fan_out, json, rows_err, time, unjson, us,
+};
 use crate::event::{FeedItemId, UserId};
 use crate::fold::Position;
 use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey, Relation};
@@ -293,7 +295,9 @@ impl FeedStore for CqlStore {
                 }
             }
         }
-        self.db.batch(None, &stmts, values).await?;
+        self.db
+            .batch(None, Partitions::EachStatement, &stmts, values)
+            .await?;
         // The members, then the version row last (see `Db::batch`).
         let mut stmts = Vec::with_capacity(c.members.len() + 1);
         let mut values: Values = Vec::with_capacity(c.members.len() + 1);
@@ -339,7 +343,9 @@ impl FeedStore for CqlStore {
         }
         stmts.push(&st.item_static);
         values.push(item_static);
-        self.db.batch(Some(ts), &stmts, values).await
+        self.db
+            .batch(Some(ts), Partitions::One, &stmts, values)
+            .await
     }
 
     async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {

@@ -130,7 +130,10 @@ impl Db {
     async fn run(&self, st: &Stmt, values: impl SerializeRow) -> Result<QueryResult, ViewError> {
         match st.kind {
             Kind::Read => self.counters.read(),
-            Kind::Write => self.counters.write(1),
+            Kind::Write => {
+                self.counters.write(1);
+                self.counters.request(1);
+            }
             Kind::Control => {}
         }
         self.session
@@ -148,6 +151,7 @@ impl Db {
     async fn batch(
         &self,
         ts: Option<i64>,
+        partitions: Partitions,
         statements: &[&Stmt],
         mut values: Values,
     ) -> Result<(), ViewError> {
@@ -163,6 +167,10 @@ impl Db {
                 batch.append_statement(st.prepared.clone());
             }
             self.counters.write(batch.statements.len() as u64);
+            self.counters.request(match partitions {
+                Partitions::One => 1,
+                Partitions::EachStatement => batch.statements.len() as u64,
+            });
             self.session.batch(&batch, part).await.map_err(exec_err)?;
             start = end;
         }
@@ -177,6 +185,15 @@ impl Db {
             .map_err(exec_err)?;
         Ok(())
     }
+}
+
+/// The partitions a batch writes, for counting its requests.
+#[derive(Clone, Copy, Debug)]
+enum Partitions {
+    /// All its statements write one partition.
+    One,
+    /// Each statement writes its own.
+    EachStatement,
 }
 
 /// The replication map `CREATE KEYSPACE` gets from `cfg`.
@@ -300,6 +317,10 @@ impl Store for CqlStore {
 
     fn counts(&self) -> (u64, u64) {
         self.db.counters.get()
+    }
+
+    fn requests(&self) -> u64 {
+        self.db.counters.requests()
     }
 
     async fn migrate(&self) -> Result<(), ViewError> {

@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use scylla::{DeserializeRow, SerializeRow};
 
-use super::{CqlStore, Db, IN_CHUNK, Stmt, Values, fan_out, json, rows_err, time, unjson, us};
+use super::{
+    CqlStore, Db, IN_CHUNK, Partitions, Stmt, Values, fan_out, json, rows_err, time, unjson, us,
+};
 use crate::event::{PollId, Principal, QuestionId, UserId};
 use crate::fold::Position;
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
@@ -371,7 +373,9 @@ impl PollsStore for CqlStore {
                     }
                 }
             }
-            self.db.batch(Some(ts), &stmts, values).await?;
+            self.db
+                .batch(Some(ts), Partitions::One, &stmts, values)
+                .await?;
         }
         // Then the aggregate and its ballots: one single-partition batch, so
         // the version and the values it covers change together (the version
@@ -398,7 +402,9 @@ impl PollsStore for CqlStore {
         }
         stmts.push(&st.poll_static);
         values.push(Box::new(PollRow::of(s)));
-        self.db.batch(Some(ts), &stmts, values).await
+        self.db
+            .batch(Some(ts), Partitions::One, &stmts, values)
+            .await
     }
 
     async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {

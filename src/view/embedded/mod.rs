@@ -64,6 +64,10 @@ impl Store for EmbeddedStore {
         self.counters.get()
     }
 
+    fn requests(&self) -> u64 {
+        self.counters.requests()
+    }
+
     async fn migrate(&self) -> Result<(), ViewError> {
         Ok(())
     }

@@ -110,6 +110,7 @@ impl<P: Hash + Eq + Clone, C: Ord + Clone> Table<P, C> {
     /// One write statement per mutation, applied together.
     pub(super) fn batch(&self, pk: &P, ts: i64, muts: Vec<Mutation<C>>) {
         self.counters.write(muts.len() as u64);
+        self.counters.request(1);
         let mut parts = self.parts.write();
         let part = parts.entry(pk.clone()).or_default();
         for m in muts {
