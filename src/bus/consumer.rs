@@ -205,11 +205,12 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     let mut failure = None;
 
     let parts: Parts = Default::default();
+    let sampler_stop = shutdown.child_token();
     let sampler = tokio::spawn(sample_lag(
         consumer.clone(),
         spec.group.clone(),
         parts.clone(),
-        shutdown.clone(),
+        sampler_stop.clone(),
     ));
     let spawn = |tp: &Tp, workers: &mut HashMap<Tp, Worker>| {
         let (tx, rx) = mpsc::channel(spec.queue_depth.max(1));
@@ -307,7 +308,11 @@ pub async fn run<H: PartitionHandler + ?Sized>(
         }
     }
     worker_stop.cancel();
-    sampler.abort();
+    // The sampler holds the consumer while it measures: wait for it, so
+    // the consumer is gone when this returns (a client outliving its
+    // topics logs errors about them).
+    sampler_stop.cancel();
+    let _ = sampler.await;
     for tp in parts.lock().keys() {
         crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
     }

@@ -28,9 +28,13 @@ pub(crate) struct ProjectArgs {
     /// Votes to project.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
-    /// Polls they go to (Zipf-skewed).
+    /// Polls they go to.
     #[arg(long, default_value_t = 1_000)]
     polls: usize,
+    /// Zipf exponent of which polls the votes go to (0: uniform, the worst
+    /// case for coalescing).
+    #[arg(long, default_value_t = 1.1)]
+    skew: f64,
     /// Distinct voters.
     #[arg(long, default_value_t = 100_000)]
     voters: usize,
@@ -39,8 +43,9 @@ pub(crate) struct ProjectArgs {
     views: Option<ViewBackend>,
 }
 
-/// Builds the workload: poll creations then Zipf-distributed votes.
-pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Event> {
+/// Builds the workload: poll creations then votes, Zipf-distributed over
+/// the polls with exponent `skew` (0: uniform).
+pub fn workload(events: usize, polls: usize, voters: usize, skew: f64, seed: u64) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let t0 = crate::edge::now();
     let owner = Principal {
@@ -75,7 +80,7 @@ pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Ev
             }),
         })
         .collect();
-    let zipf = Zipf::new(polls, 1.1);
+    let zipf = (skew > 0.0).then(|| Zipf::new(polls, skew));
     let names: Vec<Principal> = (0..voters.max(1))
         .map(|i| Principal {
             id: UserId::parse(&format!("voter-{i}")).expect("valid"),
@@ -89,7 +94,10 @@ pub fn workload(events: usize, polls: usize, voters: usize, seed: u64) -> Vec<Ev
             time: t0,
             principal: names[rng.gen_range(0..names.len())].clone(),
             data: EventData::VoteCast(VoteCast {
-                poll_id: ids[zipf.sample(&mut rng)],
+                poll_id: ids[match &zipf {
+                    Some(z) => z.sample(&mut rng),
+                    None => rng.gen_range(0..polls),
+                }],
                 question_ids: vec![rng.gen_range(0..4)],
             }),
         });
@@ -121,12 +129,20 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
         "Kafka"
     };
     eprintln!(
-        "bench project: {} votes over {} polls, {} voters; {kafka} -> {:?} views",
-        a.events, a.polls, a.voters, cfg.views.backend
+        "bench project: {} votes over {} polls ({}), {} voters; {kafka} -> {:?} views",
+        a.events,
+        a.polls,
+        if a.skew > 0.0 {
+            format!("Zipf {}", a.skew)
+        } else {
+            "uniform".to_owned()
+        },
+        a.voters,
+        cfg.views.backend
     );
 
     // Produce the workload.
-    let events = workload(a.events, a.polls, a.voters, 42);
+    let events = workload(a.events, a.polls, a.voters, a.skew, 42);
     let producer = Producer::new(&cfg.kafka, &brokers, "atelier/bench")?;
     let t = Instant::now();
     let mut last: HashMap<i32, i64> = HashMap::new();
