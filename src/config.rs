@@ -99,9 +99,10 @@ pub struct LimitsConfig {
     pub reads_burst: u32,
     /// Uploads received at once, across callers (past it: 503).
     pub uploads_in_flight: u32,
-    /// Resident memory uploads may take at once, in MiB: each reserves 1.5×
-    /// its `Content-Length` (or `uploads.max_bytes` when unknown), its body
-    /// and the buffers and allocator slack measured beside it; past it: 503.
+    /// Resident memory uploads may take at once, in MiB: each reserves 2×
+    /// its `Content-Length` (or `uploads.max_bytes` when unknown), room for
+    /// its body and the buffers and allocator slack measured beside it
+    /// (about 1.55×); past it: 503.
     pub upload_memory_mib: u32,
 }
 
