@@ -31,6 +31,26 @@ pub struct SessionRow {
     pub last_received_at: DateTime<Utc>,
 }
 
+impl SessionRow {
+    /// The owner and row a received patch writes (`None` for other
+    /// patches).
+    pub fn of(p: &Patch) -> Option<(&UserId, SessionRow)> {
+        let (Some(owner), Some(style), Some(at)) = (&p.owner, &p.set.style, p.set.received_at)
+        else {
+            return None;
+        };
+        Some((
+            owner,
+            SessionRow {
+                session_key: p.session_key.clone(),
+                last_upload_id: p.upload_id,
+                last_style: style.clone(),
+                last_received_at: at,
+            },
+        ))
+    }
+}
+
 /// The clustering key of a session row: when the key was minted
 /// ([`SessionKey::minted_ms`]), then the key; rows list in descending order.
 pub fn session_order(key: &SessionKey) -> (i64, SessionKey) {

@@ -23,6 +23,18 @@ fn id_from(secs_ago: u64) -> UploadId {
     )))
 }
 
+/// The API and projectors on `cfg` (no inference).
+async fn start(cfg: atelier::config::Config) -> TestApp {
+    TestApp::start(
+        cfg,
+        atelier::app::Roles {
+            infer: false,
+            ..atelier::app::Roles::ALL
+        },
+    )
+    .await
+}
+
 async fn put(t: &TestApp, key: &str) {
     t.app
         .blobs
@@ -47,14 +59,7 @@ async fn orphaned_images_are_swept_and_known_ones_kept(b: Backends) {
     // the embedded default's own sweep at start, racing the known upload's
     // event, would take it for an orphan too. That sweep has its own test.
     cfg.uploads.sweep_at_start = false;
-    let t = TestApp::start(
-        cfg,
-        atelier::app::Roles {
-            infer: false,
-            ..atelier::app::Roles::ALL
-        },
-    )
-    .await;
+    let t = start(cfg).await;
     // Two hours old, no event: the crash's orphan (its input, and an output
     // a worker wrote for it).
     let orphan = id_from(7200);
@@ -167,14 +172,7 @@ async fn the_embedded_default_sweeps_at_start() {
                 .unwrap();
         }
     }
-    let t = TestApp::start(
-        cfg,
-        atelier::app::Roles {
-            infer: false,
-            ..atelier::app::Roles::ALL
-        },
-    )
-    .await;
+    let t = start(cfg).await;
     crate::helpers::eventually(60, "the sweep at start to remove the orphan", || async {
         (!exists(&t, &key).await).then_some(())
     })

@@ -336,8 +336,7 @@ impl CardsStore for CqlStore {
             writes.push((&st.upload_patch, v));
         }
         for p in sessions {
-            let (Some(owner), Some(style), Some(at)) = (&p.owner, &p.set.style, p.set.received_at)
-            else {
+            let Some((owner, row)) = SessionRow::of(p) else {
                 continue;
             };
             writes.push((
@@ -345,9 +344,9 @@ impl CardsStore for CqlStore {
                 vec![
                     set(CqlValue::BigInt(p.ts)),
                     set(CqlValue::Tuple(vec![
-                        Some(CqlValue::Uuid(p.upload_id.0)),
-                        Some(CqlValue::Text(style.to_string())),
-                        Some(CqlValue::BigInt(us(at))),
+                        Some(CqlValue::Uuid(row.last_upload_id.0)),
+                        Some(CqlValue::Text(row.last_style.to_string())),
+                        Some(CqlValue::BigInt(us(row.last_received_at))),
                     ])),
                     set(CqlValue::Text(owner.to_string())),
                     set(CqlValue::BigInt(p.session_key.minted_ms())),

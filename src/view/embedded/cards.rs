@@ -69,15 +69,8 @@ impl CardsStore for EmbeddedStore {
                 .batch(&p.upload_id, p.ts, vec![Mutation::Static(patch_cells(p))]);
         }
         for p in sessions {
-            let (Some(owner), Some(style), Some(at)) = (&p.owner, &p.set.style, p.set.received_at)
-            else {
+            let Some((owner, row)) = SessionRow::of(p) else {
                 continue;
-            };
-            let row = SessionRow {
-                session_key: p.session_key.clone(),
-                last_upload_id: p.upload_id,
-                last_style: style.clone(),
-                last_received_at: at,
             };
             self.cards.sessions.batch(
                 owner,
