@@ -308,11 +308,12 @@ pub async fn run<H: PartitionHandler + ?Sized>(
         }
     }
     worker_stop.cancel();
-    // The sampler holds the consumer while it measures: wait for it, so
-    // the consumer is gone when this returns (a client outliving its
-    // topics logs errors about them).
+    // The sampler holds the consumer while it measures: wait for it (it
+    // stops after the partition it is measuring), so the consumer is gone
+    // when this returns (a client outliving its topics logs errors about
+    // them). A broker slow to answer does not hold the shutdown up.
     sampler_stop.cancel();
-    let _ = sampler.await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), sampler).await;
     for tp in parts.lock().keys() {
         crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
     }
@@ -432,7 +433,9 @@ async fn sample_lag(consumer: Arc<Member>, group: String, parts: Parts, stop: Ca
         }
         let c = consumer.clone();
         let tps: Vec<Tp> = snapshot.iter().map(|(tp, _)| tp.clone()).collect();
-        let measured = tokio::task::spawn_blocking(move || c.positions_and_heads(&tps)).await;
+        let halt = stop.clone();
+        let measured =
+            tokio::task::spawn_blocking(move || c.positions_and_heads(&tps, &halt)).await;
         let Ok(measured) = measured else { continue };
         for ((pos, head), (tp, progress)) in measured.into_iter().zip(&snapshot) {
             let Some(head) = head else { continue };

@@ -256,10 +256,16 @@ impl Member {
     }
 
     /// Each owned partition's position (the next offset it will fetch;
-    /// past transaction markers) and its head.
-    pub(super) fn positions_and_heads(&self, tps: &[Tp]) -> Vec<(Option<i64>, Option<i64>)> {
+    /// past transaction markers) and its head, in order, until `stop` is
+    /// cancelled (then fewer: each head is a request to its broker).
+    pub(super) fn positions_and_heads(
+        &self,
+        tps: &[Tp],
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Vec<(Option<i64>, Option<i64>)> {
         let positions = self.consumer.position().ok();
         tps.iter()
+            .take_while(|_| !stop.is_cancelled())
             .map(|tp| {
                 let head = self
                     .consumer

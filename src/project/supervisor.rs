@@ -145,8 +145,13 @@ impl Supervisor {
                 tracing::warn!(error = %e, "supervising projectors");
             }
         };
-        for (_, r) in self.running.drain() {
+        // Every projector is told first, then waited for: they drain at
+        // once, not one after another.
+        let running: Vec<_> = self.running.drain().map(|(_, r)| r).collect();
+        for r in &running {
             r.token.cancel();
+        }
+        for r in running {
             let _ = tokio::time::timeout(Duration::from_secs(20), r.task).await;
         }
         result
