@@ -326,8 +326,25 @@ impl App {
     /// What every role shares: the log, the views, the blobs, the catalog.
     async fn open(cfg: Config) -> anyhow::Result<App> {
         let (cluster, brokers) = if cfg.kafka.is_embedded() {
-            let c = EmbeddedCluster::start(1).context("starting the embedded Kafka cluster")?;
+            let mut c = EmbeddedCluster::start(1).context("starting the embedded Kafka cluster")?;
             topics::ensure_embedded(&c, &cfg.kafka)?;
+            if cfg.kafka.journal.enabled {
+                let opts = crate::bus::journal::JournalOptions::of(&cfg.kafka.journal)
+                    .map_err(anyhow::Error::msg)?;
+                let dir = cfg.data_dir.join("log");
+                let d = c.make_durable(&cfg.kafka, &dir, opts).with_context(|| {
+                    format!("reading the embedded log back from {}", dir.display())
+                })?;
+                let r = d.restored();
+                tracing::info!(
+                    dir = %dir.display(),
+                    records = r.records,
+                    groups = r.groups,
+                    took_ms = r.took.as_millis() as u64,
+                    fsync = %cfg.kafka.journal.fsync,
+                    "the embedded log is kept on disk"
+                );
+            }
             let b = c.bootstrap_servers().to_owned();
             (Some(c), b)
         } else {

@@ -165,6 +165,57 @@ pub struct KafkaConfig {
     pub namespace: String,
     /// Extra librdkafka properties, passed through to every client.
     pub properties: BTreeMap<String, String>,
+    /// The embedded log's journal (no brokers configured).
+    pub journal: JournalConfig,
+}
+
+/// How the embedded log is kept on disk, under `data_dir/log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Keep the log on disk. Off, it lives in memory and is lost at exit
+    /// (tests and benchmarks that want a throwaway log).
+    pub enabled: bool,
+    /// When an accepted record reaches the disk: `always` (each group of
+    /// appends is fsynced before any of them is answered: a 202 survives
+    /// a power loss), or an interval such as `100ms` (written before the
+    /// answer, so a 202 survives a crash of the process; synced at most
+    /// that often, so a power loss can take that much).
+    pub fsync: String,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fsync: "always".into(),
+        }
+    }
+}
+
+impl JournalConfig {
+    /// The sync interval: `None` for `always`, or why `fsync` is not a
+    /// policy.
+    pub fn fsync_interval(&self) -> Result<Option<std::time::Duration>, String> {
+        let f = self.fsync.trim();
+        if f == "always" {
+            return Ok(None);
+        }
+        let (n, unit) = f
+            .find(|c: char| !c.is_ascii_digit())
+            .map(|i| f.split_at(i))
+            .unwrap_or((f, ""));
+        let ms = match (n.parse::<u64>(), unit) {
+            (Ok(n), "ms") => n,
+            (Ok(n), "s") => n.saturating_mul(1000),
+            _ => {
+                return Err(format!(
+                    "kafka.journal.fsync = {f:?}: use \"always\" or an interval such as \"100ms\" or \"1s\""
+                ));
+            }
+        };
+        Ok(Some(std::time::Duration::from_millis(ms.max(1))))
+    }
 }
 
 impl KafkaConfig {
@@ -674,5 +725,26 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_journal_fsync_policy_is_always_or_an_interval() {
+        let j = |f: &str| JournalConfig {
+            enabled: true,
+            fsync: f.into(),
+        };
+        assert_eq!(j("always").fsync_interval(), Ok(None));
+        assert_eq!(
+            j("100ms").fsync_interval(),
+            Ok(Some(std::time::Duration::from_millis(100)))
+        );
+        assert_eq!(
+            j("2s").fsync_interval(),
+            Ok(Some(std::time::Duration::from_secs(2)))
+        );
+        for bad in ["", "never", "10", "1m", "ms"] {
+            let e = j(bad).fsync_interval().unwrap_err();
+            assert!(e.contains("kafka.journal.fsync"), "{bad}: {e}");
+        }
     }
 }

@@ -6,13 +6,19 @@
 //! topic is created here, up front, from the same `topics/*.toml` specs that
 //! `atelier topics apply` uses on real Kafka. It fakes transactions: test
 //! transactional behaviour against real Kafka only.
+//!
+//! [`EmbeddedCluster::make_durable`] keeps it on disk ([`super::durable`]).
 
-use std::sync::mpsc;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
 
 use super::BusError;
+use super::durable::Durable;
+use super::journal::JournalOptions;
+use crate::config::KafkaConfig;
 
 type Reply = mpsc::Sender<Result<(), String>>;
 
@@ -27,6 +33,9 @@ pub struct EmbeddedCluster {
     bootstrap: String,
     tx: mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
+    /// The topics created, with their partition counts.
+    topics: parking_lot::Mutex<Vec<(String, i32)>>,
+    durable: Option<Arc<Durable>>,
 }
 
 impl EmbeddedCluster {
@@ -66,6 +75,8 @@ impl EmbeddedCluster {
             bootstrap,
             tx,
             thread: Some(thread),
+            topics: parking_lot::Mutex::new(Vec::new()),
+            durable: None,
         })
     }
 
@@ -82,12 +93,40 @@ impl EmbeddedCluster {
             .map_err(|e| BusError::Embedded(e.to_string()))?;
         rx.recv()
             .map_err(|e| BusError::Embedded(e.to_string()))?
-            .map_err(BusError::Embedded)
+            .map_err(BusError::Embedded)?;
+        let mut topics = self.topics.lock();
+        if !topics.iter().any(|(t, _)| t == name) {
+            topics.push((name.to_owned(), partitions));
+        }
+        Ok(())
+    }
+
+    /// Reads the journal in `dir` back into this cluster (its topics
+    /// created, nothing produced yet) and journals everything from now on.
+    pub fn make_durable(
+        &mut self,
+        cfg: &KafkaConfig,
+        dir: &Path,
+        opts: JournalOptions,
+    ) -> Result<Arc<Durable>, BusError> {
+        let topics = self.topics.lock().clone();
+        let d = Durable::open(cfg, &self.bootstrap, &topics, dir, opts)?;
+        self.durable = Some(d.clone());
+        Ok(d)
+    }
+
+    /// The journal, if this cluster is durable.
+    pub fn durable(&self) -> Option<&Arc<Durable>> {
+        self.durable.as_ref()
     }
 }
 
 impl Drop for EmbeddedCluster {
     fn drop(&mut self) {
+        // The journal catches up and closes while the cluster still runs.
+        if let Some(d) = self.durable.take() {
+            d.close();
+        }
         let _ = self.tx.send(Command::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -87,6 +87,16 @@ pub struct JournalOptions {
     pub segment_bytes: u64,
 }
 
+impl JournalOptions {
+    /// The options `cfg` asks for, or why its fsync policy is not one.
+    pub fn of(cfg: &crate::config::JournalConfig) -> Result<JournalOptions, String> {
+        Ok(JournalOptions {
+            fsync: cfg.fsync_interval()?.map_or(Fsync::Always, Fsync::Every),
+            ..JournalOptions::default()
+        })
+    }
+}
+
 impl Default for JournalOptions {
     fn default() -> Self {
         Self {
@@ -450,16 +460,27 @@ impl Journal {
     /// Appends `entry`; answers once it is written (and, with
     /// [`Fsync::Always`], synced).
     pub async fn append(&self, entry: Entry) -> Result<(), JournalError> {
+        self.submit(entry)?.await
+    }
+
+    /// Queues `entry`; the future answers once it is written (and, with
+    /// [`Fsync::Always`], synced). Entries queued together join one group.
+    pub fn submit(
+        &self,
+        entry: Entry,
+    ) -> Result<impl Future<Output = Result<(), JournalError>> + Send + 'static, JournalError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.tx
             .as_ref()
             .ok_or_else(|| JournalError::Closed("closed".into()))?
             .send(Append { entry, done })
             .map_err(|_| JournalError::Closed("the writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| JournalError::Closed("the writer stopped".into()))?
-            .map_err(JournalError::Closed)
+        Ok(async move {
+            answer
+                .await
+                .map_err(|_| JournalError::Closed("the writer stopped".into()))?
+                .map_err(JournalError::Closed)
+        })
     }
 
     /// Writes what is queued, syncs, and stops the writer.

@@ -152,6 +152,10 @@ impl Rebalances {
 /// whoever commits for it.
 pub struct Member {
     consumer: StreamConsumer<Ctx>,
+    group: String,
+    /// On a durable embedded cluster, for an [`Offsets::Explicit`] member:
+    /// commits are journaled first.
+    durable: Option<std::sync::Arc<super::durable::Durable>>,
 }
 
 impl std::fmt::Debug for Member {
@@ -176,6 +180,25 @@ pub fn offsets(next: &[(Tp, i64)]) -> Result<TopicPartitionList, BusError> {
     Ok(l)
 }
 
+/// Commits `next` offsets for a group that has no members yet (its
+/// starting offsets); blocking. On a durable embedded cluster they are
+/// journaled first.
+pub fn commit_group(
+    cfg: &KafkaConfig,
+    brokers: &str,
+    group: &str,
+    next: &TopicPartitionList,
+) -> Result<(), BusError> {
+    if let Some(j) = super::durable::of(brokers) {
+        j.commit_offsets(group, next)?;
+    }
+    let consumer: BaseConsumer = client_config(cfg, brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    Ok(consumer.commit(next, CommitMode::Sync)?)
+}
+
 impl Member {
     /// Joins `spec.group` and subscribes to its topics.
     pub fn join(
@@ -191,7 +214,18 @@ impl Member {
             })?;
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok((Member { consumer }, Rebalances(rx)))
+        let durable = match spec.offsets {
+            Offsets::Explicit => super::durable::of(brokers),
+            Offsets::Stored => None,
+        };
+        Ok((
+            Member {
+                consumer,
+                group: spec.group.clone(),
+                durable,
+            },
+            Rebalances(rx),
+        ))
     }
 
     /// Runs `hook` inside every revocation, before the partitions are given
@@ -245,9 +279,14 @@ impl Member {
         Ok(self.consumer.commit_consumer_state(CommitMode::Sync)?)
     }
 
-    /// Commits `next` offsets, synchronously ([`Offsets::Explicit`]).
-    pub fn commit(&self, next: &TopicPartitionList) -> Result<(), KafkaError> {
-        self.consumer.commit(next, CommitMode::Sync)
+    /// Commits `next` offsets, synchronously ([`Offsets::Explicit`]). On a
+    /// durable embedded cluster they are journaled first, once everything
+    /// the cluster holds is (the records they commit for among it).
+    pub fn commit(&self, next: &TopicPartitionList) -> Result<(), BusError> {
+        if let Some(j) = &self.durable {
+            j.commit_offsets(&self.group, next)?;
+        }
+        Ok(self.consumer.commit(next, CommitMode::Sync)?)
     }
 
     /// The group's metadata, for offsets sent with a transaction.

@@ -4,6 +4,7 @@
 //! `atelier up`.
 
 pub mod consumer;
+pub mod durable;
 pub mod embedded;
 pub mod heads;
 pub mod journal;
@@ -34,6 +35,9 @@ pub enum BusError {
     /// Topic configuration files are wrong.
     #[error("topics: {0}")]
     Topics(String),
+    /// The embedded log's journal failed (disk full, read-only, corrupt).
+    #[error("the embedded log's journal: {0}")]
+    Journal(String),
     /// A partition handler failed permanently.
     #[error("handler: {0}")]
     Handler(String),

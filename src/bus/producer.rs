@@ -116,6 +116,8 @@ pub struct Producer {
     inner: FutureProducer,
     cfg: KafkaConfig,
     source: String,
+    /// On a durable embedded cluster: a send answers once journaled.
+    durable: Option<std::sync::Arc<super::durable::Durable>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -133,6 +135,7 @@ impl Producer {
             inner: producer_config(cfg, brokers, Delivery::Idempotent).create()?,
             cfg: cfg.clone(),
             source: source.to_owned(),
+            durable: super::durable::of(brokers),
         })
     }
 
@@ -141,7 +144,8 @@ impl Producer {
         self.cfg.topic(t)
     }
 
-    /// Encodes and appends an event; resolves once the broker acknowledged.
+    /// Encodes and appends an event; resolves once the broker acknowledged
+    /// (and, on a durable embedded cluster, once the record is journaled).
     pub async fn send(&self, event: &Event) -> Result<Appended, BusError> {
         let rec = wire::encode(event, &self.source);
         self.send_wire(&rec).await
@@ -186,6 +190,9 @@ impl Producer {
             .send(r, Timeout::After(Duration::from_secs(30)))
             .await
             .map_err(|(e, _)| BusError::Kafka(e))?;
+        if let Some(j) = &self.durable {
+            j.journaled(topic, d.partition, d.offset).await?;
+        }
         Ok(Appended {
             topic: topic.to_owned(),
             partition: d.partition,

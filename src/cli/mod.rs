@@ -209,10 +209,16 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
              try        atelier emit poll --head 'Lunch?' --question Pizza --question Sushi\n  \
              upload     atelier emit upload --session demo --style {} [IMAGE]\n  \
              stop       Ctrl-C\n",
-            if embedded {
-                "embedded Kafka (mock cluster, in memory)"
+            if !embedded {
+                "Kafka".to_owned()
+            } else if app.config.kafka.journal.enabled {
+                format!(
+                    "embedded, kept in {} (fsync {}); views rebuilt from it at start",
+                    app.config.data_dir.join("log").display(),
+                    app.config.kafka.journal.fsync
+                )
             } else {
-                "Kafka"
+                "embedded, in memory only (kafka.journal.enabled = false)".to_owned()
             },
             app.views.backend(),
             if styles.is_empty() {

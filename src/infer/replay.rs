@@ -3,7 +3,7 @@
 //! log's start (or at a time), so every upload is stylized again with the
 //! models published now.
 
-use crate::bus::{BusError, Heads, client_config};
+use crate::bus::{BusError, Heads};
 use crate::ops::{Planned, RebuildError};
 use crate::view::Generations;
 
@@ -57,20 +57,21 @@ pub async fn rewind_infer(
     if from_ms.is_some() {
         // The new group has no members yet: its starting offsets can be
         // committed from here.
-        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-        let mut c = client_config(kafka, brokers);
-        c.set("group.id", kafka.group(&infer_group(n)))
-            .set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = c.create().map_err(BusError::from)?;
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (p, off) in &starts {
             tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Offset(*off))
                 .map_err(BusError::from)?;
         }
-        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .map_err(|e| BusError::Handler(e.to_string()))?
-            .map_err(BusError::from)?;
+        let (kafka, brokers, group) = (
+            kafka.clone(),
+            brokers.to_owned(),
+            kafka.group(&infer_group(n)),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::bus::member::commit_group(&kafka, &brokers, &group, &tpl)
+        })
+        .await
+        .map_err(|e| BusError::Handler(e.to_string()))??;
     }
     let mut next = g.clone();
     next.retired.push(g.active);

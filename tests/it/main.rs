@@ -42,6 +42,7 @@ mod one_query;
 mod openapi;
 mod ops_endpoints;
 mod replay;
+mod restart;
 mod schemas;
 mod sink;
 mod sweep;

@@ -343,19 +343,6 @@ async fn trickle(
         .with_context(|| format!("no status in {line:?}"))
 }
 
-/// Resident memory of this process, in MiB.
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 async fn uploads(
     c: &Arc<Client>,
     cfg: &Config,
@@ -401,14 +388,14 @@ async fn uploads(
     image.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let image = Bytes::from(image);
 
-    let rss_before = rss_mib();
+    let rss_before = super::rss_mib();
     let peak = Arc::new(parking_lot::Mutex::new(rss_before));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (peak, stop) = (peak.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let now = rss_mib();
+                let now = super::rss_mib();
                 {
                     let mut p = peak.lock();
                     if now > *p {

@@ -6,6 +6,7 @@ mod infer;
 mod limits;
 mod project;
 mod reads;
+mod start;
 
 use clap::Subcommand;
 
@@ -26,9 +27,26 @@ pub(super) enum BenchCmd {
     /// Per-caller limits: a steady writer's latency beside a flooding
     /// principal, and resident memory under many large uploads at once.
     Limits(limits::LimitsArgs),
+    /// The embedded default's start: fill a data directory through the
+    /// durable embedded log, start on it again, and time the journal's read
+    /// back, the first answered request and the views catching up.
+    Start(start::StartArgs),
     /// One memory measurement of `bench infer --memory` (run as a child).
     #[command(hide = true)]
     InferMemoryProbe(infer::MemoryProbeArgs),
+}
+
+/// Resident memory of this process, in MiB.
+pub(super) fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 /// A healthy run logs no ERROR line: the benchmarks that run the pipeline
@@ -47,6 +65,7 @@ pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Reads(a) => reads::run(cfg, a).await,
         BenchCmd::Infer(a) => infer::run(cfg, a).await,
         BenchCmd::Limits(a) => limits::run(cfg, a).await,
+        BenchCmd::Start(a) => start::run(cfg, a).await,
         BenchCmd::InferMemoryProbe(a) => infer::memory_probe(cfg, a).await,
     }
 }

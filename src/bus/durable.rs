@@ -1,0 +1,696 @@
+//! The embedded log made durable: what the mock cluster of `atelier up`
+//! holds is kept in a [`Journal`] under the data directory, so that a
+//! restart, or a SIGKILL, finds every topic as it was, at the same offsets,
+//! and the inference group where it was.
+//!
+//! - A follower thread reads every partition of the cluster in offset
+//!   order and journals what it read, in groups (one write, and one fsync
+//!   under [`super::journal::Fsync::Always`], per group).
+//! - A [`super::Producer`] of this process answers a send only once the
+//!   follower journaled the record ([`Durable::journaled`]): the edge's 202
+//!   means "on disk".
+//! - An explicit commit ([`super::Member::commit`], the inference worker's)
+//!   first waits until everything the cluster holds is journaled (the
+//!   outcomes it commits for among it), journals the offsets, and only then
+//!   commits them ([`Durable::commit_offsets`]). A crash between the two
+//!   leaves the journal ahead of a cluster that is gone anyway.
+//! - At start the journal is read back: its records are produced again, in
+//!   order, into the fresh cluster, whose offsets are dense (the mock
+//!   cluster writes no transaction markers), so each lands at its old
+//!   offset, which is checked; then the journaled offsets are committed.
+//!
+//! Groups that keep their position with their effects (the projectors:
+//! the view store's checkpoints) are not journaled: over the embedded view
+//! store, which is in memory, they start again at the log's start and
+//! rebuild their views.
+//!
+//! Every topic is created before the journal opens (`topics/*.toml`); a
+//! topic created later is not followed, and a send to it is not waited on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::journal::{Entry, Journal, JournalOptions, JournalRecord};
+use super::{BusError, Delivery, Tp, client_config, producer_config};
+use crate::config::KafkaConfig;
+
+/// How long a send or a commit waits for the journal before it fails.
+const WAIT: Duration = Duration::from_secs(30);
+/// Most records the follower journals in one group.
+const GROUP_RECORDS: usize = 20_000;
+
+/// The durable logs of this process, by their clusters' bootstrap servers:
+/// how a producer or a member built from `brokers` finds its journal.
+static OPEN: LazyLock<parking_lot::Mutex<HashMap<String, Weak<Durable>>>> =
+    LazyLock::new(Default::default);
+
+/// The durable log behind `brokers`, if they are a durable embedded
+/// cluster's.
+pub fn of(brokers: &str) -> Option<Arc<Durable>> {
+    OPEN.lock().get(brokers).and_then(Weak::upgrade)
+}
+
+/// What reading the journal back found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Records produced again.
+    pub records: u64,
+    /// Groups whose offsets were committed again.
+    pub groups: usize,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// A journaled embedded cluster: see the module's documentation.
+pub struct Durable {
+    brokers: String,
+    journal: parking_lot::RwLock<Option<Journal>>,
+    /// Per followed partition, the next offset to journal.
+    marks: parking_lot::Mutex<HashMap<Tp, i64>>,
+    /// Bumped whenever `marks` move or the follower fails.
+    moved: tokio::sync::watch::Sender<u64>,
+    failed: parking_lot::Mutex<Option<String>>,
+    stop: AtomicBool,
+    follower: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Asks the cluster where partitions end.
+    probe: BaseConsumer,
+    restored: Restored,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("brokers", &self.brokers)
+            .field("restored", &self.restored)
+            .finish_non_exhaustive()
+    }
+}
+
+fn journal_err(e: impl std::fmt::Display) -> BusError {
+    BusError::Journal(e.to_string())
+}
+
+/// Checks each replayed record's delivery: it must land where it was.
+struct Replay {
+    bad: parking_lot::Mutex<Option<String>>,
+}
+
+impl ClientContext for Replay {}
+
+impl ProducerContext for Replay {
+    type DeliveryOpaque = Box<i64>;
+    fn delivery(&self, r: &DeliveryResult<'_>, want: Box<i64>) {
+        let why = match r {
+            Ok(m) if m.offset() == *want => return,
+            Ok(m) => format!(
+                "{} [{}]: a record journaled at offset {want} landed at {}",
+                m.topic(),
+                m.partition(),
+                m.offset()
+            ),
+            Err((e, m)) => format!("{} [{}]: {e}", m.topic(), m.partition()),
+        };
+        self.bad.lock().get_or_insert(why);
+    }
+}
+
+impl Durable {
+    /// Reads the journal in `dir` back into the cluster at `brokers` (whose
+    /// `topics` exist and are empty), then follows every partition of them.
+    pub fn open(
+        cfg: &KafkaConfig,
+        brokers: &str,
+        topics: &[(String, i32)],
+        dir: &Path,
+        opts: JournalOptions,
+    ) -> Result<Arc<Durable>, BusError> {
+        let started = Instant::now();
+        let known: HashSet<&str> = topics.iter().map(|(t, _)| t.as_str()).collect();
+        let mut replay = producer_config(cfg, brokers, Delivery::Idempotent);
+        replay
+            .set("linger.ms", "5")
+            .set("compression.type", "none")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("message.timeout.ms", "60000");
+        let producer: BaseProducer<Replay> = replay.create_with_context(Replay {
+            bad: parking_lot::Mutex::new(None),
+        })?;
+        let mut next: HashMap<Tp, i64> = HashMap::new();
+        let mut groups: BTreeMap<String, BTreeMap<Tp, i64>> = BTreeMap::new();
+        let mut records = 0u64;
+        let journal = Journal::open(dir, opts, |entry| {
+            match entry {
+                Entry::Records {
+                    topic,
+                    partition,
+                    records: rs,
+                } => {
+                    if !known.contains(topic.as_str()) {
+                        return Err(corrupt(dir, format!(
+                            "it holds records of the topic {topic}, which no topics/*.toml file \
+                             creates any more; restore that file, or move {} aside to start afresh",
+                            dir.display()
+                        )));
+                    }
+                    let at = next.entry((topic.clone(), partition)).or_insert(0);
+                    for r in rs {
+                        if r.offset < *at {
+                            continue;
+                        }
+                        if r.offset > *at {
+                            return Err(corrupt(
+                                dir,
+                                format!(
+                                    "{topic} [{partition}] jumps from offset {} to {}",
+                                    *at, r.offset
+                                ),
+                            ));
+                        }
+                        send(&producer, &topic, partition, r);
+                        *at += 1;
+                        records += 1;
+                        if records.is_multiple_of(10_000) {
+                            producer.poll(Duration::ZERO);
+                        }
+                    }
+                }
+                Entry::Offsets { group, offsets } => {
+                    let g = groups.entry(group).or_default();
+                    for (t, p, o) in offsets {
+                        g.insert((t, p), o);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(journal_err)?;
+        producer
+            .flush(Duration::from_secs(120))
+            .map_err(|e| BusError::Journal(format!("replaying the journal: {e}")))?;
+        if let Some(why) = producer.context().bad.lock().take() {
+            return Err(BusError::Journal(format!(
+                "replaying the journal in {}: {why}",
+                dir.display()
+            )));
+        }
+        drop(producer);
+        for (group, offsets) in &groups {
+            let c: BaseConsumer = client_config(cfg, brokers)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let mut tpl = TopicPartitionList::new();
+            for (tp, o) in offsets {
+                // Never past what the journal holds.
+                let o = (*o).min(next.get(tp).copied().unwrap_or(0));
+                tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(o))?;
+            }
+            c.commit(&tpl, CommitMode::Sync)?;
+        }
+        let restored = Restored {
+            records,
+            groups: groups.len(),
+            took: started.elapsed(),
+        };
+        // Follow every partition from where the journal ends.
+        let mut follow = client_config(cfg, brokers);
+        follow
+            // Assigned, never joined nor committed: librdkafka wants a name.
+            .set("group.id", "atelier.journal")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_uncommitted")
+            // The mock cluster answers a fetch when its wait runs out: this
+            // bounds what a 202 waits for the follower.
+            .set("fetch.wait.max.ms", "2")
+            .set("fetch.queue.backoff.ms", "0");
+        let consumer: BaseConsumer = follow.create()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut marks = HashMap::new();
+        for (t, n) in topics {
+            for p in 0..*n {
+                let at = next.get(&(t.clone(), p)).copied().unwrap_or(0);
+                tpl.add_partition_offset(t, p, Offset::Offset(at))?;
+                marks.insert((t.clone(), p), at);
+            }
+        }
+        consumer.assign(&tpl)?;
+        let durable = Arc::new(Durable {
+            brokers: brokers.to_owned(),
+            journal: parking_lot::RwLock::new(Some(journal)),
+            marks: parking_lot::Mutex::new(marks),
+            moved: tokio::sync::watch::Sender::new(0),
+            failed: parking_lot::Mutex::new(None),
+            stop: AtomicBool::new(false),
+            follower: parking_lot::Mutex::new(None),
+            probe: client_config(cfg, brokers).create()?,
+            restored,
+        });
+        let d = durable.clone();
+        let handle = std::thread::Builder::new()
+            .name("journal-follower".into())
+            .spawn(move || d.follow(consumer))
+            .map_err(journal_err)?;
+        *durable.follower.lock() = Some(handle);
+        OPEN.lock()
+            .insert(brokers.to_owned(), Arc::downgrade(&durable));
+        Ok(durable)
+    }
+
+    /// What reading the journal back did.
+    pub fn restored(&self) -> &Restored {
+        &self.restored
+    }
+
+    fn check(&self) -> Result<(), BusError> {
+        match &*self.failed.lock() {
+            Some(why) => Err(BusError::Journal(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "the embedded log's journal failed; appends are refused");
+        self.failed.lock().get_or_insert(why);
+        self.moved.send_modify(|v| *v += 1);
+    }
+
+    /// Waits until the record at `offset` of a partition is journaled. A
+    /// partition this log does not follow is not waited on.
+    pub async fn journaled(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), BusError> {
+        let key = (topic.to_owned(), partition);
+        let mut moved = self.moved.subscribe();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.check()?;
+            match self.marks.lock().get(&key) {
+                None => return Ok(()),
+                Some(&n) if n > offset => return Ok(()),
+                Some(_) => {}
+            }
+            match tokio::time::timeout_at(deadline, moved.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BusError::Journal("the journal closed".into())),
+                Err(_) => {
+                    return Err(BusError::Journal(format!(
+                        "{topic} [{partition}] offset {offset} was not journaled within {WAIT:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits (blocking) until everything the cluster holds now is journaled.
+    pub fn barrier(&self, within: Duration) -> Result<(), BusError> {
+        let deadline = Instant::now() + within;
+        let followed: Vec<Tp> = self.marks.lock().keys().cloned().collect();
+        let mut want = Vec::with_capacity(followed.len());
+        for tp in followed {
+            let (_, high) = self.probe.fetch_watermarks(&tp.0, tp.1, within)?;
+            want.push((tp, high));
+        }
+        loop {
+            self.check()?;
+            {
+                let marks = self.marks.lock();
+                if want
+                    .iter()
+                    .all(|(tp, high)| marks.get(tp).is_some_and(|n| n >= high))
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(BusError::Journal(format!(
+                    "the journal did not catch up with the log within {within:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Journals a group's offsets (per partition, the next offset to read)
+    /// once everything the cluster holds is journaled; blocking.
+    pub fn commit_offsets(&self, group: &str, next: &TopicPartitionList) -> Result<(), BusError> {
+        self.barrier(WAIT)?;
+        let offsets = next
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        let pending = self
+            .journal
+            .read()
+            .as_ref()
+            .ok_or_else(|| BusError::Journal("the journal closed".into()))?
+            .submit(Entry::Offsets {
+                group: group.to_owned(),
+                offsets,
+            })
+            .map_err(journal_err)?;
+        futures::executor::block_on(pending).map_err(journal_err)
+    }
+
+    /// The follower: reads every followed partition and journals it.
+    fn follow(&self, consumer: BaseConsumer) {
+        let mut batch: BTreeMap<Tp, Vec<JournalRecord>> = BTreeMap::new();
+        while !self.stop.load(Ordering::Acquire) {
+            let mut n = 0usize;
+            let mut wait = Duration::from_millis(50);
+            while n < GROUP_RECORDS {
+                let Some(r) = consumer.poll(wait) else { break };
+                wait = Duration::ZERO;
+                match r {
+                    Ok(m) => {
+                        batch
+                            .entry((m.topic().to_owned(), m.partition()))
+                            .or_default()
+                            .push(record(&m));
+                        n += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the journal's follower could not fetch");
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(why) = self.write(&mut batch) {
+                self.fail(why);
+                return;
+            }
+        }
+    }
+
+    /// Journals one group of records, then moves the marks past them.
+    fn write(&self, batch: &mut BTreeMap<Tp, Vec<JournalRecord>>) -> Result<(), String> {
+        let mut ends = Vec::with_capacity(batch.len());
+        let mut pending = Vec::with_capacity(batch.len());
+        {
+            let journal = self.journal.read();
+            let j = journal.as_ref().ok_or("the journal closed")?;
+            for ((topic, partition), records) in std::mem::take(batch) {
+                let end = records.last().map_or(0, |r| r.offset + 1);
+                ends.push(((topic.clone(), partition), end));
+                pending.push(
+                    j.submit(Entry::Records {
+                        topic,
+                        partition,
+                        records,
+                    })
+                    .map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        for p in pending {
+            futures::executor::block_on(p).map_err(|e| e.to_string())?;
+        }
+        let mut marks = self.marks.lock();
+        for (tp, end) in ends {
+            marks.insert(tp, end);
+        }
+        drop(marks);
+        self.moved.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Journals what the cluster still holds (within a bound), stops the
+    /// follower and closes the journal (its last group synced).
+    pub fn close(&self) {
+        if self.check().is_ok()
+            && let Err(e) = self.barrier(Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, "closing the journal before it caught up");
+        }
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.follower.lock().take() {
+            let _ = h.join();
+        }
+        if let Some(j) = self.journal.write().take() {
+            j.close();
+        }
+        let mut open = OPEN.lock();
+        if open
+            .get(&self.brokers)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), self))
+        {
+            open.remove(&self.brokers);
+        }
+        drop(open);
+        self.moved.send_modify(|v| *v += 1);
+    }
+}
+
+fn corrupt(dir: &Path, why: String) -> super::journal::JournalError {
+    super::journal::JournalError::Corrupt {
+        path: dir.to_owned(),
+        at: 0,
+        why,
+    }
+}
+
+/// A fetched record as the journal keeps it.
+fn record<M: Message>(m: &M) -> JournalRecord {
+    JournalRecord {
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        key: m.key().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        payload: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+/// Produces a journaled record again (waiting while the queue is full).
+fn send(producer: &BaseProducer<Replay>, topic: &str, partition: i32, r: JournalRecord) {
+    let mut hs = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (k, v) in &r.headers {
+        hs = hs.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        });
+    }
+    let mut rec: BaseRecord<'_, [u8], [u8], Box<i64>> =
+        BaseRecord::with_opaque_to(topic, Box::new(r.offset))
+            .partition(partition)
+            .timestamp(r.timestamp_ms)
+            .headers(hs);
+    if let Some(k) = &r.key {
+        rec = rec.key(k.as_slice());
+    }
+    if let Some(p) = &r.payload {
+        rec = rec.payload(p.as_slice());
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((e, back)) => {
+                if !matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ) {
+                    producer
+                        .context()
+                        .bad
+                        .lock()
+                        .get_or_insert(format!("{topic} [{partition}]: {e}"));
+                    return;
+                }
+                rec = back;
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{EmbeddedCluster, Producer};
+    use rdkafka::consumer::BaseConsumer;
+
+    const TOPIC: &str = "t.durable";
+
+    fn start(cfg: &KafkaConfig, dir: &Path) -> EmbeddedCluster {
+        let mut c = EmbeddedCluster::start(1).unwrap();
+        c.create_topic(TOPIC, 3).unwrap();
+        c.make_durable(cfg, dir, JournalOptions::default()).unwrap();
+        c
+    }
+
+    /// Every record of the topic: (partition, offset, key, payload, headers).
+    type Seen = (
+        i32,
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
+
+    fn read_all(cfg: &KafkaConfig, brokers: &str, want: usize) -> Vec<Seen> {
+        let c: BaseConsumer = client_config(cfg, brokers)
+            .set("group.id", "reader")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < want && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let r = record(&m);
+                out.push((m.partition(), r.offset, r.key, r.payload, r.headers));
+            }
+        }
+        out.sort_by_key(|s| (s.0, s.1));
+        out
+    }
+
+    fn committed(cfg: &KafkaConfig, brokers: &str, group: &str) -> Vec<(i32, Offset)> {
+        let c: BaseConsumer = client_config(cfg, brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition(TOPIC, p);
+        }
+        c.committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_cluster_holds_what_was_answered_at_the_same_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = KafkaConfig::default();
+        let c = start(&cfg, dir.path());
+        let brokers = c.bootstrap_servers().to_owned();
+        let p = Producer::new(&cfg, &brokers, "test").unwrap();
+        for i in 0..120u32 {
+            let key = format!("k{}", i % 7);
+            let body = format!("body {i}");
+            let hs: [(&str, &[u8]); 1] = [("n", &i.to_le_bytes())];
+            let a = p
+                .send_raw(TOPIC, Some(key.as_bytes()), &hs, Some(body.as_bytes()))
+                .await
+                .unwrap();
+            // Answered: journaled.
+            assert!(c.durable().unwrap().marks.lock()[&(TOPIC.to_owned(), a.partition)] > a.offset);
+        }
+        let before = read_all(&cfg, &brokers, 120);
+        assert_eq!(before.len(), 120);
+        let mut next = TopicPartitionList::new();
+        next.add_partition_offset(TOPIC, 0, Offset::Offset(5))
+            .unwrap();
+        next.add_partition_offset(TOPIC, 2, Offset::Offset(9))
+            .unwrap();
+        let g = "g.infer";
+        tokio::task::spawn_blocking({
+            let (cfg, brokers) = (cfg.clone(), brokers.clone());
+            move || crate::bus::member::commit_group(&cfg, &brokers, g, &next)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        drop(p);
+        drop(c);
+
+        let c = start(&cfg, dir.path());
+        let brokers = c.bootstrap_servers().to_owned();
+        assert_eq!(c.durable().unwrap().restored().records, 120);
+        assert_eq!(c.durable().unwrap().restored().groups, 1);
+        assert_eq!(read_all(&cfg, &brokers, 120), before);
+        assert_eq!(
+            committed(&cfg, &brokers, g),
+            vec![
+                (0, Offset::Offset(5)),
+                (1, Offset::Invalid),
+                (2, Offset::Offset(9))
+            ]
+        );
+        // And it goes on after what it restored.
+        let p = Producer::new(&cfg, &brokers, "test").unwrap();
+        let a = p
+            .send_raw(TOPIC, Some(b"k0"), &[], Some(b"after"))
+            .await
+            .unwrap();
+        let was = before.iter().filter(|s| s.0 == a.partition).count() as i64;
+        assert_eq!(a.offset, was);
+        drop(p);
+        drop(c);
+        let c = start(&cfg, dir.path());
+        assert_eq!(c.durable().unwrap().restored().records, 121);
+    }
+
+    #[test]
+    fn a_journal_with_a_gap_is_refused_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        {
+            let j = Journal::open(dir.path(), JournalOptions::default(), |_| Ok(())).unwrap();
+            let rec = |offset| JournalRecord {
+                offset,
+                payload: Some(b"x".to_vec()),
+                ..JournalRecord::default()
+            };
+            rt.block_on(async {
+                for o in [0, 1, 3] {
+                    j.append(Entry::Records {
+                        topic: TOPIC.into(),
+                        partition: 0,
+                        records: vec![rec(o)],
+                    })
+                    .await
+                    .unwrap();
+                }
+            });
+        }
+        let mut c = EmbeddedCluster::start(1).unwrap();
+        c.create_topic(TOPIC, 3).unwrap();
+        let e = c
+            .make_durable(
+                &KafkaConfig::default(),
+                dir.path(),
+                JournalOptions::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jumps from offset 2 to 3"), "{e}");
+    }
+}

@@ -1,0 +1,185 @@
+//! `atelier bench start` fills a fresh embedded data directory with a poll
+//! workload through the durable embedded log (every send answered once
+//! journaled, as the edge's are), stops, and starts `atelier up`'s API and
+//! projectors on it again, timing: the journal read back into the
+//! in-process cluster, the first answered request, the first read that
+//! finds a poll of the workload, and the views caught up with the log.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use futures::StreamExt;
+
+use crate::app::{App, Roles};
+use crate::bus::{EmbeddedCluster, Producer, topics};
+use crate::config::Config;
+use crate::event::EventData;
+
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// Votes in the log before the restart.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Polls they go to.
+    #[arg(long, default_value_t = 1_000)]
+    polls: usize,
+    /// Distinct voters.
+    #[arg(long, default_value_t = 100_000)]
+    voters: usize,
+    /// The journal's fsync policy (`always`, or an interval such as
+    /// `100ms`).
+    #[arg(long, default_value = "always")]
+    fsync: String,
+    /// The data directory to fill (default: a fresh one under the system's
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+pub(super) async fn run(mut cfg: Config, a: StartArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.kafka.is_embedded(),
+        "bench start measures the embedded log: run it without kafka.brokers"
+    );
+    let scratch = a.data_dir.is_none();
+    cfg.data_dir = a.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "atelier-bench-start-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    });
+    anyhow::ensure!(
+        !cfg.data_dir.join("log").exists(),
+        "{} already holds a log: give bench start an empty directory",
+        cfg.data_dir.display()
+    );
+    cfg.kafka.journal.enabled = true;
+    cfg.kafka.journal.fsync = a.fsync.clone();
+    let opts =
+        crate::bus::journal::JournalOptions::of(&cfg.kafka.journal).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "bench start: {} votes over {} polls into {} (fsync {})",
+        a.events,
+        a.polls,
+        cfg.data_dir.display(),
+        a.fsync
+    );
+
+    // Fill: every send is answered once journaled.
+    let events = super::project::workload(a.events, a.polls, a.voters, 0.0, 42);
+    let first_poll = match &events[0].data {
+        EventData::PollCreated(p) => p.poll_id,
+        _ => anyhow::bail!("the workload starts with its polls"),
+    };
+    {
+        let _dir = crate::app::DataDir::claim(&cfg.data_dir)?;
+        let mut cluster = EmbeddedCluster::start(1)?;
+        topics::ensure_embedded(&cluster, &cfg.kafka)?;
+        cluster.make_durable(&cfg.kafka, &cfg.data_dir.join("log"), opts)?;
+        let producer = Producer::new(&cfg.kafka, cluster.bootstrap_servers(), "atelier/bench")?;
+        let t = Instant::now();
+        let (creates, votes) = events.split_at(a.polls);
+        for part in [creates, votes] {
+            let mut sends = futures::stream::iter(part.iter())
+                .map(|e| producer.send(e))
+                .buffer_unordered(10_000);
+            while let Some(r) = sends.next().await {
+                r?;
+            }
+        }
+        let s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "journaled {} events in {s:.1} s ({:.0}/s, each send answered once on disk)",
+            events.len(),
+            events.len() as f64 / s
+        );
+        drop(producer);
+        let t = Instant::now();
+        drop(cluster);
+        eprintln!("closed in {:.2} s", t.elapsed().as_secs_f64());
+    }
+    let total = events.len();
+    drop(events);
+    let log_bytes: u64 = std::fs::read_dir(cfg.data_dir.join("log"))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "the journal: {:.1} MiB ({:.0} bytes per event)",
+        log_bytes as f64 / 1048576.0,
+        log_bytes as f64 / total as f64
+    );
+
+    // Start again: API and projectors, as `atelier up` without inference.
+    cfg.http.listen = "127.0.0.1:0".parse().expect("an address");
+    cfg.infer.models_dir = String::new();
+    let rss0 = super::rss_mib();
+    let t0 = Instant::now();
+    let app = App::start(
+        cfg.clone(),
+        Roles {
+            api: true,
+            projector: true,
+            infer: false,
+        },
+    )
+    .await
+    .context("starting on the filled directory")?;
+    let started = t0.elapsed();
+    let url = app.url();
+    let http = reqwest::Client::new();
+    let mut first_answer = None;
+    let mut first_poll_read = None;
+    let mut ready = None;
+    while ready.is_none() && t0.elapsed() < Duration::from_secs(1800) {
+        if first_answer.is_none()
+            && http
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        {
+            first_answer = Some(t0.elapsed());
+        }
+        if first_poll_read.is_none()
+            && http
+                .get(format!("{url}/v1/polls/{first_poll}"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        {
+            first_poll_read = Some(t0.elapsed());
+        }
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s =
+        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    println!(
+        "start with {total} events in the embedded log (fsync {}):\n  \
+         App::start returned            {:.2} s (the journal read back into the cluster)\n  \
+         first answered request         {}\n  \
+         first read of a workload poll  {}\n  \
+         views caught up (/readyz)      {}\n  \
+         resident memory                {rss0:.0} MiB before, {:.0} MiB after",
+        a.fsync,
+        started.as_secs_f64(),
+        s(first_answer),
+        s(first_poll_read),
+        s(ready),
+        super::rss_mib(),
+    );
+    app.stop().await?;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
+    Ok(())
+}

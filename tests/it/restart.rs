@@ -1,0 +1,395 @@
+//! `atelier up`, the binary as a user runs it, keeps what it accepted: under
+//! a steady load of polls, votes, items, likes and joins it is SIGKILLed at
+//! five random moments and restarted each time, then stopped with SIGTERM
+//! and started again. Every write that got a 202 is visible exactly once,
+//! the views equal the fold of what was accepted (plus, at most, writes
+//! that were in flight at a kill and never answered), and after the
+//! SIGTERM every read answers what it answered before.
+//!
+//! Each kill is shown to have landed on work: requests were in flight when
+//! it struck (they fail with a transport error, never an answer).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::helpers::{SECRET, eventually, unique};
+
+/// A running `atelier up`.
+struct Up {
+    child: Child,
+    url: String,
+}
+
+impl Up {
+    fn start(data: &Path, log: &Path) -> Up {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .env("ATELIER_DATA_DIR", data)
+            .env("ATELIER_AUTH__JWT_SECRET", SECRET)
+            // Uploads are not part of this load: no models to export.
+            .env("ATELIER_INFER__MODELS_DIR", "")
+            .env("ATELIER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("atelier up starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(u) = line.trim().strip_prefix("API") {
+                url = Some(u.trim().to_owned());
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Up {
+            child,
+            url: url.expect("atelier up prints the API URL"),
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn term(mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+}
+
+/// What the load wrote: answered (202) and unanswered (in flight at a kill).
+#[derive(Default)]
+struct Written {
+    /// Polls whose creation was answered.
+    polls: Vec<String>,
+    /// Items whose creation was answered.
+    items: Vec<String>,
+    /// (poll, question) → answered votes, and unanswered ones.
+    votes: HashMap<(String, u64), (u64, u64)>,
+    /// (item, "likes" | "members") → answered, unanswered.
+    feed: HashMap<(String, &'static str), (u64, u64)>,
+    /// Requests that failed without an answer, per run.
+    lost_answers: u64,
+    /// 404s for a poll or an item not yet in the views.
+    not_yet: u64,
+    /// Other answers than 202 and those 404s (none are expected).
+    refused: Vec<String>,
+}
+
+fn token(user: &str) -> String {
+    atelier::api::mint(SECRET, user, &user.to_uppercase(), 3600)
+}
+
+/// Posts; `Ok(Some(status, body))` when answered, `Ok(None)` when the
+/// request went out and the connection broke before an answer (in flight
+/// at a kill), `Err` when it never connected (the process is down).
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    user: &str,
+    body: Value,
+) -> Result<Option<(u16, Value)>, ()> {
+    let r = match http
+        .post(url)
+        .bearer_auth(token(user))
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Err(()),
+        Err(_) => return Ok(None),
+    };
+    let s = r.status().as_u16();
+    match r.bytes().await {
+        Ok(b) => Ok(Some((s, serde_json::from_slice(&b).unwrap_or(Value::Null)))),
+        // The status came, the body did not: the answer may not be 202.
+        Err(_) => Ok(None),
+    }
+}
+
+/// One load worker: until `stop`, creates a poll or an item now and then
+/// and votes, likes and joins on what exists, each from a new user.
+async fn load(
+    worker: u64,
+    url: String,
+    w: Arc<parking_lot::Mutex<Written>>,
+    users: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let http = reqwest::Client::new();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(worker ^ 0x5eed);
+    // The process is down (killed): nothing was sent; wait for the stop.
+    let down = || tokio::time::sleep(Duration::from_millis(20));
+    while !stop.is_cancelled() {
+        let user = format!(
+            "u{}",
+            users.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (polls, items) = {
+            let w = w.lock();
+            (w.polls.len(), w.items.len())
+        };
+        let pick = rng.gen_range(0..10);
+        if polls == 0 || pick == 0 {
+            let body = json!({"head": format!("{user}'s poll"), "questions": ["a", "b", "c"]});
+            match post(&http, &format!("{url}/v1/polls"), &user, body).await {
+                Err(()) => down().await,
+                Ok(Some((202, v))) => w
+                    .lock()
+                    .polls
+                    .push(v["poll_id"].as_str().unwrap().to_owned()),
+                Ok(Some((s, v))) => w.lock().refused.push(format!("create poll: {s} {v}")),
+                Ok(None) => w.lock().lost_answers += 1,
+            }
+        } else if items == 0 || pick == 1 {
+            let body =
+                json!({"kind": "game", "name": format!("{user}'s game"), "location": "park"});
+            match post(&http, &format!("{url}/v1/feed"), &user, body).await {
+                Err(()) => down().await,
+                Ok(Some((202, v))) => w
+                    .lock()
+                    .items
+                    .push(v["item_id"].as_str().unwrap().to_owned()),
+                Ok(Some((s, v))) => w.lock().refused.push(format!("create item: {s} {v}")),
+                Ok(None) => w.lock().lost_answers += 1,
+            }
+        } else if pick < 6 {
+            let (poll, q) = {
+                let w = w.lock();
+                (
+                    w.polls[rng.gen_range(0..w.polls.len())].clone(),
+                    rng.gen_range(0..3u64),
+                )
+            };
+            let r = post(
+                &http,
+                &format!("{url}/v1/polls/{poll}/votes"),
+                &user,
+                json!({"question_ids": [q]}),
+            )
+            .await;
+            let Ok(r) = r else {
+                down().await;
+                continue;
+            };
+            let mut w = w.lock();
+            let e = w.votes.entry((poll, q)).or_default();
+            match r {
+                Some((202, _)) => e.0 += 1,
+                None => {
+                    e.1 += 1;
+                    w.lost_answers += 1;
+                }
+                // Created, not yet in the views (just now, or while they
+                // rebuild after a restart): refused, not lost.
+                Some((404, _)) => w.not_yet += 1,
+                Some((s, v)) => w.refused.push(format!("vote: {s} {v}")),
+            }
+        } else {
+            let (item, what) = {
+                let w = w.lock();
+                let what = if pick < 8 { "likes" } else { "members" };
+                (w.items[rng.gen_range(0..w.items.len())].clone(), what)
+            };
+            let r = post(
+                &http,
+                &format!("{url}/v1/feed/{item}/{what}"),
+                &user,
+                json!({}),
+            )
+            .await;
+            let Ok(r) = r else {
+                down().await;
+                continue;
+            };
+            let mut w = w.lock();
+            let e = w.feed.entry((item, what)).or_default();
+            match r {
+                Some((202, _)) => e.0 += 1,
+                None => {
+                    e.1 += 1;
+                    w.lost_answers += 1;
+                }
+                Some((404, _)) => w.not_yet += 1,
+                Some((s, v)) => w.refused.push(format!("{what}: {s} {v}")),
+            }
+        }
+    }
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    match http.get(url).send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Every poll and item the load created, as the API reads them now.
+async fn read_all(url: &str, w: &Written) -> BTreeMap<String, Value> {
+    let http = reqwest::Client::new();
+    let mut out = BTreeMap::new();
+    for p in &w.polls {
+        out.insert(
+            format!("poll {p}"),
+            get(&http, &format!("{url}/v1/polls/{p}")).await.1,
+        );
+    }
+    for i in &w.items {
+        out.insert(
+            format!("item {i}"),
+            get(&http, &format!("{url}/v1/feed/{i}")).await.1,
+        );
+    }
+    out
+}
+
+/// Whether the reads hold what was written: every answered write exactly
+/// once, at most the unanswered ones besides. `Err` says what is off.
+fn check(reads: &BTreeMap<String, Value>, w: &Written) -> Result<(), String> {
+    for p in &w.polls {
+        let v = &reads[&format!("poll {p}")];
+        let qs = v["questions"]
+            .as_array()
+            .ok_or_else(|| format!("poll {p}: {v}"))?;
+        let mut sum = 0;
+        for (q, got) in qs.iter().enumerate() {
+            let got = got["votes"].as_u64().unwrap_or(0);
+            let (yes, maybe) = w
+                .votes
+                .get(&(p.clone(), q as u64))
+                .copied()
+                .unwrap_or_default();
+            if got < yes || got > yes + maybe {
+                return Err(format!(
+                    "poll {p} question {q}: {got} votes, {yes} answered and {maybe} unanswered"
+                ));
+            }
+            sum += got;
+        }
+        if v["voters"].as_u64() != Some(sum) {
+            return Err(format!("poll {p}: {} voters, {sum} votes", v["voters"]));
+        }
+    }
+    for i in &w.items {
+        let v = &reads[&format!("item {i}")];
+        for (what, field) in [("likes", "likes"), ("members", "joined")] {
+            let got = v[field].as_u64().ok_or_else(|| format!("item {i}: {v}"))?;
+            let (yes, maybe) = w.feed.get(&(i.clone(), what)).copied().unwrap_or_default();
+            if got < yes || got > yes + maybe {
+                return Err(format!(
+                    "item {i} {what}: {got}, {yes} answered and {maybe} unanswered"
+                ));
+            }
+        }
+        if let Some(r) = v["rejected"].as_object()
+            && let Some((why, n)) = r.iter().find(|(_, n)| n.as_u64() != Some(0))
+        {
+            return Err(format!("item {i}: a write was applied twice ({why}: {n})"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
+    let data: PathBuf = std::env::temp_dir().join(format!("atelier-restart-{}", unique()));
+    let log = std::env::temp_dir().join(format!("atelier-restart-{}.log", unique()));
+    eprintln!("atelier up's log: {}", log.display());
+    let w = Arc::new(parking_lot::Mutex::new(Written::default()));
+    let users = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    for run in 0..5 {
+        let up = Up::start(&data, &log);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let workers: Vec<_> = (0..6)
+            .map(|i| {
+                tokio::spawn(load(
+                    run * 100 + i,
+                    up.url.clone(),
+                    w.clone(),
+                    users.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        let lost_before = w.lock().lost_answers;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(700..2_500))).await;
+        // The kill lands while the workers' requests are in flight.
+        let killing = tokio::task::spawn_blocking(move || up.kill());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        for t in workers {
+            t.await.unwrap();
+        }
+        killing.await.unwrap();
+        let lost = w.lock().lost_answers - lost_before;
+        assert!(lost > 0, "run {run}: the kill struck no request in flight");
+    }
+    let w = Arc::try_unwrap(w).ok().unwrap().into_inner();
+    assert!(
+        w.refused.is_empty(),
+        "{} writes refused, the first: {:?}",
+        w.refused.len(),
+        &w.refused[..w.refused.len().min(3)]
+    );
+    let answered: u64 = w.votes.values().map(|v| v.0).sum::<u64>()
+        + w.feed.values().map(|v| v.0).sum::<u64>()
+        + (w.polls.len() + w.items.len()) as u64;
+    eprintln!(
+        "{answered} writes answered 202 over 5 kills, {} unanswered, {} refused for a \
+         target not yet in the views",
+        w.lost_answers, w.not_yet
+    );
+    assert!(answered > 100, "the load wrote too little: {answered}");
+
+    // After the last kill: everything answered is there (once the views
+    // caught up with the log they rebuild from).
+    let up = Up::start(&data, &log);
+    let before = eventually(120, "the views hold every answered write", || async {
+        let r = read_all(&up.url, &w).await;
+        check(&r, &w).ok().map(|()| r)
+    })
+    .await;
+    // Settled: a second read answers the same.
+    assert_eq!(read_all(&up.url, &w).await, before);
+    let status = up.term();
+    assert!(status.success(), "SIGTERM stops cleanly: {status}");
+
+    let up = Up::start(&data, &log);
+    let after = eventually(
+        120,
+        "every read answers what it answered before",
+        || async {
+            let r = read_all(&up.url, &w).await;
+            (r == before).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(after, before);
+    let status = up.term();
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&data);
+}
