@@ -339,6 +339,7 @@ impl App {
                 tracing::info!(
                     dir = %dir.display(),
                     records = r.records,
+                    dropped = r.dropped,
                     groups = r.groups,
                     took_ms = r.took.as_millis() as u64,
                     fsync = %cfg.kafka.journal.fsync,
@@ -575,6 +576,15 @@ impl App {
     /// The running projector of `view` (when this process projects).
     pub fn projector(&self, view: View) -> Option<&Arc<dyn ViewProjector>> {
         self.projectors.iter().find(|p| p.view() == view)
+    }
+
+    /// Records of the embedded log's journal that its in-process cluster
+    /// could not keep at start (see `bus::durable::Restored::dropped`).
+    pub fn dropped_at_start(&self) -> u64 {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.durable())
+            .map_or(0, |d| d.restored().dropped)
     }
 
     /// The API's base URL.

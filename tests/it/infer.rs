@@ -806,7 +806,7 @@ async fn killed_mid_batch_each_upload_commits_exactly_once() {
     let session_count = 6;
     let mut events = Vec::new();
     let prefix = format!("uploads/{}", helpers::unique());
-    for i in 0..48u32 {
+    for i in 0..96u32 {
         let session = SessionKey::parse(&format!("kill{}", i % session_count)).unwrap();
         let img = jpeg(128, 128, i);
         let key = format!("{prefix}/{i}/original.jpg");

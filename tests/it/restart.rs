@@ -76,6 +76,16 @@ impl Up {
     }
 }
 
+impl Drop for Up {
+    /// A failed assertion leaves no process behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// What the load wrote: answered (202) and unanswered (in flight at a kill).
 #[derive(Default)]
 struct Written {
