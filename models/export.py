@@ -612,20 +612,41 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def reproducible_hashing() -> None:
-    """Re-run this script with PYTHONHASHSEED=0 unless it already has it.
+# Runs this file as `models/export.py` from the repository's root.
+_BOOT = (
+    "import sys; f = 'models/export.py'; sys.argv[0] = f; "
+    "exec(compile(open(f).read(), f, 'exec'), {'__name__': '__main__', '__file__': f})"
+)
+
+
+def reproducible() -> None:
+    """Re-run this script as `models/export.py`, from the repository's root,
+    with PYTHONHASHSEED=0, unless it already runs so.
 
     TorchScript writes some class attributes in set order, which follows
-    Python's per-process string hashing; a fixed seed makes every export
-    byte-identical (same SHA-256) for the same torch version.
+    Python's per-process string hashing, and it keeps the path of the
+    scripted code's file in each model's debug information
+    (`code/*.debug_pkl`): a fixed seed and a path relative to the
+    repository make every export byte-identical (same SHA-256) for the same
+    torch version, wherever the checkout lies.
     """
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if os.environ.get("PYTHONHASHSEED") == "0" and not os.path.isabs(__file__):
+        return
+    here = Path(__file__).resolve()
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        if i > 0 and argv[i - 1] in ("--out", "--samples"):
+            argv[i] = os.path.abspath(a)
+        elif a.startswith(("--out=", "--samples=")):
+            k, v = a.split("=", 1)
+            argv[i] = f"{k}={os.path.abspath(v)}"
+    os.chdir(here.parent.parent)
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    os.execve(sys.executable, [sys.executable, "-c", _BOOT, *argv], env)
 
 
 def main(argv: Sequence[str]) -> int:
-    reproducible_hashing()
+    reproducible()
     args = parse_args(argv)
     names = list(ALL_STYLES)
     if args.only:
