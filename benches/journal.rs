@@ -53,7 +53,7 @@ fn appends(c: &mut Criterion) {
                         fsync,
                         ..JournalOptions::default()
                     },
-                    |_| Ok(()),
+                    |_, _| Ok(()),
                 )
                 .unwrap(),
             );

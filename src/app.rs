@@ -316,6 +316,7 @@ impl App {
         }
         if roles.projector {
             app.start_projectors().await?;
+            app.start_snapshots();
         }
         if roles.api {
             app.start_api().await?;
@@ -339,7 +340,7 @@ impl App {
                 tracing::info!(
                     dir = %dir.display(),
                     records = r.records,
-                    dropped = r.dropped,
+                    in_journal_only = r.dropped,
                     groups = r.groups,
                     took_ms = r.took.as_millis() as u64,
                     fsync = %cfg.kafka.journal.fsync,
@@ -351,9 +352,7 @@ impl App {
         } else {
             (None, cfg.kafka.brokers.clone())
         };
-        let base = view::open(&cfg.views)
-            .await
-            .context("opening the view store")?;
+        let views = open_views(&cfg, cluster.as_ref().and_then(|c| c.durable())).await?;
         let blobs = crate::blob::open(&cfg.blobs, &cfg.data_dir)
             .await
             .context("opening the blob store")?;
@@ -361,7 +360,7 @@ impl App {
         Ok(App {
             addr: None,
             ops_addr: None,
-            views: Generations::new(base, &cfg.views),
+            views,
             // Where the topics end: one client for the supervisor and the API.
             heads: Heads::new(&cfg.kafka, &brokers)?,
             producer: Producer::new(&cfg.kafka, &brokers, "atelier/ingest")?,
@@ -579,7 +578,8 @@ impl App {
     }
 
     /// Records of the embedded log's journal that its in-process cluster
-    /// could not keep at start (see `bus::durable::Restored::dropped`).
+    /// could not keep at start, which the projectors read from its journal
+    /// (see `bus::durable::Restored::dropped`).
     pub fn dropped_at_start(&self) -> u64 {
         self.cluster
             .as_ref()
@@ -614,6 +614,48 @@ impl App {
     }
 
     /// Stops everything: cancel, drain, flush.
+    /// The views' snapshot writer, on the embedded default with its
+    /// durable log and snapshots on.
+    fn snapshotter(&self) -> Option<Snapshotter> {
+        let durable = self.cluster.as_ref()?.durable()?.clone();
+        (self.config.views.snapshot_secs > 0 && self.views.base().as_embedded().is_some()).then(
+            || Snapshotter {
+                views: self.views.clone(),
+                durable,
+                path: snapshot_path(&self.config),
+            },
+        )
+    }
+
+    /// Snapshots the embedded views every `views.snapshot_secs` when they
+    /// changed.
+    fn start_snapshots(&mut self) {
+        let Some(s) = self.snapshotter() else { return };
+        let every = Duration::from_secs(self.config.views.snapshot_secs);
+        let token = self.shutdown.clone();
+        let s = Arc::new(s);
+        self.spawn("view snapshots", async move {
+            let mut written = s.views.counts().1;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let writes = s.views.counts().1;
+                if writes == written {
+                    continue;
+                }
+                let job = s.clone();
+                match tokio::task::spawn_blocking(move || job.save()).await? {
+                    Ok(_) => written = writes,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a view snapshot failed; the last one stays")
+                    }
+                }
+            }
+        });
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let mut result = Ok(());
@@ -626,12 +668,134 @@ impl App {
             }
         }
         let _ = self.producer.flush(Duration::from_secs(5));
+        // The projectors have stopped: what the views hold now is what the
+        // next start begins from.
+        if let Some(s) = self.snapshotter() {
+            match tokio::task::spawn_blocking(move || s.save()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the last view snapshot failed"),
+                Err(e) => tracing::warn!(error = %e, "the last view snapshot failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
         // Clients first, the mock cluster last: a client outliving its
         // cluster logs "all brokers down" on its way out.
         let cluster = self.cluster.take();
         drop(self);
         drop(cluster);
         result
+    }
+}
+
+/// Where the embedded views' snapshot lives.
+fn snapshot_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.data_dir.join("views.snapshot")
+}
+
+/// The view stores. On the embedded default with its durable log, they
+/// are read from the last snapshot when it is whole and the log holds
+/// everything it applied; otherwise (none, damaged, or ahead of the log)
+/// they start empty and the projectors rebuild them from the log.
+async fn open_views(
+    cfg: &Config,
+    durable: Option<&Arc<crate::bus::durable::Durable>>,
+) -> anyhow::Result<Arc<Generations>> {
+    if cfg.views.backend == crate::config::ViewBackend::Embedded
+        && let Some(d) = durable
+    {
+        let path = snapshot_path(cfg);
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || view::snapshot::read(&p)).await?;
+        let refuse = |why: String| {
+            let aside = path.with_extension("unusable");
+            tracing::warn!(
+                snapshot = %path.display(),
+                moved_to = %aside.display(),
+                %why,
+                "the view snapshot is not used: the views are rebuilt from the log"
+            );
+            let _ = std::fs::rename(&path, &aside);
+        };
+        match read {
+            Ok(Some(r)) => match ahead_of_log(&r, d).await {
+                None => {
+                    tracing::info!(
+                        snapshot = %path.display(),
+                        bytes = r.bytes,
+                        took_ms = r.took.as_millis() as u64,
+                        "the views start from their snapshot"
+                    );
+                    return Ok(Generations::with_stores(r.base, r.generations, &cfg.views));
+                }
+                Some(why) => refuse(why),
+            },
+            Ok(None) => {}
+            Err(e) => refuse(e.to_string()),
+        }
+    }
+    let base = view::open(&cfg.views)
+        .await
+        .context("opening the view store")?;
+    Ok(Generations::new(base, &cfg.views))
+}
+
+/// Why a snapshot's views cannot be continued from the log (a checkpoint
+/// past what the journal holds: the log lost what the views applied).
+async fn ahead_of_log(
+    r: &view::snapshot::Restored,
+    d: &crate::bus::durable::Durable,
+) -> Option<String> {
+    let base: Arc<dyn view::Store> = r.base.clone();
+    let stores = std::iter::once(&base).chain(r.generations.iter().map(|(_, s)| s));
+    for store in stores {
+        for v in [view::polls::VIEW, view::feed::VIEW, view::cards::VIEW] {
+            let cps = match store.checkpoints(v.as_str()).await {
+                Ok(c) => c,
+                Err(e) => return Some(e.to_string()),
+            };
+            for cp in cps {
+                match d.mark(&(cp.topic.clone(), cp.partition)) {
+                    Some(m) if cp.offset < m => {}
+                    m => {
+                        return Some(format!(
+                            "its {} checkpoint of {} [{}] is at offset {}, the log holds {}",
+                            v.as_str(),
+                            cp.topic,
+                            cp.partition,
+                            cp.offset,
+                            m.map_or("no such partition".to_owned(), |m| format!("{m} records"))
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Writes the embedded views' snapshot (see `view::snapshot`).
+struct Snapshotter {
+    views: Arc<Generations>,
+    durable: Arc<crate::bus::durable::Durable>,
+    path: std::path::PathBuf,
+}
+
+impl Snapshotter {
+    /// Blocking: serializes, waits until the journal holds everything the
+    /// views may have applied, installs.
+    fn save(&self) -> Result<Option<view::snapshot::Saved>, view::snapshot::SnapshotError> {
+        let d = self.durable.clone();
+        let saved = view::snapshot::save(&self.views, &self.path, move || {
+            d.barrier(Duration::from_secs(30))
+                .map_err(|e| e.to_string())
+        })?;
+        if let Some(s) = saved {
+            tracing::info!(
+                bytes = s.bytes,
+                took_ms = s.took.as_millis() as u64,
+                "view snapshot written"
+            );
+        }
+        Ok(saved)
     }
 }
 

@@ -292,6 +292,11 @@ pub struct ViewsConfig {
     pub username: String,
     /// CQL password.
     pub password: Secret,
+    /// On the embedded default: how often (seconds) the embedded views are
+    /// snapshotted under the data directory when they changed (and once at
+    /// a clean stop), so that a start reads only the log after the
+    /// snapshot. 0: never (every start rebuilds them from the log).
+    pub snapshot_secs: u64,
 }
 
 impl Default for ViewsConfig {
@@ -306,6 +311,7 @@ impl Default for ViewsConfig {
             read_consistency: CqlConsistency::LocalQuorum,
             username: String::new(),
             password: Secret::default(),
+            snapshot_secs: 30,
         }
     }
 }

@@ -132,6 +132,13 @@ pub trait PartitionHandler: Send + Sync + 'static {
     async fn assigned(&self, topic: &str, partition: i32);
     /// Processes a batch; `Ok` means its effects are durable.
     async fn handle(&self, batch: &Batch) -> Result<(), HandlerError>;
+    /// Where a partition's records start for this handler, when it keeps
+    /// its own position with its effects (the projectors' checkpoints);
+    /// `None`: at the group's committed offset. Asked on the embedded log,
+    /// whose older records are read from its journal.
+    async fn resume_at(&self, _topic: &str, _partition: i32) -> Option<i64> {
+        None
+    }
 }
 
 /// Consumer settings.
@@ -173,6 +180,28 @@ struct Worker {
     pending: Vec<Record>,
     first_pending: Option<Instant>,
     paused: bool,
+    /// On the embedded log: the partition's records are being read from
+    /// the journal (the cluster's fetches of it are paused and dropped).
+    catching: bool,
+    /// On the embedded log: which catch-up is the current one.
+    epoch: u64,
+    /// On the embedded log, once caught up: the next offset expected from
+    /// the cluster (one past it is a gap the cluster dropped).
+    next: i64,
+    /// On the embedded log: caught up to here, the cluster's fetch not yet
+    /// moved there (librdkafka refuses a seek until the partition's fetch
+    /// has started; retried each tick).
+    seek_to: Option<i64>,
+}
+
+/// A partition to read from the journal: from where (`None`: where its
+/// handler or group is), into which worker.
+struct CatchUp {
+    tp: Tp,
+    from: Option<i64>,
+    epoch: u64,
+    tx: mpsc::Sender<Batch>,
+    progress: Arc<Progress>,
 }
 
 /// Runs a consumer group member of `spec.group` on the log (`kafka`,
@@ -204,6 +233,11 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     let worker_stop = CancellationToken::new();
     let mut failure = None;
 
+    // On the embedded log, records behind the cluster's window are read
+    // from its journal (see `catch_up`).
+    let durable = super::durable::of(&brokers);
+    let (caught_tx, mut caught_rx) = mpsc::unbounded_channel::<(Tp, i64, u64)>();
+    let mut epochs = 0u64;
     let parts: Parts = Default::default();
     let sampler_stop = shutdown.child_token();
     let sampler = tokio::spawn(sample_lag(
@@ -237,8 +271,54 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                 pending: Vec::new(),
                 first_pending: None,
                 paused: false,
+                catching: false,
+                epoch: 0,
+                next: 0,
+                seek_to: None,
             },
         );
+    };
+    // Starts reading partitions from the journal (the embedded log only).
+    let catch_up = |tps: Vec<(Tp, Option<i64>)>,
+                    workers: &mut HashMap<Tp, Worker>,
+                    epochs: &mut u64|
+     -> Result<(), BusError> {
+        let Some(d) = &durable else { return Ok(()) };
+        let mut jobs = Vec::new();
+        for (tp, from) in tps {
+            let Some(w) = workers.get_mut(&tp) else {
+                continue;
+            };
+            consumer.pause(&tp)?;
+            *epochs += 1;
+            w.catching = true;
+            w.seek_to = None;
+            w.epoch = *epochs;
+            // Records fetched and not handed over are read again.
+            let from = w.pending.first().map(|r| r.offset).or(from);
+            w.progress
+                .inside
+                .fetch_sub(w.pending.len(), Ordering::Relaxed);
+            w.pending.clear();
+            w.first_pending = None;
+            jobs.push(CatchUp {
+                tp,
+                from,
+                epoch: w.epoch,
+                tx: w.tx.clone(),
+                progress: w.progress.clone(),
+            });
+        }
+        tokio::spawn(read_journal(
+            d.clone(),
+            handler.clone(),
+            consumer.clone(),
+            jobs,
+            spec.max_batch.max(1),
+            caught_tx.clone(),
+            fatal_tx.clone(),
+        ));
+        Ok(())
     };
 
     loop {
@@ -251,11 +331,14 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             }
             Some(ev) = rebalances.next() => match ev {
                 Rebalance::Assigned(tps) => {
+                    let mut fresh = Vec::new();
                     for tp in tps {
                         if !workers.contains_key(&tp) {
                             spawn(&tp, &mut workers);
+                            fresh.push((tp, None));
                         }
                     }
+                    catch_up(fresh, &mut workers, &mut epochs)?;
                 }
                 Rebalance::Revoked(tps) => {
                     for tp in tps {
@@ -267,12 +350,40 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     }
                 }
             },
+            Some((tp, to, epoch)) = caught_rx.recv() => {
+                // The journal was read up to `to`: fetch from the cluster
+                // after it.
+                if let Some(w) = workers.get_mut(&tp)
+                    && w.catching
+                    && w.epoch == epoch
+                {
+                    w.seek_to = Some(to);
+                    go_live(&consumer, &tp, w)?;
+                }
+            }
             msg = consumer.recv() => match msg {
                 Ok((tp, record)) => {
                     if !workers.contains_key(&tp) {
                         spawn(&tp, &mut workers);
+                        if durable.is_some() {
+                            catch_up(vec![(tp, None)], &mut workers, &mut epochs)?;
+                            continue;
+                        }
                     }
                     let w = workers.get_mut(&tp).expect("worker exists");
+                    if durable.is_some() {
+                        if w.catching || record.offset < w.next {
+                            continue;
+                        }
+                        if record.offset > w.next {
+                            // The cluster dropped records before this one
+                            // was fetched: read them from the journal.
+                            let from = Some(w.next);
+                            catch_up(vec![(tp, from)], &mut workers, &mut epochs)?;
+                            continue;
+                        }
+                        w.next += 1;
+                    }
                     w.pending.push(record);
                     w.progress.inside.fetch_add(1, Ordering::Relaxed);
                     w.first_pending.get_or_insert_with(Instant::now);
@@ -284,7 +395,10 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             },
             _ = tick.tick() => {
                 for (tp, w) in workers.iter_mut() {
-                    if w.paused && w.tx.capacity() > 0 {
+                    if w.seek_to.is_some() {
+                        go_live(&consumer, tp, w)?;
+                    }
+                    if w.paused && !w.catching && w.tx.capacity() > 0 {
                         consumer.resume(tp)?;
                         w.paused = false;
                         emit::resumed(1);
@@ -326,6 +440,121 @@ pub async fn run<H: PartitionHandler + ?Sized>(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Reads partitions from the embedded log's journal into their workers
+/// (waiting while a worker's queue is full), from where each was asked to
+/// start up to what the journal held when this began, and reports each one
+/// caught up. One pass over the journal serves every partition of `jobs`.
+async fn read_journal<H: PartitionHandler + ?Sized>(
+    durable: Arc<super::durable::Durable>,
+    handler: Arc<H>,
+    consumer: Arc<Member>,
+    jobs: Vec<CatchUp>,
+    max_batch: usize,
+    caught: mpsc::UnboundedSender<(Tp, i64, u64)>,
+    fatal: mpsc::Sender<String>,
+) {
+    let mut wants = HashMap::new();
+    let mut into = HashMap::new();
+    for job in jobs {
+        let from = match job.from {
+            Some(o) => o,
+            None => match handler.resume_at(&job.tp.0, job.tp.1).await {
+                Some(o) => o,
+                None => {
+                    let (c, tp) = (consumer.clone(), job.tp.clone());
+                    match tokio::task::spawn_blocking(move || c.committed(&tp)).await {
+                        Ok(Ok(o)) => o.unwrap_or(0),
+                        Ok(Err(e)) => {
+                            let _ = fatal.send(format!("reading committed offsets: {e}")).await;
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            },
+        }
+        .max(0);
+        let to = durable.mark(&job.tp).unwrap_or(from).max(from);
+        if from >= to {
+            let _ = caught.send((job.tp, to, job.epoch));
+            continue;
+        }
+        wants.insert(job.tp.clone(), (from, to));
+        into.insert(job.tp, (job.tx, job.progress, job.epoch, to));
+    }
+    if wants.is_empty() {
+        return;
+    }
+    let read = tokio::task::spawn_blocking(move || {
+        durable.read(&wants, &mut |tp, records| {
+            let Some((tx, progress, epoch, to)) = into.get(tp) else {
+                return false;
+            };
+            let last = records.last().map_or(-1, |r| r.offset);
+            let mut rest = records.into_iter().peekable();
+            while rest.peek().is_some() {
+                let records: Vec<Record> = rest
+                    .by_ref()
+                    .take(max_batch)
+                    .map(|r| {
+                        Record::new(
+                            r.offset,
+                            r.key.as_deref(),
+                            r.headers
+                                .iter()
+                                .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default())),
+                            r.payload.as_deref(),
+                        )
+                    })
+                    .collect();
+                let n = records.len();
+                progress.inside.fetch_add(n, Ordering::Relaxed);
+                emit::consumed(&tp.0, "project", n as u64);
+                let batch = Batch {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    records,
+                };
+                if tx.blocking_send(batch).is_err() {
+                    // Revoked: its worker is gone.
+                    progress.inside.fetch_sub(n, Ordering::Relaxed);
+                    into.remove(tp);
+                    return false;
+                }
+            }
+            if last + 1 >= *to {
+                let _ = caught.send((tp.clone(), *to, *epoch));
+                into.remove(tp);
+            }
+            true
+        })
+    })
+    .await;
+    let why = match read {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let _ = fatal.send(format!("reading the journal: {why}")).await;
+}
+
+/// Moves a caught-up partition's fetch to where the journal read ended and
+/// fetches it again; a seek librdkafka refuses yet is tried next tick.
+fn go_live(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
+    let Some(to) = w.seek_to else { return Ok(()) };
+    if let Err(e) = consumer.seek(tp, to) {
+        tracing::debug!(topic = %tp.0, partition = tp.1, error = %e, "seek after the journal; retrying");
+        return Ok(());
+    }
+    w.seek_to = None;
+    w.catching = false;
+    w.next = to;
+    if !w.paused {
+        consumer.resume(tp)?;
+    }
+    Ok(())
 }
 
 fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {

@@ -19,16 +19,23 @@
 //!   cluster writes no transaction markers), so each lands at its old
 //!   offset, which is checked; then the journaled offsets are committed.
 //!
+//! The cluster keeps only the last 5 MiB of each partition (librdkafka's
+//! mock cluster drops older batches as new ones arrive); the journal keeps
+//! everything. A consumer of [`super::consumer::run`] (the projectors)
+//! whose position is behind what the cluster holds, or that the cluster
+//! skips past, reads those records from the journal ([`Durable::read`])
+//! and then fetches from the cluster after them: the journal is the log,
+//! the cluster its window.
+//!
 //! Groups that keep their position with their effects (the projectors:
-//! the view store's checkpoints) are not journaled: over the embedded view
-//! store, which is in memory, they start again at the log's start and
-//! rebuild their views.
+//! the view store's checkpoints) are not journaled: they start where their
+//! checkpoints say ([`super::PartitionHandler::resume_at`]).
 //!
 //! Every topic is created before the journal opens (`topics/*.toml`); a
 //! topic created later is not followed, and a send to it is not waited on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::thread::JoinHandle;
@@ -68,9 +75,10 @@ pub struct Restored {
     pub groups: usize,
     /// Records the cluster could not keep: librdkafka's mock cluster holds
     /// at most the last 5 MiB (or 100,000 batches) of each partition and
-    /// drops older batches as new ones arrive. The journal keeps them, but
-    /// nothing reading the cluster (the views rebuilt at start, a replay)
-    /// sees them.
+    /// drops older batches as new ones arrive. The journal keeps them, and
+    /// the projectors read them from it; a plain consumer of the cluster
+    /// (`atelier replay --stage infer` from the log's start, the DLQ
+    /// tools) starts at the cluster's first record.
     pub dropped: u64,
     /// How long it took.
     pub took: Duration,
@@ -79,6 +87,10 @@ pub struct Restored {
 /// A journaled embedded cluster: see the module's documentation.
 pub struct Durable {
     brokers: String,
+    dir: PathBuf,
+    /// Per segment found at open, the last offset of each partition in it
+    /// (segments written since are always read).
+    extents: HashMap<PathBuf, HashMap<Tp, i64>>,
     journal: parking_lot::RwLock<Option<Journal>>,
     /// Per followed partition, the next offset to journal.
     marks: parking_lot::Mutex<HashMap<Tp, i64>>,
@@ -156,7 +168,8 @@ impl Durable {
         let mut next: HashMap<Tp, i64> = HashMap::new();
         let mut groups: BTreeMap<String, BTreeMap<Tp, i64>> = BTreeMap::new();
         let mut records = 0u64;
-        let journal = Journal::open(dir, opts, |entry| {
+        let mut extents: HashMap<PathBuf, HashMap<Tp, i64>> = HashMap::new();
+        let journal = Journal::open(dir, opts, |segment, entry| {
             match entry {
                 Entry::Records {
                     topic,
@@ -169,6 +182,11 @@ impl Durable {
                              creates any more; restore that file, or move {} aside to start afresh",
                             dir.display()
                         )));
+                    }
+                    if let Some(last) = rs.last() {
+                        let e = extents.entry(segment.to_owned()).or_default();
+                        let high = e.entry((topic.clone(), partition)).or_insert(-1);
+                        *high = (*high).max(last.offset);
                     }
                     let at = next.entry((topic.clone(), partition)).or_insert(0);
                     for r in rs {
@@ -217,14 +235,13 @@ impl Durable {
         for (tp, n) in &next {
             let (low, _) = probe.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10))?;
             if low > 0 {
-                tracing::error!(
+                tracing::info!(
                     topic = %tp.0,
                     partition = tp.1,
                     journaled = n,
-                    dropped = low,
-                    "the in-process cluster keeps only the last 5 MiB of a partition: the views \
-                     rebuilt at this start miss its first records (the journal keeps them); \
-                     move this deployment to real Kafka (README: the embedded default)"
+                    in_journal_only = low,
+                    "the in-process cluster keeps the last 5 MiB of a partition: the projectors \
+                     read its first records from the journal"
                 );
                 dropped += low as u64;
             }
@@ -276,6 +293,8 @@ impl Durable {
         consumer.assign(&tpl)?;
         let durable = Arc::new(Durable {
             brokers: brokers.to_owned(),
+            dir: dir.to_owned(),
+            extents,
             journal: parking_lot::RwLock::new(Some(journal)),
             marks: parking_lot::Mutex::new(marks),
             moved: tokio::sync::watch::Sender::new(0),
@@ -299,6 +318,90 @@ impl Durable {
     /// What reading the journal back did.
     pub fn restored(&self) -> &Restored {
         &self.restored
+    }
+
+    /// The next offset of a followed partition to be journaled: every
+    /// record below it is on disk. `None` for a partition not followed.
+    pub fn mark(&self, tp: &Tp) -> Option<i64> {
+        self.marks.lock().get(tp).copied()
+    }
+
+    /// Reads journaled records of some partitions (per partition, the
+    /// offsets `from..to`, below its [`Durable::mark`]) in offset order,
+    /// handing them to `each` a frame at a time, while the journal is
+    /// written. `each` answers whether to go on with that partition.
+    /// Blocking: what a consumer behind the cluster's retained records (it
+    /// keeps the last 5 MiB of a partition) reads instead.
+    pub fn read(
+        &self,
+        wants: &HashMap<Tp, (i64, i64)>,
+        each: &mut dyn FnMut(&Tp, Vec<JournalRecord>) -> bool,
+    ) -> Result<(), BusError> {
+        let mut at: HashMap<Tp, i64> = wants
+            .iter()
+            .filter(|(_, (from, to))| from < to)
+            .map(|(tp, (from, _))| (tp.clone(), *from))
+            .collect();
+        if at.is_empty() {
+            return Ok(());
+        }
+        // A segment found at open that holds nothing wanted is not read.
+        let starts = at.clone();
+        let skip = |seg: &Path| {
+            self.extents.get(seg).is_some_and(|e| {
+                starts
+                    .iter()
+                    .all(|(tp, from)| e.get(tp).is_none_or(|high| high < from))
+            })
+        };
+        let want = |t: &str, p: i32| starts.keys().any(|(wt, wp)| *wp == p && wt == t);
+        let mut failure = None;
+        super::journal::scan(&self.dir, &skip, &want, &mut |entry| {
+            let Entry::Records {
+                topic,
+                partition,
+                records,
+            } = entry
+            else {
+                return true;
+            };
+            let tp = (topic, partition);
+            let (Some(next), Some(&(_, to))) = (at.get_mut(&tp), wants.get(&tp)) else {
+                return true;
+            };
+            let mut out = Vec::with_capacity(records.len());
+            for r in records {
+                if r.offset < *next || r.offset >= to {
+                    continue;
+                }
+                if r.offset > *next {
+                    failure = Some(format!(
+                        "{} [{}]: the journal jumps from offset {} to {}",
+                        tp.0, tp.1, *next, r.offset
+                    ));
+                    return false;
+                }
+                *next += 1;
+                out.push(r);
+            }
+            let done = *next >= to;
+            let go_on = out.is_empty() || each(&tp, out);
+            if done || !go_on {
+                at.remove(&tp);
+            }
+            !at.is_empty()
+        })
+        .map_err(journal_err)?;
+        if let Some(why) = failure {
+            return Err(BusError::Journal(why));
+        }
+        if let Some((tp, next)) = at.iter().next() {
+            return Err(BusError::Journal(format!(
+                "{} [{}]: the journal ends at offset {next}, before {}",
+                tp.0, tp.1, wants[tp].1
+            )));
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), BusError> {
@@ -702,12 +805,119 @@ mod tests {
         assert_eq!(c.durable().unwrap().restored().records, 121);
     }
 
+    /// Collects what a consumer hands over.
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<(i32, i64)>>);
+
+    #[async_trait::async_trait]
+    impl crate::bus::PartitionHandler for Collect {
+        async fn assigned(&self, _: &str, _: i32) {}
+        async fn handle(&self, batch: &crate::bus::Batch) -> Result<(), crate::bus::HandlerError> {
+            let mut seen = self.0.lock();
+            seen.extend(batch.records.iter().map(|r| (batch.partition, r.offset)));
+            Ok(())
+        }
+    }
+
+    /// Runs a consumer group member over the topic until it has `want`
+    /// records; answers them in order of arrival.
+    async fn consume(
+        cfg: &KafkaConfig,
+        brokers: &str,
+        group: &str,
+        want: usize,
+    ) -> Vec<(i32, i64)> {
+        let handler = Arc::new(Collect::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let spec = crate::bus::consumer::ConsumerSpec {
+            group: group.into(),
+            topics: vec![TOPIC.into()],
+            max_batch: 500,
+            linger: Duration::from_millis(5),
+            queue_depth: 2,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(crate::bus::consumer::run(
+            cfg.clone(),
+            brokers.to_owned(),
+            spec,
+            handler.clone(),
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while handler.0.lock().len() < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Nothing more than what the log holds arrives.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        handler.0.lock().clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_reads_what_the_cluster_no_longer_holds_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = KafkaConfig::default();
+        let c = start(&cfg, dir.path());
+        let brokers = c.bootstrap_servers().to_owned();
+        let p = Producer::new(&cfg, &brokers, "test").unwrap();
+        // 8 MiB of incompressible records into one partition: more than
+        // the cluster keeps of it.
+        let n = 4_000usize;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let bodies: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                (0..2048)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut partition = None;
+        for chunk in bodies.chunks(500) {
+            let sent = futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|b| p.send_raw(TOPIC, Some(b"one"), &[], Some(b.as_slice()))),
+            )
+            .await;
+            for a in sent {
+                partition = Some(a.unwrap().partition);
+            }
+        }
+        let partition = partition.unwrap();
+        let (low, high) = c
+            .durable()
+            .unwrap()
+            .probe
+            .fetch_watermarks(TOPIC, partition, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(high, n as i64);
+        assert!(low > 0, "the cluster dropped the partition's first records");
+        let every: Vec<(i32, i64)> = (0..n as i64).map(|o| (partition, o)).collect();
+        assert_eq!(consume(&cfg, &brokers, "g1", n).await, every);
+        drop(p);
+        drop(c);
+
+        // Restarted, the cluster holds only the tail again; a new group
+        // still reads everything, in order, once.
+        let c = start(&cfg, dir.path());
+        let brokers = c.bootstrap_servers().to_owned();
+        assert!(c.durable().unwrap().restored().dropped > 0);
+        assert_eq!(consume(&cfg, &brokers, "g2", n).await, every);
+    }
+
     #[test]
     fn a_journal_with_a_gap_is_refused_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         {
-            let j = Journal::open(dir.path(), JournalOptions::default(), |_| Ok(())).unwrap();
+            let j = Journal::open(dir.path(), JournalOptions::default(), |_, _| Ok(())).unwrap();
             let rec = |offset| JournalRecord {
                 offset,
                 payload: Some(b"x".to_vec()),

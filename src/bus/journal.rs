@@ -201,6 +201,18 @@ impl Entry {
         }
     }
 
+    /// The partition a records frame's body is of, without decoding it
+    /// (`None` for other entries).
+    fn partition_of(body: &[u8]) -> Option<(&str, i32)> {
+        let mut c = Cursor { b: body, at: 0 };
+        if c.u8().ok()? != TAG_RECORDS {
+            return None;
+        }
+        let n = c.u32().ok()? as usize;
+        let topic = std::str::from_utf8(c.take(n).ok()?).ok()?;
+        Some((topic, c.i32().ok()?))
+    }
+
     /// The entry of a frame's body (whose checksum matched).
     fn decode(body: &[u8]) -> Result<Entry, String> {
         let mut c = Cursor { b: body, at: 0 };
@@ -332,7 +344,7 @@ fn segment_name(dir: &Path, seq: u64) -> PathBuf {
 /// and what is wrong after that (`None`: nothing, the segment is whole).
 fn read_segment(
     path: &Path,
-    each: &mut dyn FnMut(Entry) -> Result<(), JournalError>,
+    each: &mut dyn FnMut(&Path, Entry) -> Result<(), JournalError>,
 ) -> Result<(u64, u64, Option<String>), JournalError> {
     let mut data = Vec::new();
     File::open(path)
@@ -361,11 +373,93 @@ fn read_segment(
             at: at as u64,
             why,
         })?;
-        each(entry)?;
+        each(path, entry)?;
         entries += 1;
         at += HEADER + len as usize;
     }
     Ok((at as u64, entries, None))
+}
+
+/// Reads the journal in `dir` while it is being written: every segment in
+/// order (but those `skip` names), each whole frame of a partition `want`
+/// names decoded and handed to `each`, until `each` answers `false`. A
+/// frame still being written ends the read; a frame failing its checksum
+/// is corruption.
+pub fn scan(
+    dir: &Path,
+    skip: &dyn Fn(&Path) -> bool,
+    want: &dyn Fn(&str, i32) -> bool,
+    each: &mut dyn FnMut(Entry) -> bool,
+) -> Result<(), JournalError> {
+    let mut body = Vec::new();
+    for path in segments(dir)? {
+        if skip(&path) {
+            continue;
+        }
+        let file = File::open(&path).map_err(io(&path))?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut at = 0u64;
+        loop {
+            let mut head = [0u8; HEADER];
+            match read_full(&mut r, &mut head).map_err(io(&path))? {
+                0 => break,
+                n if n < HEADER => return Ok(()),
+                _ => {}
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if len > MAX_BODY {
+                return Err(JournalError::Corrupt {
+                    path,
+                    at,
+                    why: format!("a frame of {len} bytes"),
+                });
+            }
+            body.resize(len as usize, 0);
+            if read_full(&mut r, &mut body).map_err(io(&path))? < body.len() {
+                // The writer's frame, not whole yet.
+                return Ok(());
+            }
+            if crc32fast::hash(&body) != crc {
+                return Err(JournalError::Corrupt {
+                    path,
+                    at,
+                    why: "a checksum mismatch".into(),
+                });
+            }
+            at += (HEADER + body.len()) as u64;
+            let wanted = match Entry::partition_of(&body) {
+                Some((topic, partition)) => want(topic, partition),
+                None => false,
+            };
+            if !wanted {
+                continue;
+            }
+            let entry = Entry::decode(&body).map_err(|why| JournalError::Corrupt {
+                path: path.clone(),
+                at,
+                why,
+            })?;
+            if !each(entry) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; answers how much it read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 struct Append {
@@ -382,12 +476,13 @@ pub struct Journal {
 
 impl Journal {
     /// Opens the journal in `dir` (created when missing): hands every
-    /// entry it holds to `each`, in order, cuts off a write a crash
-    /// interrupted at its end, and starts the writer after it.
+    /// entry it holds to `each`, in order, with the segment holding it,
+    /// cuts off a write a crash interrupted at its end, and starts the
+    /// writer after it.
     pub fn open(
         dir: &Path,
         opts: JournalOptions,
-        mut each: impl FnMut(Entry) -> Result<(), JournalError>,
+        mut each: impl FnMut(&Path, Entry) -> Result<(), JournalError>,
     ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let segs = segments(dir)?;
@@ -642,7 +737,7 @@ mod tests {
 
     fn read(dir: &Path, opts: JournalOptions) -> Result<(Journal, Vec<Entry>), JournalError> {
         let mut seen = Vec::new();
-        let j = Journal::open(dir, opts, |e| {
+        let j = Journal::open(dir, opts, |_, e| {
             seen.push(e);
             Ok(())
         })?;

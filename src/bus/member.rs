@@ -244,6 +244,27 @@ impl Member {
         Ok(((m.topic().to_owned(), m.partition()), Record::of(&m)))
     }
 
+    /// Moves a partition's fetch position to `offset` (what was fetched
+    /// before it is dropped).
+    pub fn seek(&self, tp: &Tp, offset: i64) -> Result<(), BusError> {
+        Ok(self
+            .consumer
+            .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(1))?)
+    }
+
+    /// The group's committed offset of a partition (the next to read);
+    /// blocking.
+    pub fn committed(&self, tp: &Tp) -> Result<Option<i64>, BusError> {
+        let l = self
+            .consumer
+            .committed_offsets(tpl(tp), Duration::from_secs(10))?;
+        Ok(l.find_partition(&tp.0, tp.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }))
+    }
+
     /// Stops fetching a partition.
     pub fn pause(&self, tp: &Tp) -> Result<(), BusError> {
         Ok(self.consumer.pause(&tpl(tp))?)

@@ -556,6 +556,21 @@ impl<P: Projection> PartitionHandler for Projector<P> {
     async fn handle(&self, batch: &Batch) -> Result<(), HandlerError> {
         self.process(batch).await.map(|_| ())
     }
+
+    /// After the checkpoint: what it covers would be skipped anyway.
+    async fn resume_at(&self, topic: &str, partition: i32) -> Option<i64> {
+        match self
+            .checkpoints
+            .checkpoint(self.view.as_str(), topic, partition)
+            .await
+        {
+            Ok(cp) => Some(cp.map_or(0, |c| c.offset + 1)),
+            Err(e) => {
+                tracing::warn!(error = %e, topic, partition, "reading a checkpoint; starting at the group's offset");
+                None
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -149,6 +149,27 @@ impl Generations {
         })
     }
 
+    /// Over the base store and other generations' stores already open
+    /// (read from a snapshot).
+    pub fn with_stores(
+        base: Arc<dyn Store>,
+        stores: Vec<((View, u32), Arc<dyn Store>)>,
+        cfg: &ViewsConfig,
+    ) -> Arc<Self> {
+        let g = Self::new(base, cfg);
+        g.stores.write().extend(stores);
+        g
+    }
+
+    /// The stores of generations other than 0 this process has open.
+    pub fn opened(&self) -> Vec<((View, u32), Arc<dyn Store>)> {
+        self.stores
+            .read()
+            .iter()
+            .map(|(k, s)| (*k, s.clone()))
+            .collect()
+    }
+
     /// `embedded` or `cql`.
     pub fn backend(&self) -> &'static str {
         self.base.backend()

@@ -24,6 +24,7 @@ pub mod embedded;
 pub mod feed;
 pub mod generations;
 pub mod polls;
+pub mod snapshot;
 
 pub use cards::{CardsStore, SessionRow};
 pub use control::{Checkpoint, CheckpointStore, Degraded, GenerationStore};
@@ -141,6 +142,10 @@ pub trait Store:
 {
     /// `embedded` or `cql`.
     fn backend(&self) -> &'static str;
+    /// This store, when it is the embedded one (which snapshots).
+    fn as_embedded(&self) -> Option<&EmbeddedStore> {
+        None
+    }
     /// Statements executed so far: `(reads, writes)`, counted where every
     /// statement passes (see the module docs).
     fn counts(&self) -> (u64, u64);

@@ -4,7 +4,9 @@
 //! and started again. Every write that got a 202 is visible exactly once,
 //! the views equal the fold of what was accepted (plus, at most, writes
 //! that were in flight at a kill and never answered), and after the
-//! SIGTERM every read answers what it answered before.
+//! SIGTERM every read answers what it answered before: at once, from the
+//! view snapshot the stop wrote, and again after that snapshot is damaged
+//! (set aside, the views rebuilt from the log).
 //!
 //! Each kill is shown to have landed on work: requests were in flight when
 //! it struck (they fail with a transport error, never an answer).
@@ -41,6 +43,9 @@ impl Up {
             // Uploads are not part of this load: no models to export.
             .env("ATELIER_INFER__MODELS_DIR", "")
             .env("ATELIER_LOG", "info")
+            // Snapshots between the kills: each start reads the views from
+            // the last one and the log after it.
+            .env("ATELIER_VIEWS__SNAPSHOT_SECS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -388,7 +393,26 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
     let status = up.term();
     assert!(status.success(), "SIGTERM stops cleanly: {status}");
 
+    // The clean stop wrote a snapshot: the first read after the start,
+    // before any record is applied again, answers what it did before.
+    let snapshot = data.join("views.snapshot");
+    assert!(snapshot.exists(), "SIGTERM leaves a view snapshot");
     let up = Up::start(&data, &log);
+    assert_eq!(read_all(&up.url, &w).await, before);
+    let status = up.term();
+    assert!(status.success(), "{status}");
+
+    // A damaged snapshot is set aside, never served: the views are rebuilt
+    // from the log and answer the same.
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    let up = Up::start(&data, &log);
+    assert!(
+        data.join("views.unusable").exists(),
+        "the damaged snapshot is moved aside"
+    );
     let after = eventually(
         120,
         "every read answers what it answered before",

@@ -114,17 +114,26 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     if cfg.views.backend == ViewBackend::Cql {
         cfg.views.keyspace = format!("bench_{run_id}");
     }
-    let cluster;
+    let mut cluster = None;
+    // The embedded log as `atelier up` runs it: journaled, its records
+    // past the cluster's per-partition window read from the journal.
+    let scratch = std::env::temp_dir().join(format!("atelier-bench-project-{run_id}"));
     let brokers = if cfg.kafka.is_embedded() {
-        cluster = EmbeddedCluster::start(1)?;
-        topics::ensure_embedded(&cluster, &cfg.kafka)?;
-        cluster.bootstrap_servers().to_owned()
+        let c = cluster.insert(EmbeddedCluster::start(1)?);
+        topics::ensure_embedded(c, &cfg.kafka)?;
+        c.make_durable(
+            &cfg.kafka,
+            &scratch,
+            crate::bus::journal::JournalOptions::of(&cfg.kafka.journal)
+                .map_err(anyhow::Error::msg)?,
+        )?;
+        c.bootstrap_servers().to_owned()
     } else {
         topics::apply(&cfg.kafka, &cfg.kafka.brokers, false).await?;
         cfg.kafka.brokers.clone()
     };
     let kafka = if cfg.kafka.is_embedded() {
-        "embedded Kafka"
+        "the embedded log"
     } else {
         "Kafka"
     };
@@ -236,5 +245,7 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
         totals.rejected,
         totals.duplicates,
     );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&scratch);
     super::quiet_when_healthy()
 }

@@ -16,7 +16,7 @@ use crate::view::{CardsStore, Counters, SessionRow, ViewError};
 /// Newest minted first: clustering order `minted_ms DESC, session_key DESC`.
 type SessionOrder = std::cmp::Reverse<(i64, SessionKey)>;
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
     cards: Table<SessionKey, u8>,
     uploads: Table<UploadId, ()>,
@@ -30,6 +30,12 @@ impl Tables {
             uploads: Table::new(c),
             sessions: Table::new(c),
         }
+    }
+
+    pub(super) fn rebind(&mut self, c: &Arc<Counters>) {
+        self.cards.rebind(c);
+        self.uploads.rebind(c);
+        self.sessions.rebind(c);
     }
 
     pub(super) fn clear(&self) {

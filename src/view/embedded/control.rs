@@ -13,12 +13,15 @@ use crate::view::{
     write_timestamp,
 };
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
     checkpoints: Table<String, (String, i32)>,
     /// The control rows of view generations, by view (or stage) name.
+    #[serde(with = "locked")]
     generations: parking_lot::Mutex<BTreeMap<String, Generation>>,
-    /// Degraded aggregates, by view and key.
+    /// Degraded aggregates, by view and key (a sequence in a snapshot: its
+    /// keys are pairs).
+    #[serde(with = "locked_pairs")]
     degraded: parking_lot::Mutex<BTreeMap<(String, String), Degraded>>,
 }
 
@@ -31,6 +34,10 @@ impl Tables {
         }
     }
 
+    pub(super) fn rebind(&mut self, c: &Arc<Counters>) {
+        self.checkpoints.rebind(c);
+    }
+
     /// Forgets every checkpoint of one view.
     pub(super) fn drop_checkpoints(&self, view: &str) {
         self.checkpoints.remove(&view.to_owned());
@@ -39,6 +46,50 @@ impl Tables {
     /// Forgets every checkpoint.
     pub(super) fn clear_checkpoints(&self) {
         self.checkpoints.clear();
+    }
+}
+
+/// A locked value in a snapshot: the value, read under its lock.
+mod locked {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer, T: Serialize>(
+        m: &parking_lot::Mutex<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        m.lock().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<parking_lot::Mutex<T>, D::Error> {
+        T::deserialize(d).map(parking_lot::Mutex::new)
+    }
+}
+
+/// A locked map in a snapshot: its entries as a sequence of pairs.
+mod locked_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        m: &parking_lot::Mutex<BTreeMap<K, V>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.lock().iter())
+    }
+
+    pub(super) fn deserialize<'de, D, K, V>(
+        d: D,
+    ) -> Result<parking_lot::Mutex<BTreeMap<K, V>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
+        Ok(parking_lot::Mutex::new(pairs.into_iter().collect()))
     }
 }
 

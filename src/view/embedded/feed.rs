@@ -1,6 +1,7 @@
 //! The feed view on the embedded tables: `feed_items` (the aggregate in
 //! static cells, a membership per row) and the timelines.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,10 +17,10 @@ use crate::view::{
 /// Newest first: clustering order `created_at DESC, item_id DESC`.
 type TimelineKey = std::cmp::Reverse<(i64, FeedItemId)>;
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
     items: Table<FeedItemId, MemberKey>,
-    timelines: Table<&'static str, TimelineKey>,
+    timelines: Table<Cow<'static, str>, TimelineKey>,
 }
 
 impl Tables {
@@ -28,6 +29,11 @@ impl Tables {
             items: Table::new(c),
             timelines: Table::new(c),
         }
+    }
+
+    pub(super) fn rebind(&mut self, c: &Arc<Counters>) {
+        self.items.rebind(c);
+        self.timelines.rebind(c);
     }
 
     pub(super) fn clear(&self) {
@@ -78,7 +84,7 @@ impl FeedStore for EmbeddedStore {
                 Some(_) => Mutation::Delete(key),
                 None => Mutation::Upsert(key, to_cells(&row)),
             };
-            self.feed.timelines.batch(&t, ts, vec![m]);
+            self.feed.timelines.batch(&Cow::Borrowed(t), ts, vec![m]);
         }
         let mut muts = Vec::with_capacity(c.members.len() + 1);
         muts.push(Mutation::Static(to_cells(s)));
@@ -106,6 +112,6 @@ impl FeedStore for EmbeddedStore {
         let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
         self.feed
             .timelines
-            .rows(&name, |rows| page(rows, after, limit))
+            .rows(&Cow::Borrowed(name), |rows| page(rows, after, limit))
     }
 }

@@ -16,13 +16,16 @@ use async_trait::async_trait;
 
 use super::{Counters, Store, View, ViewError};
 
-/// The embedded store (the default of `atelier up`).
-#[derive(Debug)]
+/// The embedded store (the default of `atelier up`). It serializes as a
+/// snapshot (`view::snapshot`): the control rows first, then each table
+/// under its lock.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct EmbeddedStore {
+    control: control::Tables,
     polls: polls::Tables,
     feed: feed::Tables,
     cards: cards::Tables,
-    control: control::Tables,
+    #[serde(skip)]
     counters: Arc<Counters>,
 }
 
@@ -40,6 +43,16 @@ impl Default for EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// A store read from a snapshot, its statements counted again.
+    pub(crate) fn rebound(mut self) -> Self {
+        let c = self.counters.clone();
+        self.control.rebind(&c);
+        self.polls.rebind(&c);
+        self.feed.rebind(&c);
+        self.cards.rebind(&c);
+        self
+    }
+
     /// Clears one view's tables; `false` when this store holds no such view.
     fn clear_view(&self, view: View) -> bool {
         let all: [(View, &dyn Fn()); 3] = [
@@ -58,6 +71,10 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+
+    fn as_embedded(&self) -> Option<&EmbeddedStore> {
+        Some(self)
     }
 
     fn counts(&self) -> (u64, u64) {

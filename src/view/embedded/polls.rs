@@ -17,7 +17,7 @@ use crate::view::{
 /// Newest first: clustering order `created_at DESC, poll_id DESC`.
 type OwnerKey = std::cmp::Reverse<(i64, PollId)>;
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
     polls: Table<PollId, VoterKey>,
     by_owner: Table<UserId, OwnerKey>,
@@ -31,6 +31,12 @@ impl Tables {
             by_owner: Table::new(c),
             voters: Table::new(c),
         }
+    }
+
+    pub(super) fn rebind(&mut self, c: &Arc<Counters>) {
+        self.polls.rebind(c);
+        self.by_owner.rebind(c);
+        self.voters.rebind(c);
     }
 
     pub(super) fn clear(&self) {

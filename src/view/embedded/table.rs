@@ -10,20 +10,20 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::view::{Counters, ViewError};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Cell {
     ts: i64,
     value: Option<Value>,
 }
 
 /// A row (or a partition's static cells).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Row {
     /// Row deletion timestamp: cells at or below it are dead.
     deleted_at: Option<i64>,
@@ -69,10 +69,37 @@ impl Row {
 }
 
 /// One partition: static cells and clustering rows.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "C: Serialize", deserialize = "C: Deserialize<'de>"))]
 pub(super) struct Partition<C: Ord> {
     pub(super) statics: Row,
+    #[serde(with = "pairs")]
     pub(super) rows: BTreeMap<C, Row>,
+}
+
+/// A map in a snapshot: its entries as a sequence of pairs (its keys need
+/// not be strings).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub(super) fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
 }
 
 impl<C: Ord> Default for Partition<C> {
@@ -155,6 +182,34 @@ impl<P: Hash + Eq + Clone, C: Ord + Clone> Table<P, C> {
     /// Drops every partition.
     pub(super) fn clear(&self) {
         self.parts.write().clear();
+    }
+
+    /// Counts this table's statements in `counters` (a table read from a
+    /// snapshot).
+    pub(super) fn rebind(&mut self, counters: &Arc<Counters>) {
+        self.counters = counters.clone();
+    }
+}
+
+/// A table in a snapshot: its partitions, as a sequence of `(key,
+/// partition)` pairs (keys need not be strings), read under its lock.
+impl<P: Serialize, C: Ord + Serialize> Serialize for Table<P, C> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.parts.read().iter())
+    }
+}
+
+impl<'de, P, C> Deserialize<'de> for Table<P, C>
+where
+    P: Deserialize<'de> + Hash + Eq,
+    C: Deserialize<'de> + Ord,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs: Vec<(P, Partition<C>)> = Vec::deserialize(d)?;
+        Ok(Self {
+            parts: RwLock::new(pairs.into_iter().collect()),
+            counters: Arc::default(),
+        })
     }
 }
 
