@@ -326,6 +326,14 @@ impl App {
 
     /// What every role shares: the log, the views, the blobs, the catalog.
     async fn open(cfg: Config) -> anyhow::Result<App> {
+        // The views' snapshot is read while the journal is read back.
+        let snapshot = (cfg.kafka.is_embedded()
+            && cfg.kafka.journal.enabled
+            && cfg.views.backend == crate::config::ViewBackend::Embedded)
+            .then(|| {
+                let path = snapshot_path(&cfg);
+                tokio::task::spawn_blocking(move || view::snapshot::read(&path))
+            });
         let (cluster, brokers) = if cfg.kafka.is_embedded() {
             let mut c = EmbeddedCluster::start(1).context("starting the embedded Kafka cluster")?;
             topics::ensure_embedded(&c, &cfg.kafka)?;
@@ -352,7 +360,11 @@ impl App {
         } else {
             (None, cfg.kafka.brokers.clone())
         };
-        let views = open_views(&cfg, cluster.as_ref().and_then(|c| c.durable())).await?;
+        let snapshot = match snapshot {
+            Some(read) => Some(read.await?),
+            None => None,
+        };
+        let views = open_views(&cfg, cluster.as_ref().and_then(|c| c.durable()), snapshot).await?;
         let blobs = crate::blob::open(&cfg.blobs, &cfg.data_dir)
             .await
             .context("opening the blob store")?;
@@ -698,13 +710,10 @@ fn snapshot_path(cfg: &Config) -> std::path::PathBuf {
 async fn open_views(
     cfg: &Config,
     durable: Option<&Arc<crate::bus::durable::Durable>>,
+    snapshot: Option<Result<Option<view::snapshot::Restored>, view::snapshot::SnapshotError>>,
 ) -> anyhow::Result<Arc<Generations>> {
-    if cfg.views.backend == crate::config::ViewBackend::Embedded
-        && let Some(d) = durable
-    {
+    if let (Some(d), Some(read)) = (durable, snapshot) {
         let path = snapshot_path(cfg);
-        let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || view::snapshot::read(&p)).await?;
         let refuse = |why: String| {
             let aside = path.with_extension("unusable");
             tracing::warn!(
@@ -881,6 +890,7 @@ async fn bootstrap_models(
         .filter(|p| p.extension().is_some_and(|x| x == "pt"))
         .collect();
     files.sort();
+    let mut published = Vec::new();
     for path in files {
         let Some(style) = path
             .file_stem()
@@ -906,6 +916,24 @@ async fn bootstrap_models(
         .with_context(|| format!("publishing {}", path.display()))?;
         // Known at once (the follower will say the same a moment later).
         app.catalog.publish(&p);
+        published.push((p.style, p.version));
+    }
+    // The inference worker starts after this: every model it may be asked
+    // for is loaded first (the follower installs what was just published).
+    if let Some(reg) = &app.registry {
+        let loaded = || {
+            published
+                .iter()
+                .all(|(s, v)| reg.get(s).is_some_and(|l| l.version == *v))
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !loaded() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the published models were not loaded within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     Ok(())
 }

@@ -488,27 +488,30 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
         return;
     }
     let read = tokio::task::spawn_blocking(move || {
+        // Per partition, records read and not yet handed over: batches are
+        // filled across the journal's frames (a frame holds what one
+        // journal group held of the partition, often a few records).
+        let mut pending: HashMap<Tp, Vec<Record>> = HashMap::new();
         durable.read(&wants, &mut |tp, records| {
             let Some((tx, progress, epoch, to)) = into.get(tp) else {
                 return false;
             };
             let last = records.last().map_or(-1, |r| r.offset);
-            let mut rest = records.into_iter().peekable();
-            while rest.peek().is_some() {
-                let records: Vec<Record> = rest
-                    .by_ref()
-                    .take(max_batch)
-                    .map(|r| {
-                        Record::new(
-                            r.offset,
-                            r.key.as_deref(),
-                            r.headers
-                                .iter()
-                                .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default())),
-                            r.payload.as_deref(),
-                        )
-                    })
-                    .collect();
+            let buf = pending.entry(tp.clone()).or_default();
+            buf.extend(records.into_iter().map(|r| {
+                Record::new(
+                    r.offset,
+                    r.key.as_deref(),
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default())),
+                    r.payload.as_deref(),
+                )
+            }));
+            let done = last + 1 >= *to;
+            while buf.len() >= max_batch || (done && !buf.is_empty()) {
+                let rest = buf.split_off(buf.len().min(max_batch));
+                let records = std::mem::replace(buf, rest);
                 let n = records.len();
                 progress.inside.fetch_add(n, Ordering::Relaxed);
                 emit::consumed(&tp.0, "project", n as u64);
@@ -521,12 +524,14 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
                     // Revoked: its worker is gone.
                     progress.inside.fetch_sub(n, Ordering::Relaxed);
                     into.remove(tp);
+                    pending.remove(tp);
                     return false;
                 }
             }
-            if last + 1 >= *to {
+            if done {
                 let _ = caught.send((tp.clone(), *to, *epoch));
                 into.remove(tp);
+                pending.remove(tp);
             }
             true
         })

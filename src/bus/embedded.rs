@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use rdkafka::mocking::MockCluster;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer as _};
 
 use super::BusError;
 use super::durable::Durable;
@@ -46,13 +47,25 @@ impl EmbeddedCluster {
         let thread = std::thread::Builder::new()
             .name("kafka-mock".into())
             .spawn(move || {
-                let cluster = match MockCluster::new(brokers) {
-                    Ok(c) => c,
+                // A client that owns the mock cluster (it lives as long).
+                let owner: BaseProducer = match ClientConfig::new()
+                    .set("test.mock.num.brokers", brokers.to_string())
+                    .create()
+                {
+                    Ok(p) => p,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
                         return;
                     }
                 };
+                let Some(cluster) = owner.client().mock_cluster() else {
+                    let _ = ready_tx.send(Err("no mock cluster".into()));
+                    return;
+                };
+                // A group's first members are assigned at once, not after
+                // Kafka's 3 s wait for more to join: one process joins
+                // each group here, and a start should not wait it out.
+                kafka_mock_tuning::set_group_initial_rebalance_delay(owner.client(), 0);
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 while let Ok(cmd) = rx.recv() {
                     match cmd {

@@ -1,7 +1,9 @@
 //! `atelier bench start` fills a fresh embedded data directory with a poll
 //! workload through the durable embedded log (every send answered once
 //! journaled, as the edge's are), stops, and starts `atelier up`'s API and
-//! projectors on it again, timing: the journal read back into the
+//! projectors on it twice: first without a view snapshot (the views are
+//! rebuilt from the journal; the clean stop writes the snapshot), then from
+//! that snapshot. Each start times the journal read back into the
 //! in-process cluster, the first answered request, the first read that
 //! finds a poll of the workload, and the views caught up with the log.
 
@@ -122,103 +124,155 @@ pub(super) async fn run(mut cfg: Config, a: StartArgs) -> anyhow::Result<()> {
     );
 
     // Start again: API and projectors, as `atelier up` without inference.
+    // The first start has no view snapshot: the projectors rebuild the
+    // views from the journal. Its clean stop writes the snapshot the second
+    // start reads.
     cfg.http.listen = "127.0.0.1:0".parse().expect("an address");
     cfg.infer.models_dir = String::new();
-    let rss0 = super::rss_mib();
-    let t0 = Instant::now();
-    let app = App::start(
-        cfg.clone(),
-        Roles {
-            api: true,
-            projector: true,
-            infer: false,
-        },
-    )
-    .await
-    .context("starting on the filled directory")?;
-    let started = t0.elapsed();
-    let dropped = app.dropped_at_start();
-    let url = app.url();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    eprintln!("reading {url}/v1/polls/{first_poll}");
-    let mut first_answer = None;
-    let mut first_poll_read = None;
-    let mut ready = None;
-    let mut caught_up = None;
-    let mut gave_up = None;
-    while caught_up.is_none() && t0.elapsed() < Duration::from_secs(1800) {
-        if first_answer.is_none()
-            && http
-                .get(format!("{url}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        {
-            first_answer = Some(t0.elapsed());
-        }
-        if let Ok(r) = http
-            .get(format!("{url}/v1/polls/{first_poll}"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            first_poll_read.get_or_insert(t0.elapsed());
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            if v["voters"].as_u64() == Some(want_voters) {
-                caught_up = Some(t0.elapsed());
-            } else if t0.elapsed() > Duration::from_secs(60) {
-                gave_up = Some(format!(
-                    "after 60 s the poll shows {} voters, not {want_voters}",
-                    v["voters"]
-                ));
-                break;
-            }
-        } else if t0.elapsed() > Duration::from_secs(60) {
-            gave_up = Some("after 60 s the views do not know the workload's first poll".to_owned());
-            break;
-        }
-        if ready.is_none()
-            && http
-                .get(format!("{url}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        {
-            ready = Some(t0.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let s =
-        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
-    println!(
-        "start with {total} events in the embedded log (fsync {}):\n  \
-         App::start returned            {:.2} s (the journal read back into the cluster)\n  \
-         first answered request         {}\n  \
-         first read of a workload poll  {}\n  \
-         /readyz first ready            {}\n  \
-         that poll shows every voter    {} (the views applied the whole log)\n  \
-         resident memory                {rss0:.0} MiB before, {:.0} MiB after",
-        a.fsync,
-        started.as_secs_f64(),
-        s(first_answer),
-        s(first_poll_read),
-        s(ready),
-        s(caught_up),
-        super::rss_mib(),
-    );
-    println!(
-        "  read from the journal only      {} of the {total} records (the in-process cluster \
-         holds the last 5 MiB of each partition)",
-        dropped
-    );
-    app.stop().await?;
+    let probe = Probe {
+        first_poll,
+        want_voters,
+        total,
+    };
+    let rebuilt = probe
+        .run(
+            &cfg,
+            "without a view snapshot (views rebuilt from the journal)",
+        )
+        .await;
+    let snapshot = match &rebuilt {
+        Ok(_) => Some(
+            probe
+                .run(&cfg, "from the view snapshot the clean stop wrote")
+                .await,
+        ),
+        Err(_) => None,
+    };
     if scratch {
         let _ = std::fs::remove_dir_all(&cfg.data_dir);
     }
-    match gave_up {
-        Some(why) => anyhow::bail!(why),
-        None => Ok(()),
+    let rebuilt = rebuilt?;
+    let from_snapshot = snapshot.expect("run after a rebuild")?;
+    println!(
+        "views complete: {:.2} s rebuilding from the journal ({:.0} events/s), {:.2} s from \
+         the snapshot",
+        rebuilt.as_secs_f64(),
+        total as f64 / rebuilt.as_secs_f64(),
+        from_snapshot.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One start on a filled directory, probed until the views applied the
+/// whole log.
+struct Probe {
+    first_poll: crate::event::PollId,
+    want_voters: u64,
+    total: usize,
+}
+
+impl Probe {
+    /// Starts, probes, prints, stops cleanly; answers how long the views
+    /// took to apply the whole log.
+    async fn run(&self, cfg: &Config, what: &str) -> anyhow::Result<Duration> {
+        let Probe {
+            first_poll,
+            want_voters,
+            total,
+        } = self;
+        let rss0 = super::rss_mib();
+        let t0 = Instant::now();
+        let app = App::start(
+            cfg.clone(),
+            Roles {
+                api: true,
+                projector: true,
+                infer: false,
+            },
+        )
+        .await
+        .context("starting on the filled directory")?;
+        let started = t0.elapsed();
+        let dropped = app.dropped_at_start();
+        let url = app.url();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut first_answer = None;
+        let mut first_poll_read = None;
+        let mut ready = None;
+        let mut caught_up = None;
+        let mut gave_up = None;
+        let limit = Duration::from_secs(600);
+        while caught_up.is_none() {
+            if first_answer.is_none()
+                && http
+                    .get(format!("{url}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            {
+                first_answer = Some(t0.elapsed());
+            }
+            if let Ok(r) = http
+                .get(format!("{url}/v1/polls/{first_poll}"))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                first_poll_read.get_or_insert(t0.elapsed());
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                if v["voters"].as_u64() == Some(*want_voters) {
+                    caught_up = Some(t0.elapsed());
+                }
+            }
+            if caught_up.is_none() && t0.elapsed() > limit {
+                gave_up = Some(format!(
+                    "after {limit:?} the views have not applied the whole log"
+                ));
+                break;
+            }
+            if ready.is_none()
+                && http
+                    .get(format!("{url}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            {
+                ready = Some(t0.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = |d: Option<Duration>| {
+            d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
+        };
+        let rss = super::rss_mib();
+        let t = Instant::now();
+        app.stop().await?;
+        let stopped = t.elapsed();
+        println!(
+            "start {what}, {total} events in the embedded log (fsync {}):\n  \
+             App::start returned            {:.2} s\n  \
+             first answered request         {}\n  \
+             first read of a workload poll  {}\n  \
+             /readyz first ready            {}\n  \
+             that poll shows every voter    {} (the views applied the whole log)\n  \
+             resident memory                {rss0:.0} MiB before, {rss:.0} MiB once caught up\n  \
+             read from the journal only     {dropped} of the records (the in-process cluster \
+             holds the last 5 MiB of each partition)\n  \
+             clean stop (writes the views' snapshot) {:.2} s",
+            cfg.kafka.journal.fsync,
+            started.as_secs_f64(),
+            s(first_answer),
+            s(first_poll_read),
+            s(ready),
+            s(caught_up),
+            stopped.as_secs_f64(),
+        );
+        match (gave_up, caught_up) {
+            (Some(why), _) => anyhow::bail!(why),
+            (None, Some(d)) => Ok(d),
+            (None, None) => anyhow::bail!("the views never applied the whole log"),
+        }
     }
 }
