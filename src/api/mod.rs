@@ -176,6 +176,7 @@ pub async fn sweep_blobs_at_start(st: AppState, token: tokio_util::sync::Cancell
                 tracing::info!(
                     scanned = s.scanned,
                     orphans = s.orphans,
+                    interrupted = s.interrupted,
                     "blob sweep at start"
                 );
                 return;

@@ -48,6 +48,33 @@ fn write_durably(dir: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+fn root_name() -> String {
+    "the blob directory".to_owned()
+}
+
+/// Deletes the temporary files of writes a crash interrupted (never
+/// renamed into place) older than `age`, under `dir`; answers how many.
+fn remove_temps(dir: &Path, age: std::time::Duration) -> std::io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let p = entry.path();
+        if entry.file_type()?.is_dir() {
+            n += remove_temps(&p, age)?;
+        } else if entry.file_name().to_string_lossy().starts_with(".tmp-")
+            && entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|a| a >= age)
+        {
+            std::fs::remove_file(&p)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 impl LocalBlobs {
     /// A store rooted at `root` (created when missing).
     pub fn new(root: PathBuf) -> Result<Self, BlobError> {
@@ -144,11 +171,45 @@ impl BlobStore for LocalBlobs {
         .map_err(|e| BlobError::Unavailable(e.to_string()))?
         .map_err(|e| io(e, "list"))
     }
+
+    async fn remove_interrupted(&self, age: std::time::Duration) -> Result<usize, BlobError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || remove_temps(&root, age))
+            .await
+            .map_err(|e| BlobError::Unavailable(e.to_string()))?
+            .map_err(|e| io(e, &root_name()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn what_an_interrupted_write_left_is_removed_once_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBlobs::new(dir.path().to_owned()).unwrap();
+        b.put(
+            "uploads/x/original.png",
+            Bytes::from_static(b"png"),
+            "image/png",
+        )
+        .await
+        .unwrap();
+        // A crash between the temporary file and its rename.
+        let left = dir.path().join("uploads/x/.tmp-interrupted");
+        std::fs::write(&left, b"half").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(b.remove_interrupted(hour).await.unwrap(), 0);
+        assert!(left.exists(), "younger than the age: kept");
+        let none = std::time::Duration::ZERO;
+        assert_eq!(b.remove_interrupted(none).await.unwrap(), 1);
+        assert!(!left.exists());
+        assert_eq!(
+            b.list("uploads/").await.unwrap(),
+            ["uploads/x/original.png"]
+        );
+    }
 
     #[test]
     fn a_full_disk_and_a_refused_write_say_so() {

@@ -71,6 +71,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
     /// Keys under a prefix, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
+    /// Removes what writes a crash interrupted left behind, older than
+    /// `age` (none on S3, whose puts are whole or absent); answers how
+    /// many.
+    async fn remove_interrupted(&self, _age: std::time::Duration) -> Result<usize, BlobError> {
+        Ok(0)
+    }
 }
 
 /// Keys are relative, `/`-separated, without empty or dot segments.

@@ -520,7 +520,19 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
                     partition: tp.1,
                     records,
                 };
-                if tx.blocking_send(batch).is_err() {
+                // Backpressure: a full queue stops this read (as a paused
+                // partition stops the cluster's fetches) until it drains.
+                let sent = match tx.try_send(batch) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(batch)) => {
+                        emit::paused(Some(&tp.0), 1);
+                        let sent = tx.blocking_send(batch).map_err(drop);
+                        emit::resumed(1);
+                        sent
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                };
+                if sent.is_err() {
                     // Revoked: its worker is gone.
                     progress.inside.fetch_sub(n, Ordering::Relaxed);
                     into.remove(tp);

@@ -17,6 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Heads {
     client: Arc<BaseConsumer>,
+    brokers: String,
 }
 
 impl std::fmt::Debug for Heads {
@@ -31,7 +32,15 @@ impl Heads {
         let client: BaseConsumer = tail_config(cfg, brokers, "heads", "latest").create()?;
         Ok(Self {
             client: Arc::new(client),
+            brokers: brokers.to_owned(),
         })
+    }
+
+    /// Whether the log is the durable embedded one: its journal holds every
+    /// record from offset 0; the cluster only the last 5 MiB of each
+    /// partition (see `bus::durable`).
+    fn journaled(&self) -> bool {
+        super::durable::of(&self.brokers).is_some()
     }
 
     /// `(partition, high watermark)` of every partition of `topic`, in
@@ -78,9 +87,13 @@ impl Heads {
     }
 
     /// `(partition, low watermark)` of every partition of `topic`: the
-    /// first offset the log still holds (retention deletes before it).
+    /// first offset the log still holds (retention deletes before it; the
+    /// embedded log's journal holds everything).
     pub async fn starts(&self, topic: &str) -> Result<Vec<(i32, i64)>, BusError> {
         let heads = self.of(topic).await?;
+        if self.journaled() {
+            return Ok(heads.into_iter().map(|(p, _)| (p, 0)).collect());
+        }
         let client = self.client.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -96,9 +109,13 @@ impl Heads {
     }
 
     /// The first offset of each partition of `topic` whose record time is
-    /// at or after `ms` (the high watermark where there is none).
+    /// at or after `ms` (the high watermark where there is none). On the
+    /// embedded log, an answer at the start of the cluster's window may
+    /// have earlier records in the journal only: it is 0 there (a superset
+    /// of what was asked, never a record short).
     pub async fn at_time(&self, topic: &str, ms: i64) -> Result<Vec<(i32, i64)>, BusError> {
         let heads = self.of(topic).await?;
+        let journaled = self.journaled();
         let client = self.client.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -109,10 +126,13 @@ impl Heads {
             let found = client.offsets_for_times(tpl, TIMEOUT)?;
             let mut out = Vec::new();
             for (p, high) in heads {
-                let off = match found.find_partition(&topic, p).map(|e| e.offset()) {
+                let mut off = match found.find_partition(&topic, p).map(|e| e.offset()) {
                     Some(rdkafka::Offset::Offset(o)) => o,
                     _ => high,
                 };
+                if journaled && off > 0 && off <= client.fetch_watermarks(&topic, p, TIMEOUT)?.0 {
+                    off = 0;
+                }
                 out.push((p, off));
             }
             Ok(out)

@@ -1,9 +1,11 @@
 //! `atelier up`, the binary as a user runs it, keeps what it accepted: under
-//! a steady load of polls, votes, items, likes and joins it is SIGKILLed at
+//! a steady load of polls, votes, items, likes, joins and uploads (with the
+//! exported models) it is SIGKILLed at
 //! five random moments and restarted each time, then stopped with SIGTERM
 //! and started again. Every write that got a 202 is visible exactly once,
 //! the views equal the fold of what was accepted (plus, at most, writes
-//! that were in flight at a kill and never answered), and after the
+//! that were in flight at a kill and never answered), each upload has one
+//! outcome and every stored image belongs to an accepted upload, and after the
 //! SIGTERM every read answers what it answered before: at once, from the
 //! view snapshot the stop wrote, and again after that snapshot is damaged
 //! (set aside, the views rebuilt from the log).
@@ -30,7 +32,7 @@ struct Up {
 }
 
 impl Up {
-    fn start(data: &Path, log: &Path) -> Up {
+    fn start(data: &Path, log: &Path, models: Option<&Path>) -> Up {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -40,12 +42,21 @@ impl Up {
             .args(["up", "--listen", "127.0.0.1:0"])
             .env("ATELIER_DATA_DIR", data)
             .env("ATELIER_AUTH__JWT_SECRET", SECRET)
-            // Uploads are not part of this load: no models to export.
-            .env("ATELIER_INFER__MODELS_DIR", "")
+            // Uploads are stylized with the exported models (none: no
+            // uploads in the load).
+            .env(
+                "ATELIER_INFER__MODELS_DIR",
+                models
+                    .map(|m| m.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )
             .env("ATELIER_LOG", "info")
             // Snapshots between the kills: each start reads the views from
             // the last one and the log after it.
             .env("ATELIER_VIEWS__SNAPSHOT_SECS", "1")
+            // An image stored without its event (a kill between the two)
+            // is swept at the next start once it is this old.
+            .env("ATELIER_UPLOADS__ORPHAN_GRACE_SECS", "3")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -108,6 +119,10 @@ struct Written {
     not_yet: u64,
     /// Other answers than 202 and those 404s (none are expected).
     refused: Vec<String>,
+    /// Uploads answered 202: (upload id, its owner).
+    uploads: Vec<(String, String)>,
+    /// Owners of uploads sent and never answered (each its own user).
+    uploads_unanswered: Vec<String>,
 }
 
 fn token(user: &str) -> String {
@@ -252,6 +267,180 @@ async fn load(
     }
 }
 
+/// The upload worker: until `stop`, each new user mints a session and
+/// uploads an image into it.
+async fn uploads(
+    url: String,
+    w: Arc<parking_lot::Mutex<Written>>,
+    users: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use atelier::image::codec;
+    let http = reqwest::Client::new();
+    let image = codec::encode_png(codec::test_pattern(64, 64, 7).as_raw(), 64, 64).unwrap();
+    let styles = ["sketch", "mosaic", "palette", "painterly"];
+    let mut n = 0usize;
+    while !stop.is_cancelled() {
+        let user = format!(
+            "p{}",
+            users.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let session = match post(&http, &format!("{url}/v1/sessions"), &user, json!({})).await {
+            Ok(Some((200, v))) => v["session_key"].as_str().map(str::to_owned),
+            _ => None,
+        };
+        let Some(session) = session else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        n += 1;
+        let form = reqwest::multipart::Form::new()
+            .text("session_key", session)
+            .text("slot", "1")
+            .text("style", styles[n % styles.len()])
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(image.clone()).file_name("a.png"),
+            );
+        let r = http
+            .post(format!("{url}/v1/uploads"))
+            .bearer_auth(token(&user))
+            .multipart(form)
+            .send()
+            .await;
+        let answer = match r {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                r.json::<Value>().await.ok().map(|v| (s, v))
+            }
+            Err(e) if e.is_connect() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(_) => None,
+        };
+        let mut w = w.lock();
+        match answer {
+            Some((202, v)) => w
+                .uploads
+                .push((v["upload_id"].as_str().unwrap().to_owned(), user)),
+            Some((s, v)) => w.refused.push(format!("upload: {s} {v}")),
+            None => {
+                w.uploads_unanswered.push(user);
+                w.lost_answers += 1;
+            }
+        }
+    }
+}
+
+/// Every upload has one outcome, and every image in the blob store
+/// belongs to an accepted upload (its input, or its one output). `Err`
+/// says what is off.
+async fn check_uploads(url: &str, blobs: &Path, w: &Written) -> Result<usize, String> {
+    let http = reqwest::Client::new();
+    let status = |id: String, user: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("{url}/v1/uploads/{id}"))
+                .bearer_auth(token(&user))
+                .send()
+                .await
+                .ok()?;
+            if r.status().as_u16() != 200 {
+                return None;
+            }
+            let v: Value = r.json().await.ok()?;
+            v["status"].as_str().map(str::to_owned)
+        }
+    };
+    for (id, user) in &w.uploads {
+        match status(id.clone(), user.clone()).await.as_deref() {
+            Some("completed" | "failed") => {}
+            s => return Err(format!("upload {id}: {s:?}, not an outcome")),
+        }
+    }
+    // Every stored image lies under its upload's directory: the input as
+    // uploads/{id}/{secret}/original.*, the output beside it (content-type
+    // sidecars aside).
+    let mut per_upload: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    if let Ok(ids) = std::fs::read_dir(blobs.join("uploads")) {
+        for e in ids.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let entry = per_upload.entry(id).or_default();
+            for f in files(&e.path()) {
+                let name = f
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                if name.ends_with(".content-type") {
+                    continue;
+                }
+                if name.starts_with("original.") {
+                    entry.0 += 1;
+                } else {
+                    entry.1 += 1;
+                }
+            }
+        }
+    }
+    let answered: HashMap<&str, &str> = w
+        .uploads
+        .iter()
+        .map(|(i, u)| (i.as_str(), u.as_str()))
+        .collect();
+    // A directory the sweep emptied holds no image.
+    per_upload.retain(|_, (i, o)| *i + *o > 0);
+    for (id, (inputs, outputs)) in &per_upload {
+        let outcome = match answered.get(id.as_str()) {
+            Some(user) => status(id.clone(), (*user).to_owned()).await,
+            // Accepted while its answer was lost to a kill: one of the
+            // unanswered users owns it.
+            None => {
+                let mut found = None;
+                for user in &w.uploads_unanswered {
+                    if let Some(s) = status(id.clone(), user.clone()).await {
+                        found = Some(s);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        match outcome.as_deref() {
+            Some("completed") if *inputs == 1 && *outputs == 1 => {}
+            Some("failed") if *inputs == 1 && *outputs == 0 => {}
+            s => {
+                return Err(format!(
+                    "upload {id}: {inputs} input and {outputs} output images, status {s:?} \
+                     (an orphan, or more than one outcome)"
+                ));
+            }
+        }
+    }
+    for (id, _) in &w.uploads {
+        if !per_upload.contains_key(id) {
+            return Err(format!("upload {id}: answered 202, no image stored"));
+        }
+    }
+    Ok(per_upload.len())
+}
+
+/// The files under `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     match http.get(url).send().await {
         Ok(r) => {
@@ -336,10 +525,12 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
     let w = Arc::new(parking_lot::Mutex::new(Written::default()));
     let users = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut rng = rand::rngs::SmallRng::from_entropy();
+    // With the exported models, uploads join the load.
+    let models = crate::helpers::real("ATELIER_IT_MODELS").map(PathBuf::from);
     for run in 0..5 {
-        let up = Up::start(&data, &log);
+        let up = Up::start(&data, &log, models.as_deref());
         let stop = tokio_util::sync::CancellationToken::new();
-        let workers: Vec<_> = (0..6)
+        let mut workers: Vec<_> = (0..6)
             .map(|i| {
                 tokio::spawn(load(
                     run * 100 + i,
@@ -350,6 +541,14 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
                 ))
             })
             .collect();
+        if models.is_some() {
+            workers.push(tokio::spawn(uploads(
+                up.url.clone(),
+                w.clone(),
+                users.clone(),
+                stop.clone(),
+            )));
+        }
         let lost_before = w.lock().lost_answers;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(700..2_500))).await;
         // The kill lands while the workers' requests are in flight.
@@ -379,10 +578,20 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
         w.lost_answers, w.not_yet
     );
     assert!(answered > 100, "the load wrote too little: {answered}");
+    if models.is_some() {
+        eprintln!(
+            "{} uploads answered 202, {} unanswered",
+            w.uploads.len(),
+            w.uploads_unanswered.len()
+        );
+        assert!(w.uploads.len() > 5, "too few uploads: {}", w.uploads.len());
+    }
 
     // After the last kill: everything answered is there (once the views
-    // caught up with the log they rebuild from).
-    let up = Up::start(&data, &log);
+    // caught up with the log they rebuild from). Past the orphan grace, the
+    // start's sweep removes images the kills left without their events.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let up = Up::start(&data, &log, models.as_deref());
     let before = eventually(120, "the views hold every answered write", || async {
         let r = read_all(&up.url, &w).await;
         check(&r, &w).ok().map(|()| r)
@@ -390,6 +599,19 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
     .await;
     // Settled: a second read answers the same.
     assert_eq!(read_all(&up.url, &w).await, before);
+    if models.is_some() {
+        let blobs = data.join("blobs");
+        // Every upload has one outcome, and no image is orphaned.
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        let n = loop {
+            match check_uploads(&up.url, &blobs, &w).await {
+                Ok(n) => break n,
+                Err(why) if std::time::Instant::now() > deadline => panic!("{why}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        eprintln!("{n} uploads stored, each with one outcome");
+    }
     let status = up.term();
     assert!(status.success(), "SIGTERM stops cleanly: {status}");
 
@@ -397,7 +619,7 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
     // before any record is applied again, answers what it did before.
     let snapshot = data.join("views.snapshot");
     assert!(snapshot.exists(), "SIGTERM leaves a view snapshot");
-    let up = Up::start(&data, &log);
+    let up = Up::start(&data, &log, models.as_deref());
     assert_eq!(read_all(&up.url, &w).await, before);
     let status = up.term();
     assert!(status.success(), "{status}");
@@ -408,7 +630,7 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
     std::fs::write(&snapshot, &bytes).unwrap();
-    let up = Up::start(&data, &log);
+    let up = Up::start(&data, &log, models.as_deref());
     assert!(
         data.join("views.unusable").exists(),
         "the damaged snapshot is moved aside"

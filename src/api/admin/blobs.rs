@@ -76,6 +76,9 @@ pub(crate) struct Swept {
     pub(crate) foreign: usize,
     /// Orphans deleted (or, on a dry run, found).
     pub(crate) orphans: usize,
+    /// Partial files of image writes a crash interrupted, older than the
+    /// grace period, deleted (left alone on a dry run).
+    pub(crate) interrupted: usize,
     /// The first orphans' keys.
     pub(crate) sample: Vec<String>,
     /// Whether anything was deleted.
@@ -140,6 +143,13 @@ pub(crate) async fn sweep(st: &AppState, dry_run: bool) -> Result<Swept, ApiErro
         dry_run,
         ..Swept::default()
     };
+    if !dry_run {
+        out.interrupted = st
+            .blobs
+            .remove_interrupted(std::time::Duration::from_millis(grace_ms))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+    }
     let mut known: HashSet<UploadId> = HashSet::new();
     let mut unknown: HashSet<UploadId> = HashSet::new();
     for key in keys {
