@@ -108,6 +108,8 @@ pub struct App {
     cluster: Option<EmbeddedCluster>,
     /// This process's claim on its data directory (the embedded default).
     _data_dir: Option<DataDir>,
+    /// See `Snapshotter::on_disk`.
+    snapshot_writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The data directory's format version: written on first use, checked on
@@ -364,7 +366,8 @@ impl App {
             Some(read) => Some(read.await?),
             None => None,
         };
-        let views = open_views(&cfg, cluster.as_ref().and_then(|c| c.durable()), snapshot).await?;
+        let (views, restored) =
+            open_views(&cfg, cluster.as_ref().and_then(|c| c.durable()), snapshot).await?;
         let blobs = crate::blob::open(&cfg.blobs, &cfg.data_dir)
             .await
             .context("opening the blob store")?;
@@ -388,6 +391,12 @@ impl App {
             config: cfg,
             cluster,
             _data_dir: None,
+            // Views read from the snapshot on disk match it until they change.
+            snapshot_writes: Arc::new(std::sync::atomic::AtomicU64::new(if restored {
+                0
+            } else {
+                u64::MAX
+            })),
         })
     }
 
@@ -625,7 +634,6 @@ impl App {
         }
     }
 
-    /// Stops everything: cancel, drain, flush.
     /// The views' snapshot writer, on the embedded default with its
     /// durable log and snapshots on.
     fn snapshotter(&self) -> Option<Snapshotter> {
@@ -635,6 +643,7 @@ impl App {
                 views: self.views.clone(),
                 durable,
                 path: snapshot_path(&self.config),
+                on_disk: self.snapshot_writes.clone(),
             },
         )
     }
@@ -647,27 +656,20 @@ impl App {
         let token = self.shutdown.clone();
         let s = Arc::new(s);
         self.spawn("view snapshots", async move {
-            let mut written = s.views.counts().1;
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(every) => {}
                 }
-                let writes = s.views.counts().1;
-                if writes == written {
-                    continue;
-                }
                 let job = s.clone();
-                match tokio::task::spawn_blocking(move || job.save()).await? {
-                    Ok(_) => written = writes,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a view snapshot failed; the last one stays")
-                    }
+                if let Err(e) = tokio::task::spawn_blocking(move || job.save()).await? {
+                    tracing::warn!(error = %e, "a view snapshot failed; the last one stays")
                 }
             }
         });
     }
 
+    /// Stops everything: cancel, drain, flush.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let mut result = Ok(());
@@ -711,7 +713,7 @@ async fn open_views(
     cfg: &Config,
     durable: Option<&Arc<crate::bus::durable::Durable>>,
     snapshot: Option<Result<Option<view::snapshot::Restored>, view::snapshot::SnapshotError>>,
-) -> anyhow::Result<Arc<Generations>> {
+) -> anyhow::Result<(Arc<Generations>, bool)> {
     if let (Some(d), Some(read)) = (durable, snapshot) {
         let path = snapshot_path(cfg);
         let refuse = |why: String| {
@@ -733,7 +735,10 @@ async fn open_views(
                         took_ms = r.took.as_millis() as u64,
                         "the views start from their snapshot"
                     );
-                    return Ok(Generations::with_stores(r.base, r.generations, &cfg.views));
+                    return Ok((
+                        Generations::with_stores(r.base, r.generations, &cfg.views),
+                        true,
+                    ));
                 }
                 Some(why) => refuse(why),
             },
@@ -744,7 +749,7 @@ async fn open_views(
     let base = view::open(&cfg.views)
         .await
         .context("opening the view store")?;
-    Ok(Generations::new(base, &cfg.views))
+    Ok((Generations::new(base, &cfg.views), false))
 }
 
 /// Why a snapshot's views cannot be continued from the log (a checkpoint
@@ -786,18 +791,29 @@ struct Snapshotter {
     views: Arc<Generations>,
     durable: Arc<crate::bus::durable::Durable>,
     path: std::path::PathBuf,
+    /// The views' write count when the snapshot on disk was taken
+    /// (`u64::MAX`: none matches them).
+    on_disk: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Snapshotter {
-    /// Blocking: serializes, waits until the journal holds everything the
-    /// views may have applied, installs.
+    /// Blocking, and only when the views changed since the snapshot on
+    /// disk: serializes, waits until the journal holds everything the views
+    /// may have applied, installs.
     fn save(&self) -> Result<Option<view::snapshot::Saved>, view::snapshot::SnapshotError> {
+        use std::sync::atomic::Ordering;
+        // Read before serializing: a write during it counts as a change.
+        let writes = self.views.counts().1;
+        if self.on_disk.load(Ordering::Relaxed) == writes {
+            return Ok(None);
+        }
         let d = self.durable.clone();
         let saved = view::snapshot::save(&self.views, &self.path, move || {
             d.barrier(Duration::from_secs(30))
                 .map_err(|e| e.to_string())
         })?;
         if let Some(s) = saved {
+            self.on_disk.store(writes, Ordering::Relaxed);
             tracing::info!(
                 bytes = s.bytes,
                 took_ms = s.took.as_millis() as u64,

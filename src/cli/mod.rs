@@ -213,14 +213,21 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
                 "Kafka".to_owned()
             } else if app.config.kafka.journal.enabled {
                 format!(
-                    "embedded, kept in {} (fsync {}); views rebuilt from it at start",
+                    "embedded, kept in {} (fsync {})",
                     app.config.data_dir.join("log").display(),
                     app.config.kafka.journal.fsync
                 )
             } else {
                 "embedded, in memory only (kafka.journal.enabled = false)".to_owned()
             },
-            app.views.backend(),
+            match (app.views.backend(), app.config.views.snapshot_secs) {
+                ("embedded", n) if embedded && app.config.kafka.journal.enabled && n > 0 =>
+                    format!(
+                        "embedded, in memory; snapshot {} every {n} s when changed and at a clean stop",
+                        app.config.data_dir.join("views.snapshot").display()
+                    ),
+                (b, _) => b.to_owned(),
+            },
             if styles.is_empty() {
                 "none published".to_owned()
             } else {
