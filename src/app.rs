@@ -735,6 +735,23 @@ async fn open_views(
                         took_ms = r.took.as_millis() as u64,
                         "the views start from their snapshot"
                     );
+                    if let Some(spill) = open_spill(cfg, false)? {
+                        r.base.attach(&spill, view::embedded::BASE_TAG);
+                        for ((v, n), s) in &r.generations {
+                            if let Some(e) = s.as_embedded() {
+                                e.attach(&spill, &view::embedded::generation_tag(*v, *n));
+                            }
+                        }
+                        let removed = spill
+                            .collect_unreferenced()
+                            .context("collecting the view spill file's garbage")?;
+                        if removed > 0 {
+                            tracing::info!(
+                                removed,
+                                "partitions of cleared views removed from the spill file"
+                            );
+                        }
+                    }
                     return Ok((
                         Generations::with_stores(r.base, r.generations, &cfg.views),
                         true,
@@ -749,7 +766,41 @@ async fn open_views(
     let base = view::open(&cfg.views)
         .await
         .context("opening the view store")?;
+    if durable.is_some()
+        && let Some(e) = base.as_embedded()
+        && let Some(spill) = open_spill(cfg, true)?
+    {
+        e.attach(&spill, view::embedded::BASE_TAG);
+    }
     Ok((Generations::new(base, &cfg.views), false))
+}
+
+/// Where the embedded views' partitions past their memory budget go.
+pub fn spill_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.data_dir.join("views.spill")
+}
+
+/// The embedded views' spill file under their memory budget (`None`: no
+/// budget); `fresh` empties it (the views are rebuilt from the log).
+fn open_spill(
+    cfg: &Config,
+    fresh: bool,
+) -> anyhow::Result<Option<Arc<view::embedded::spill::Spill>>> {
+    let path = spill_path(cfg);
+    let budget = match cfg.views.memory_mb {
+        // Without a budget nothing is spilled, but partitions an earlier
+        // run spilled are still read back from the file.
+        0 if !fresh && path.exists() => u64::MAX,
+        0 => {
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        mb => mb << 20,
+    };
+    let spill =
+        view::embedded::spill::Spill::open(&path, budget, fresh, cfg.views.snapshot_secs > 0)
+            .with_context(|| format!("opening the views' spill file {}", path.display()))?;
+    Ok(Some(spill))
 }
 
 /// Why a snapshot's views cannot be continued from the log (a checkpoint

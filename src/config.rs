@@ -297,6 +297,12 @@ pub struct ViewsConfig {
     /// a clean stop), so that a start reads only the log after the
     /// snapshot. 0: never (every start rebuilds them from the log).
     pub snapshot_secs: u64,
+    /// On the embedded default with its durable log: the budget (MiB) of
+    /// the embedded views' partitions held in memory. Past it, the least
+    /// recently used partitions are spilled to `views.spill` under the data
+    /// directory and read back on their next use, so that memory does not
+    /// grow with the views' history. 0: no budget (all in memory).
+    pub memory_mb: u64,
 }
 
 impl Default for ViewsConfig {
@@ -312,6 +318,7 @@ impl Default for ViewsConfig {
             username: String::new(),
             password: Secret::default(),
             snapshot_secs: 30,
+            memory_mb: 256,
         }
     }
 }

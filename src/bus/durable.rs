@@ -159,8 +159,9 @@ impl Durable {
             // As the edge's producer: the mock cluster's per-partition
             // bound counts compressed batches.
             .set("compression.type", "lz4")
+            // Bounded: what waits here is resident memory at every start.
             .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
+            .set("queue.buffering.max.kbytes", "65536")
             .set("message.timeout.ms", "60000");
         let producer: BaseProducer<Replay> = replay.create_with_context(Replay {
             bad: parking_lot::Mutex::new(None),

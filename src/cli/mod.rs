@@ -223,7 +223,14 @@ async fn up(cfg: Config, roles: app::Roles) -> anyhow::Result<()> {
             match (app.views.backend(), app.config.views.snapshot_secs) {
                 ("embedded", n) if embedded && app.config.kafka.journal.enabled && n > 0 =>
                     format!(
-                        "embedded, in memory; snapshot {} every {n} s when changed and at a clean stop",
+                        "embedded, {}; snapshot {} every {n} s when changed and at a clean stop",
+                        match app.config.views.memory_mb {
+                            0 => "all in memory (views.memory_mb = 0)".to_owned(),
+                            mb => format!(
+                                "{mb} MiB in memory, the rest in {}",
+                                crate::app::spill_path(&app.config).display()
+                            ),
+                        },
                         app.config.data_dir.join("views.snapshot").display()
                     ),
                 (b, _) => b.to_owned(),

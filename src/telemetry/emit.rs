@@ -69,6 +69,22 @@ pub fn view_requests(n: u64) {
     metrics::counter!(names::VIEW_REQUESTS).increment(n);
 }
 
+/// Embedded view partitions spilled past the memory budget.
+pub fn view_spilled(n: u64) {
+    metrics::counter!(names::VIEW_SPILLED).increment(n);
+}
+
+/// An embedded view partition read back from the spill file.
+pub fn view_read_back() {
+    metrics::counter!(names::VIEW_READ_BACK).increment(1);
+}
+
+/// The embedded views' resident bytes and their budget.
+pub fn view_memory(resident: u64, budget: u64) {
+    metrics::gauge!(names::VIEW_MEMORY).set(resident as f64);
+    metrics::gauge!(names::VIEW_MEMORY_BUDGET).set(budget as f64);
+}
+
 /// An event refused by a fold rule.
 pub fn fold_rejected(view: &'static str, reason: &'static str) {
     metrics::counter!(names::FOLD_REJECTED, "view" => view, "reason" => reason).increment(1);

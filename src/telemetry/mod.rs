@@ -39,6 +39,14 @@ pub mod names {
     /// View-store requests: each read or lone write statement is one, a
     /// batch one per partition it writes.
     pub const VIEW_REQUESTS: &str = "atelier_view_requests_total";
+    /// Estimated bytes of the embedded views' partitions in memory.
+    pub const VIEW_MEMORY: &str = "atelier_view_memory_bytes";
+    /// The embedded views' memory budget (`views.memory_mb`).
+    pub const VIEW_MEMORY_BUDGET: &str = "atelier_view_memory_budget_bytes";
+    /// Embedded view partitions moved to the spill file past the budget.
+    pub const VIEW_SPILLED: &str = "atelier_view_partitions_spilled_total";
+    /// Embedded view partitions read back from the spill file.
+    pub const VIEW_READ_BACK: &str = "atelier_view_partitions_read_back_total";
     /// Events per mini-batch.
     pub const BATCH_EVENTS: &str = "atelier_batch_events";
     /// Partitions paused for backpressure right now.

@@ -249,7 +249,10 @@ impl Generations {
             return Ok(s.clone());
         }
         let store: Arc<dyn Store> = match self.cfg.backend {
-            ViewBackend::Embedded => Arc::new(EmbeddedStore::default()),
+            ViewBackend::Embedded => Arc::new(match self.base.as_embedded() {
+                Some(base) => base.sibling(view, generation),
+                None => EmbeddedStore::default(),
+            }),
             ViewBackend::Cql => {
                 let mut cfg = self.cfg.clone();
                 cfg.keyspace = keyspace(&self.cfg.keyspace, view, generation);

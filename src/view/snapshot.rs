@@ -27,7 +27,7 @@ use super::{EmbeddedStore, Generations, Store, View};
 
 /// What a snapshot file starts with (the format's version is its last
 /// two bytes).
-const MAGIC: &[u8; 16] = b"atelier-views\0v1";
+const MAGIC: &[u8; 16] = b"atelier-views\0v2";
 const HEADER: usize = 16 + 8 + 4;
 
 /// A snapshot that cannot be read or written.
@@ -164,12 +164,24 @@ pub fn save(
     file.write_all(&header).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
-    before_install().map_err(|why| bad(path, why))?;
+    // The spilled partitions are part of the snapshot: committed durably
+    // once the log holds what the views applied, with no spill in between.
+    match base.spill() {
+        Some(spill) => spill
+            .sync(before_install)
+            .map_err(|e| bad(path, e.to_string()))?,
+        None => before_install().map_err(|why| bad(path, why))?,
+    }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
+    }
+    if let Some(spill) = base.spill()
+        && let Err(e) = spill.collect_garbage()
+    {
+        tracing::warn!(error = %e, "cleared view partitions stay in the spill file");
     }
     Ok(Some(Saved {
         bytes: n + HEADER as u64,

@@ -8,7 +8,9 @@
 //! outcome and every stored image belongs to an accepted upload, and after the
 //! SIGTERM every read answers what it answered before: at once, from the
 //! view snapshot the stop wrote, and again after that snapshot is damaged
-//! (set aside, the views rebuilt from the log).
+//! (set aside, the views rebuilt from the log). The views' memory budget
+//! is small enough that their partitions are spilled to disk and read
+//! back throughout.
 //!
 //! Each kill is shown to have landed on work: requests were in flight when
 //! it struck (they fail with a transport error, never an answer).
@@ -54,6 +56,9 @@ impl Up {
             // Snapshots between the kills: each start reads the views from
             // the last one and the log after it.
             .env("ATELIER_VIEWS__SNAPSHOT_SECS", "1")
+            // A memory budget the load's views outgrow: partitions are
+            // spilled to disk and read back across the kills.
+            .env("ATELIER_VIEWS__MEMORY_MB", "1")
             // An image stored without its event (a kill between the two)
             // is swept at the next start once it is this old.
             .env("ATELIER_UPLOADS__ORPHAN_GRACE_SECS", "3")
@@ -441,6 +446,20 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `atelier_view_partitions_read_back_total` on `/metrics`.
+async fn spilled_read_back(url: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("atelier_view_partitions_read_back_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     match http.get(url).send().await {
         Ok(r) => {
@@ -599,6 +618,12 @@ async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
     .await;
     // Settled: a second read answers the same.
     assert_eq!(read_all(&up.url, &w).await, before);
+    // Those reads were answered from partitions spilled past the budget.
+    let read_back = spilled_read_back(&up.url).await;
+    assert!(
+        read_back > 0.0,
+        "no view partition was read back from the spill file: the budget was never in play"
+    );
     if models.is_some() {
         let blobs = data.join("blobs");
         // Every upload has one outcome, and no image is orphaned.

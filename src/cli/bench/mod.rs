@@ -6,6 +6,7 @@ mod infer;
 mod limits;
 mod project;
 mod reads;
+mod soak;
 mod start;
 
 use clap::Subcommand;
@@ -31,6 +32,10 @@ pub(super) enum BenchCmd {
     /// durable embedded log, start on it again, and time the journal's read
     /// back, the first answered request and the views catching up.
     Start(start::StartArgs),
+    /// Memory under history: a long stream of polls and votes into the
+    /// embedded default, resident memory printed against events accepted
+    /// and the views' memory budget.
+    Soak(soak::SoakArgs),
     /// One memory measurement of `bench infer --memory` (run as a child).
     #[command(hide = true)]
     InferMemoryProbe(infer::MemoryProbeArgs),
@@ -66,6 +71,7 @@ pub(super) async fn run(cfg: Config, cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Infer(a) => infer::run(cfg, a).await,
         BenchCmd::Limits(a) => limits::run(cfg, a).await,
         BenchCmd::Start(a) => start::run(cfg, a).await,
+        BenchCmd::Soak(a) => soak::run(cfg, a).await,
         BenchCmd::InferMemoryProbe(a) => infer::memory_probe(cfg, a).await,
     }
 }

@@ -38,6 +38,12 @@ impl Tables {
         self.sessions.rebind(c);
     }
 
+    pub(super) fn attach(&self, spill: &Arc<super::spill::Spill>, tag: &str) {
+        self.cards.attach(spill, format!("{tag}/cards.cards"));
+        self.uploads.attach(spill, format!("{tag}/cards.uploads"));
+        self.sessions.attach(spill, format!("{tag}/cards.sessions"));
+    }
+
     pub(super) fn clear(&self) {
         self.cards.clear();
         self.uploads.clear();
@@ -67,12 +73,12 @@ impl CardsStore for EmbeddedStore {
                 &p.session_key,
                 p.ts,
                 vec![Mutation::Upsert(p.slot, patch_cells(p))],
-            );
+            )?;
         }
         for p in uploads {
             self.cards
                 .uploads
-                .batch(&p.upload_id, p.ts, vec![Mutation::Static(patch_cells(p))]);
+                .batch(&p.upload_id, p.ts, vec![Mutation::Static(patch_cells(p))])?;
         }
         for p in sessions {
             let Some((owner, row)) = SessionRow::of(p) else {
@@ -85,17 +91,17 @@ impl CardsStore for EmbeddedStore {
                     std::cmp::Reverse(session_order(&p.session_key)),
                     to_cells(&row),
                 )],
-            );
+            )?;
         }
         Ok(())
     }
 
     async fn cards(&self, session: &SessionKey) -> Result<Vec<Card>, ViewError> {
-        self.cards.cards.rows(session, |rows| page(rows, None, 3))
+        self.cards.cards.rows(session, |rows| page(rows, None, 3))?
     }
 
     async fn upload(&self, id: UploadId) -> Result<Option<Card>, ViewError> {
-        self.cards.uploads.statics(&id).map(from_cells).transpose()
+        self.cards.uploads.statics(&id)?.map(from_cells).transpose()
     }
 
     async fn sessions_of(
@@ -107,6 +113,6 @@ impl CardsStore for EmbeddedStore {
         let after = before.map(|k| std::cmp::Reverse(session_order(k)));
         self.cards
             .sessions
-            .rows(owner, |rows| page(rows, after, limit))
+            .rows(owner, |rows| page(rows, after, limit))?
     }
 }

@@ -39,8 +39,8 @@ impl Tables {
     }
 
     /// Forgets every checkpoint of one view.
-    pub(super) fn drop_checkpoints(&self, view: &str) {
-        self.checkpoints.remove(&view.to_owned());
+    pub(super) fn drop_checkpoints(&self, view: &str) -> Result<(), ViewError> {
+        self.checkpoints.remove(&view.to_owned())
     }
 
     /// Forgets every checkpoint.
@@ -106,7 +106,7 @@ impl CheckpointStore for EmbeddedStore {
                 .and_then(Row::live)
                 .map(from_cells)
                 .transpose()
-        })
+        })?
     }
 
     async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), ViewError> {
@@ -117,8 +117,7 @@ impl CheckpointStore for EmbeddedStore {
                 (cp.topic.clone(), cp.partition),
                 to_cells(cp),
             )],
-        );
-        Ok(())
+        )
     }
 
     async fn checkpoints(&self, view: &str) -> Result<Vec<Checkpoint>, ViewError> {
@@ -128,7 +127,7 @@ impl CheckpointStore for EmbeddedStore {
                 .filter_map(Row::live)
                 .map(from_cells)
                 .collect()
-        })
+        })?
     }
 
     async fn mark_degraded(&self, d: &Degraded) -> Result<(), ViewError> {

@@ -36,6 +36,12 @@ impl Tables {
         self.timelines.rebind(c);
     }
 
+    pub(super) fn attach(&self, spill: &Arc<super::spill::Spill>, tag: &str) {
+        self.items.attach(spill, format!("{tag}/feed.items"));
+        self.timelines
+            .attach(spill, format!("{tag}/feed.timelines"));
+    }
+
     pub(super) fn clear(&self) {
         self.items.clear();
         self.timelines.clear();
@@ -47,7 +53,7 @@ impl FeedStore for EmbeddedStore {
     async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(m) = self.feed.items.statics(id) {
+            if let Some(m) = self.feed.items.statics(id)? {
                 out.push(from_cells(m)?);
             }
         }
@@ -70,7 +76,7 @@ impl FeedStore for EmbeddedStore {
                 }
             }
             Ok(out)
-        })
+        })?
     }
 
     async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
@@ -84,7 +90,7 @@ impl FeedStore for EmbeddedStore {
                 Some(_) => Mutation::Delete(key),
                 None => Mutation::Upsert(key, to_cells(&row)),
             };
-            self.feed.timelines.batch(&Cow::Borrowed(t), ts, vec![m]);
+            self.feed.timelines.batch(&Cow::Borrowed(t), ts, vec![m])?;
         }
         let mut muts = Vec::with_capacity(c.members.len() + 1);
         muts.push(Mutation::Static(to_cells(s)));
@@ -94,12 +100,11 @@ impl FeedStore for EmbeddedStore {
                 None => Mutation::Delete(k.clone()),
             });
         }
-        self.feed.items.batch(&s.item_id, ts, muts);
-        Ok(())
+        self.feed.items.batch(&s.item_id, ts, muts)
     }
 
     async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
-        self.feed.items.statics(&id).map(from_cells).transpose()
+        self.feed.items.statics(&id)?.map(from_cells).transpose()
     }
 
     async fn timeline(
@@ -112,6 +117,6 @@ impl FeedStore for EmbeddedStore {
         let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
         self.feed
             .timelines
-            .rows(&Cow::Borrowed(name), |rows| page(rows, after, limit))
+            .rows(&Cow::Borrowed(name), |rows| page(rows, after, limit))?
     }
 }

@@ -8,6 +8,7 @@ mod cards;
 mod control;
 mod feed;
 mod polls;
+pub mod spill;
 mod table;
 
 use std::sync::Arc;
@@ -15,6 +16,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{Counters, Store, View, ViewError};
+
+/// The spill file's name for the base store (generation 0 of every view,
+/// and the control rows).
+pub const BASE_TAG: &str = "views";
+
+/// The spill file's name for a store of one generation of a view.
+pub fn generation_tag(view: super::View, generation: u32) -> String {
+    format!("{}@{generation}", view.as_str())
+}
 
 /// The embedded store (the default of `atelier up`). It serializes as a
 /// snapshot (`view::snapshot`): the control rows first, then each table
@@ -27,6 +37,10 @@ pub struct EmbeddedStore {
     cards: cards::Tables,
     #[serde(skip)]
     counters: Arc<Counters>,
+    /// Where partitions past the memory budget go (on the embedded
+    /// default with its data directory).
+    #[serde(skip)]
+    spill: std::sync::OnceLock<Arc<spill::Spill>>,
 }
 
 impl Default for EmbeddedStore {
@@ -38,6 +52,7 @@ impl Default for EmbeddedStore {
             cards: cards::Tables::new(&counters),
             control: control::Tables::new(&counters),
             counters,
+            spill: Default::default(),
         }
     }
 }
@@ -51,6 +66,34 @@ impl EmbeddedStore {
         self.feed.rebind(&c);
         self.cards.rebind(&c);
         self
+    }
+
+    /// Spills this store's partitions past the budget to `spill`, under
+    /// `tag` (unique per store: the base store, or a view's generation).
+    /// The control rows stay in memory: they are few, and a snapshot
+    /// holds them whole.
+    /// Attaching twice does nothing.
+    pub fn attach(&self, spill: &Arc<spill::Spill>, tag: &str) {
+        if self.spill.set(spill.clone()).is_ok() {
+            self.polls.attach(spill, tag);
+            self.feed.attach(spill, tag);
+            self.cards.attach(spill, tag);
+        }
+    }
+
+    /// The spill file this store's partitions go to past the budget.
+    pub fn spill(&self) -> Option<&Arc<spill::Spill>> {
+        self.spill.get()
+    }
+
+    /// A new store for one generation of a view, spilling where this one
+    /// does.
+    pub fn sibling(&self, view: super::View, generation: u32) -> EmbeddedStore {
+        let s = EmbeddedStore::default();
+        if let Some(sp) = self.spill.get() {
+            s.attach(sp, &generation_tag(view, generation));
+        }
+        s
     }
 
     /// Clears one view's tables; `false` when this store holds no such view.
@@ -93,8 +136,7 @@ impl Store for EmbeddedStore {
         if !self.clear_view(view) {
             return Err(ViewError::Rejected(format!("no view {view}")));
         }
-        self.control.drop_checkpoints(view.as_str());
-        Ok(())
+        self.control.drop_checkpoints(view.as_str())
     }
 
     async fn drop_store(&self) -> Result<(), ViewError> {

@@ -39,6 +39,12 @@ impl Tables {
         self.voters.rebind(c);
     }
 
+    pub(super) fn attach(&self, spill: &Arc<super::spill::Spill>, tag: &str) {
+        self.polls.attach(spill, format!("{tag}/polls.polls"));
+        self.by_owner.attach(spill, format!("{tag}/polls.by_owner"));
+        self.voters.attach(spill, format!("{tag}/polls.voters"));
+    }
+
     pub(super) fn clear(&self) {
         self.polls.clear();
         self.by_owner.clear();
@@ -51,7 +57,7 @@ impl PollsStore for EmbeddedStore {
     async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(m) = self.polls.polls.statics(id) {
+            if let Some(m) = self.polls.polls.statics(id)? {
                 out.push(from_cells(m)?);
             }
         }
@@ -74,7 +80,7 @@ impl PollsStore for EmbeddedStore {
                 }
             }
             Ok(out)
-        })
+        })?
     }
 
     async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
@@ -90,7 +96,7 @@ impl PollsStore for EmbeddedStore {
                 std::cmp::Reverse((s.created_at.timestamp_micros(), s.poll_id)),
                 to_cells(&row),
             )],
-        );
+        )?;
         for (q, changes) in voter_changes(c) {
             let vm = changes
                 .into_iter()
@@ -99,7 +105,7 @@ impl PollsStore for EmbeddedStore {
                     None => Mutation::Delete(v.to_owned()),
                 })
                 .collect::<Vec<_>>();
-            self.polls.voters.batch(&(s.poll_id, q), ts, vm);
+            self.polls.voters.batch(&(s.poll_id, q), ts, vm)?;
         }
         let mut muts = Vec::with_capacity(c.ballots.len() + 1);
         muts.push(Mutation::Static(to_cells(s)));
@@ -109,12 +115,11 @@ impl PollsStore for EmbeddedStore {
                 None => Mutation::Delete(k.clone()),
             });
         }
-        self.polls.polls.batch(&s.poll_id, ts, muts);
-        Ok(())
+        self.polls.polls.batch(&s.poll_id, ts, muts)
     }
 
     async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
-        self.polls.polls.statics(&id).map(from_cells).transpose()
+        self.polls.polls.statics(&id)?.map(from_cells).transpose()
     }
 
     async fn polls_by_owner(
@@ -126,7 +131,7 @@ impl PollsStore for EmbeddedStore {
         let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
         self.polls
             .by_owner
-            .rows(owner, |rows| page(rows, after, limit))
+            .rows(owner, |rows| page(rows, after, limit))?
     }
 
     async fn question_voters(
@@ -138,7 +143,7 @@ impl PollsStore for EmbeddedStore {
     ) -> Result<Vec<VoterRow>, ViewError> {
         self.polls.voters.rows(&(poll, question), |rows| {
             page(rows, after.map(str::to_owned), limit)
-        })
+        })?
     }
 
     async fn scan_polls(
@@ -146,31 +151,11 @@ impl PollsStore for EmbeddedStore {
         after: Option<PollId>,
         limit: usize,
     ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
-        let limit = limit.max(1);
-        self.polls.polls.scan(|parts| {
-            // Partitions are hashed, not ordered: one walk keeps the `limit`
-            // smallest ids past the cursor in a max-heap, so a page costs one
-            // pass over the table and `limit` ids of memory, never a sorted
-            // copy of every key.
-            let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
-            for id in parts.keys().filter(|id| after.is_none_or(|a| **id > a)) {
-                if heap.len() < limit {
-                    heap.push(*id);
-                } else if heap.peek().is_some_and(|top| id < top) {
-                    heap.pop();
-                    heap.push(*id);
-                }
-            }
-            let ids = heap.into_sorted_vec();
-            let next = (ids.len() == limit).then(|| ids.last().copied()).flatten();
-            let mut out = Vec::with_capacity(ids.len());
-            for id in &ids {
-                // As in CQL, a partition without its aggregate is not a poll.
-                if let Some(m) = parts.get(id).and_then(|p| p.statics.live()) {
-                    out.push(from_cells(m)?);
-                }
-            }
-            Ok((out, next))
-        })
+        let (states, next) = self.polls.polls.scan_statics(after.as_ref(), limit)?;
+        let states = states
+            .into_iter()
+            .map(from_cells)
+            .collect::<Result<Vec<PollState>, _>>()?;
+        Ok((states, next))
     }
 }

@@ -7,13 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::spill::{Evict, Spill};
 use crate::view::{Counters, ViewError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,12 +71,19 @@ impl Row {
 }
 
 /// One partition: static cells and clustering rows.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(bound(serialize = "C: Serialize", deserialize = "C: Deserialize<'de>"))]
 pub(super) struct Partition<C: Ord> {
     pub(super) statics: Row,
     #[serde(with = "pairs")]
     pub(super) rows: BTreeMap<C, Row>,
+    /// The access clock's tick of its last use (least recently used
+    /// partitions are spilled first).
+    #[serde(skip)]
+    used: AtomicU64,
+    /// Its estimated size in memory.
+    #[serde(skip)]
+    bytes: u64,
 }
 
 /// A map in a snapshot: its entries as a sequence of pairs (its keys need
@@ -107,7 +116,50 @@ impl<C: Ord> Default for Partition<C> {
         Self {
             statics: Row::default(),
             rows: BTreeMap::new(),
+            used: AtomicU64::new(0),
+            bytes: PART_BYTES,
         }
+    }
+}
+
+/// Estimated bytes of a partition without rows, a row's map entry, a
+/// cell's; calibrated against resident memory by `bench soak`.
+const PART_BYTES: u64 = 400;
+const ROW_BYTES: u64 = 240;
+const CELL_BYTES: u64 = 170;
+
+fn value_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => 32 + s.len() as u64,
+        Value::Array(a) => 64 + a.iter().map(|v| 48 + value_bytes(v)).sum::<u64>(),
+        Value::Object(m) => {
+            96 + m
+                .iter()
+                .map(|(k, v)| 160 + k.len() as u64 + value_bytes(v))
+                .sum::<u64>()
+        }
+    }
+}
+
+impl Row {
+    fn bytes(&self) -> u64 {
+        ROW_BYTES
+            + self
+                .cells
+                .iter()
+                .map(|(k, c)| CELL_BYTES + k.len() as u64 + c.value.as_ref().map_or(0, value_bytes))
+                .sum::<u64>()
+    }
+}
+
+impl<C: Ord> Partition<C> {
+    /// Its estimated size, every row walked (read back from disk).
+    fn estimate(&self) -> u64 {
+        let per_row = std::mem::size_of::<C>() as u64;
+        PART_BYTES
+            + self.statics.bytes()
+            + self.rows.values().map(|r| per_row + r.bytes()).sum::<u64>()
     }
 }
 
@@ -118,70 +170,341 @@ pub(super) enum Mutation<C> {
     Delete(C),
 }
 
-/// One table: partitions by key, rows in clustering order.
+/// One table: partitions by key, rows in clustering order. With a spill
+/// file attached (`spill`), partitions past the memory budget leave
+/// memory and come back on their next use.
 #[derive(Debug)]
 pub(super) struct Table<P, C: Ord> {
-    parts: RwLock<HashMap<P, Partition<C>>>,
+    inner: Arc<Inner<P, C>>,
     counters: Arc<Counters>,
 }
 
-impl<P: Hash + Eq + Clone, C: Ord + Clone> Table<P, C> {
+#[derive(Debug)]
+struct Inner<P, C: Ord> {
+    parts: RwLock<HashMap<P, Partition<C>>>,
+    /// The estimated bytes of the resident partitions.
+    bytes: AtomicU64,
+    /// Bumped by every eviction: a partition read from the file while it
+    /// moved is read again.
+    evictions: AtomicU64,
+    /// Bumped when the table is cleared: its spilled partitions are under
+    /// a prefix of their epoch, and an old epoch's are garbage.
+    epoch: AtomicU64,
+    spill: OnceLock<Attached>,
+}
+
+#[derive(Debug)]
+struct Attached {
+    spill: Arc<Spill>,
+    /// The store's and the table's name.
+    tag: String,
+}
+
+impl<P, C: Ord> Inner<P, C> {
+    fn prefix(&self, a: &Attached) -> Vec<u8> {
+        format!("{}#{}\0", a.tag, self.epoch.load(Ordering::Acquire)).into_bytes()
+    }
+}
+
+fn corrupt(e: serde_json::Error) -> ViewError {
+    ViewError::Corrupt(format!("a spilled view partition: {e}"))
+}
+
+/// A page of a scan: static cells, and the key to continue after.
+pub(super) type StaticsPage<P> = (Vec<Map<String, Value>>, Option<P>);
+
+/// Key and partition types of a table.
+pub(super) trait PartKey:
+    Hash + Eq + Clone + Ord + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+impl<T: Hash + Eq + Clone + Ord + Serialize + DeserializeOwned + Send + Sync + 'static> PartKey
+    for T
+{
+}
+/// Clustering key types of a table.
+pub(super) trait RowKey:
+    Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+impl<T: Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static> RowKey for T {}
+
+impl<P: PartKey, C: RowKey> Table<P, C> {
     /// A table whose statements count in `counters`.
     pub(super) fn new(counters: &Arc<Counters>) -> Self {
         Self {
-            parts: RwLock::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                parts: RwLock::new(HashMap::new()),
+                bytes: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
+                spill: OnceLock::new(),
+            }),
             counters: counters.clone(),
         }
     }
 
-    /// One write statement per mutation, applied together.
-    pub(super) fn batch(&self, pk: &P, ts: i64, muts: Vec<Mutation<C>>) {
-        self.counters.write(muts.len() as u64);
-        self.counters.request(1);
-        let mut parts = self.parts.write();
-        let part = parts.entry(pk.clone()).or_default();
-        for m in muts {
-            match m {
-                Mutation::Static(v) => part.statics.write(ts, v),
-                Mutation::Upsert(ck, v) => part.rows.entry(ck).or_default().write(ts, v),
-                Mutation::Delete(ck) => part.rows.entry(ck).or_default().delete(ts),
-            }
+    /// Spills this table's partitions past the budget to `spill`, under
+    /// `tag` (unique per store and table). Its resident partitions count
+    /// against the budget from now on.
+    pub(super) fn attach(&self, spill: &Arc<Spill>, tag: String) {
+        let mut total = 0;
+        for p in self.inner.parts.write().values_mut() {
+            p.bytes = p.estimate();
+            total += p.bytes;
+        }
+        if self
+            .inner
+            .spill
+            .set(Attached {
+                spill: spill.clone(),
+                tag,
+            })
+            .is_ok()
+        {
+            self.inner.bytes.store(total, Ordering::Relaxed);
+            spill.grew(total);
+            let weak: Weak<dyn Evict> = Arc::downgrade(&self.inner) as Weak<Inner<P, C>>;
+            spill.register(weak);
         }
     }
 
+    /// The partition `pk` as the spill file holds it.
+    fn load(&self, a: &Attached, pk: &P) -> Result<Option<Partition<C>>, ViewError> {
+        let mut key = self.inner.prefix(a);
+        key.extend(serde_json::to_vec(pk).map_err(corrupt)?);
+        let Some(bytes) = a.spill.get(&key)? else {
+            return Ok(None);
+        };
+        let mut p: Partition<C> = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        p.bytes = p.estimate();
+        Ok(Some(p))
+    }
+
+    /// Runs `f` on the partition `pk` (resident, or read back from the
+    /// spill file into memory; `None` when neither holds it) under the
+    /// table's write lock when `create`, or when it was read back.
+    fn with<R>(
+        &self,
+        pk: &P,
+        create: bool,
+        f: impl FnOnce(Option<&mut Partition<C>>) -> (R, i64),
+    ) -> Result<R, ViewError> {
+        let a = self.inner.spill.get();
+        let mut loaded: Option<(u64, Option<Partition<C>>)> = None;
+        let (r, grew) = loop {
+            let mut parts = self.inner.parts.write();
+            if !parts.contains_key(pk)
+                && let Some(a) = a
+            {
+                let evictions = self.inner.evictions.load(Ordering::Acquire);
+                match &loaded {
+                    // Read back before any eviction since: it is current.
+                    Some((at, _)) if *at == evictions => {}
+                    _ => {
+                        drop(parts);
+                        loaded = Some((evictions, self.load(a, pk)?));
+                        continue;
+                    }
+                }
+            }
+            let mut grew = 0i64;
+            if !parts.contains_key(pk) {
+                let part = match loaded.take().and_then(|(_, p)| p) {
+                    Some(p) => p,
+                    None if create => Partition::default(),
+                    None => break f(None),
+                };
+                grew += part.bytes as i64;
+                parts.insert(pk.clone(), part);
+            }
+            let part = parts.get_mut(pk).expect("inserted");
+            if let Some(a) = a {
+                part.used.store(a.spill.tick(), Ordering::Relaxed);
+            }
+            let before = part.bytes as i64;
+            let (r, delta) = f(Some(part));
+            part.bytes = (before + delta).max(0) as u64;
+            break (r, grew + delta);
+        };
+        if let Some(a) = a {
+            if grew > 0 {
+                self.inner.bytes.fetch_add(grew as u64, Ordering::Relaxed);
+                a.spill.grew(grew as u64);
+            } else if grew < 0 {
+                let by = grew.unsigned_abs();
+                let _ = self
+                    .inner
+                    .bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(by))
+                    });
+                a.spill.shrank(by);
+            }
+            a.spill.enforce();
+        }
+        Ok(r)
+    }
+
+    /// Runs `f` on the resident partition `pk` under the read lock, or,
+    /// when it is not resident, as `with` does.
+    fn read<R>(&self, pk: &P, f: impl FnOnce(Option<&Partition<C>>) -> R) -> Result<R, ViewError> {
+        {
+            let parts = self.inner.parts.read();
+            match (parts.get(pk), self.inner.spill.get()) {
+                (Some(p), a) => {
+                    if let Some(a) = a {
+                        p.used.store(a.spill.tick(), Ordering::Relaxed);
+                    }
+                    return Ok(f(Some(p)));
+                }
+                (None, None) => return Ok(f(None)),
+                (None, Some(_)) => {}
+            }
+        }
+        self.with(pk, false, |p| (f(p.map(|p| &*p)), 0))
+    }
+
+    /// One write statement per mutation, applied together.
+    pub(super) fn batch(&self, pk: &P, ts: i64, muts: Vec<Mutation<C>>) -> Result<(), ViewError> {
+        self.counters.write(muts.len() as u64);
+        self.counters.request(1);
+        let sized = self.inner.spill.get().is_some();
+        self.with(pk, true, |part| {
+            let part = part.expect("created");
+            let mut delta = 0i64;
+            let size = |r: &Row| if sized { r.bytes() as i64 } else { 0 };
+            let per_row = if sized {
+                std::mem::size_of::<C>() as i64
+            } else {
+                0
+            };
+            for m in muts {
+                let (ck, write) = match m {
+                    Mutation::Static(v) => {
+                        let b = size(&part.statics);
+                        part.statics.write(ts, v);
+                        delta += size(&part.statics) - b;
+                        continue;
+                    }
+                    Mutation::Upsert(ck, v) => (ck, Some(v)),
+                    Mutation::Delete(ck) => (ck, None),
+                };
+                let (row, b) = match part.rows.entry(ck) {
+                    std::collections::btree_map::Entry::Occupied(o) => {
+                        let row = o.into_mut();
+                        let b = size(row);
+                        (row, b)
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        (v.insert(Row::default()), -per_row)
+                    }
+                };
+                match write {
+                    Some(v) => row.write(ts, v),
+                    None => row.delete(ts),
+                }
+                delta += size(row) - b;
+            }
+            ((), if sized { delta } else { 0 })
+        })
+    }
+
     /// One read: a partition's static cells.
-    pub(super) fn statics(&self, pk: &P) -> Option<Map<String, Value>> {
+    pub(super) fn statics(&self, pk: &P) -> Result<Option<Map<String, Value>>, ViewError> {
         self.counters.read();
-        self.parts.read().get(pk).and_then(|p| p.statics.live())
+        self.read(pk, |p| p.and_then(|p| p.statics.live()))
     }
 
     /// One read: a partition's rows.
-    pub(super) fn rows<F, R>(&self, pk: &P, f: F) -> R
+    pub(super) fn rows<F, R>(&self, pk: &P, f: F) -> Result<R, ViewError>
     where
         F: FnOnce(Option<&BTreeMap<C, Row>>) -> R,
     {
         self.counters.read();
-        let parts = self.parts.read();
-        f(parts.get(pk).map(|p| &p.rows))
+        self.read(pk, |p| f(p.map(|p| &p.rows)))
     }
 
-    /// One read over every partition (a scan).
-    pub(super) fn scan<F, R>(&self, f: F) -> R
-    where
-        F: FnOnce(&HashMap<P, Partition<C>>) -> R,
-    {
+    /// One read over every partition (a scan): the static cells of the
+    /// `limit` smallest keys past `after`, spilled partitions included, and
+    /// the key to continue after (when the page is full).
+    pub(super) fn scan_statics(
+        &self,
+        after: Option<&P>,
+        limit: usize,
+    ) -> Result<StaticsPage<P>, ViewError> {
         self.counters.read();
-        f(&self.parts.read())
+        let limit = limit.max(1);
+        // Partitions are hashed, not ordered: one walk keeps the `limit`
+        // smallest keys past the cursor in a max-heap, so a page costs one
+        // pass over the keys and `limit` of them in memory.
+        let mut heap = std::collections::BinaryHeap::with_capacity(limit + 1);
+        let mut offer = |k: P| {
+            if after.is_some_and(|a| k <= *a) {
+                return;
+            }
+            if heap.len() < limit {
+                heap.push(k);
+            } else if heap.peek().is_some_and(|top| k < *top) {
+                heap.pop();
+                heap.push(k);
+            }
+        };
+        for k in self.inner.parts.read().keys() {
+            offer(k.clone());
+        }
+        if let Some(a) = self.inner.spill.get() {
+            for k in a.spill.keys(&self.inner.prefix(a))? {
+                offer(serde_json::from_slice(&k).map_err(corrupt)?);
+            }
+        }
+        let mut keys = heap.into_sorted_vec();
+        keys.dedup();
+        let next = (keys.len() == limit)
+            .then(|| keys.last().cloned())
+            .flatten();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let resident = self.inner.parts.read().get(k).map(|p| p.statics.live());
+            let live = match (resident, self.inner.spill.get()) {
+                (Some(live), _) => live,
+                // Read from the file without bringing it back: a scan
+                // passes every partition once.
+                (None, Some(a)) => self.load(a, k)?.and_then(|p| p.statics.live()),
+                (None, None) => None,
+            };
+            // As in CQL, a partition without static cells is left out.
+            out.extend(live);
+        }
+        Ok((out, next))
     }
 
     /// Drops one partition.
-    pub(super) fn remove(&self, pk: &P) {
-        self.parts.write().remove(pk);
+    pub(super) fn remove(&self, pk: &P) -> Result<(), ViewError> {
+        let gone = self.inner.parts.write().remove(pk);
+        if let Some(a) = self.inner.spill.get() {
+            let mut key = self.inner.prefix(a);
+            key.extend(serde_json::to_vec(pk).map_err(corrupt)?);
+            a.spill.remove(&key, false)?;
+            if let Some(p) = gone {
+                self.inner.bytes.fetch_sub(p.bytes, Ordering::Relaxed);
+                a.spill.shrank(p.bytes);
+            }
+        }
+        Ok(())
     }
 
-    /// Drops every partition.
+    /// Drops every partition. Spilled ones stay in the file under the old
+    /// epoch until a snapshot no longer refers to it (`Spill::collect`).
     pub(super) fn clear(&self) {
-        self.parts.write().clear();
+        let mut parts = self.inner.parts.write();
+        parts.clear();
+        if let Some(a) = self.inner.spill.get() {
+            a.spill.garbage(self.inner.prefix(a));
+            self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+            let b = self.inner.bytes.swap(0, Ordering::Relaxed);
+            a.spill.shrank(b);
+        }
     }
 
     /// Counts this table's statements in `counters` (a table read from a
@@ -191,12 +514,87 @@ impl<P: Hash + Eq + Clone, C: Ord + Clone> Table<P, C> {
     }
 }
 
-/// A table in a snapshot: its partitions, as a sequence of `(key,
-/// partition)` pairs (keys need not be strings), read under its lock.
+impl<P: PartKey, C: RowKey> Evict for Inner<P, C> {
+    fn resident(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn prefix(&self) -> Option<Vec<u8>> {
+        self.spill.get().map(|a| Inner::prefix(self, a))
+    }
+
+    fn evict(&self, bytes: u64) -> Result<u64, ViewError> {
+        let Some(a) = self.spill.get() else {
+            return Ok(0);
+        };
+        let prefix = Inner::prefix(self, a);
+        let mut parts = self.parts.write();
+        let mut order: Vec<(u64, &P)> = parts
+            .iter()
+            .map(|(k, p)| (p.used.load(Ordering::Relaxed), k))
+            .collect();
+        order.sort_unstable_by_key(|(used, _)| *used);
+        let mut freed = 0u64;
+        let mut out = Vec::new();
+        let mut victims = Vec::new();
+        for (_, k) in order {
+            if freed >= bytes {
+                break;
+            }
+            let p = &parts[k];
+            let mut key = prefix.clone();
+            key.extend(serde_json::to_vec(k).map_err(corrupt)?);
+            out.push((key, serde_json::to_vec(p).map_err(corrupt)?));
+            freed += p.bytes;
+            victims.push(k.clone());
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        // In the file before it leaves memory: never in neither place.
+        a.spill.put(&out)?;
+        for k in &victims {
+            parts.remove(k);
+        }
+        self.evictions.fetch_add(1, Ordering::AcqRel);
+        drop(parts);
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(freed))
+            });
+        a.spill.shrank(freed);
+        Ok(freed)
+    }
+}
+
+/// A table in a snapshot: its spill epoch and its resident partitions, as
+/// a sequence of `(key, partition)` pairs (keys need not be strings), read
+/// under its lock. Spilled partitions are in the spill file.
 impl<P: Serialize, C: Ord + Serialize> Serialize for Table<P, C> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.parts.read().iter())
+        use serde::ser::SerializeStruct;
+        let parts = self.inner.parts.read();
+        let mut st = s.serialize_struct("Table", 2)?;
+        st.serialize_field("epoch", &self.inner.epoch.load(Ordering::Acquire))?;
+        st.serialize_field("parts", &Seq(&*parts))?;
+        st.end()
     }
+}
+
+struct Seq<'a, P, C: Ord>(&'a HashMap<P, Partition<C>>);
+
+impl<P: Serialize, C: Ord + Serialize> Serialize for Seq<'_, P, C> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "P: Deserialize<'de> + Hash + Eq, C: Deserialize<'de> + Ord"))]
+struct Stored<P, C: Ord> {
+    epoch: u64,
+    parts: Vec<(P, Partition<C>)>,
 }
 
 impl<'de, P, C> Deserialize<'de> for Table<P, C>
@@ -205,9 +603,15 @@ where
     C: Deserialize<'de> + Ord,
 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let pairs: Vec<(P, Partition<C>)> = Vec::deserialize(d)?;
+        let t = Stored::<P, C>::deserialize(d)?;
         Ok(Self {
-            parts: RwLock::new(pairs.into_iter().collect()),
+            inner: Arc::new(Inner {
+                parts: RwLock::new(t.parts.into_iter().collect()),
+                bytes: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                epoch: AtomicU64::new(t.epoch),
+                spill: OnceLock::new(),
+            }),
             counters: Arc::default(),
         })
     }
@@ -288,9 +692,133 @@ mod tests {
                 Mutation::Static(obj(json!({"a": 1}))),
                 Mutation::Upsert(2, obj(json!({"b": 1}))),
             ],
-        );
-        let _ = t.statics(&1);
-        t.rows(&1, |_| ());
+        )
+        .unwrap();
+        let _ = t.statics(&1).unwrap();
+        t.rows(&1, |_| ()).unwrap();
         assert_eq!(counters.get(), (2, 2));
+    }
+}
+
+#[cfg(test)]
+mod spill_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    type Contents = Vec<(
+        u32,
+        Option<Map<String, Value>>,
+        Vec<(u32, Map<String, Value>)>,
+    )>;
+
+    fn contents(t: &Table<u32, u32>, pks: u32) -> Contents {
+        (0..pks)
+            .map(|pk| {
+                let statics = t.statics(&pk).unwrap();
+                let rows = t
+                    .rows(&pk, |r| {
+                        r.into_iter()
+                            .flatten()
+                            .filter_map(|(k, row)| Some((*k, row.live()?)))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap();
+                (pk, statics, rows)
+            })
+            .collect()
+    }
+
+    fn resident(t: &Table<u32, u32>) -> (usize, u64, u64) {
+        let parts = t.inner.parts.read();
+        let walked = parts.values().map(Partition::estimate).sum();
+        (parts.len(), t.inner.bytes.load(Ordering::Relaxed), walked)
+    }
+
+    #[test]
+    fn a_table_past_its_budget_spills_and_answers_as_one_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 24 << 10;
+        let spill = Spill::open(&dir.path().join("views.spill"), budget, true, true).unwrap();
+        let c = Arc::new(Counters::default());
+        let mem: Table<u32, u32> = Table::new(&c);
+        let disk: Table<u32, u32> = Table::new(&c);
+        disk.attach(&spill, "t".into());
+        let pks = 150;
+        let mut rng = SmallRng::seed_from_u64(11);
+        for i in 0..6000i64 {
+            let pk = rng.gen_range(0..pks);
+            // Timestamps out of order too: an older write loses per cell.
+            let ts = i - rng.gen_range(0..50);
+            let muts = || {
+                let mut r = SmallRng::seed_from_u64(i as u64);
+                (0..r.gen_range(1..4))
+                    .map(|_| match r.gen_range(0..10) {
+                        0 => Mutation::Delete(r.gen_range(0..40)),
+                        1 => Mutation::Static(obj(
+                            json!({"n": i, "s": "x".repeat(r.gen_range(0..60))}),
+                        )),
+                        _ => Mutation::Upsert(
+                            r.gen_range(0..40),
+                            obj(json!({"v": i, "s": "y".repeat(r.gen_range(0..60))})),
+                        ),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            mem.batch(&pk, ts, muts()).unwrap();
+            disk.batch(&pk, ts, muts()).unwrap();
+            if i % 500 == 0 {
+                let probe = rng.gen_range(0..pks);
+                assert_eq!(
+                    disk.statics(&probe).unwrap(),
+                    mem.statics(&probe).unwrap(),
+                    "partition {probe} after {i} batches"
+                );
+            }
+        }
+        let (n, bytes, walked) = resident(&disk);
+        assert!(
+            n < pks as usize / 2,
+            "{n} of {pks} partitions stayed in memory"
+        );
+        assert!(
+            bytes <= budget,
+            "{bytes} resident bytes over a budget of {budget}"
+        );
+        assert_eq!(
+            bytes, walked,
+            "the running estimate drifted from a walk of the rows"
+        );
+        assert!(!spill.keys(b"t#0\0").unwrap().is_empty());
+        // Every partition reads back as the in-memory table has it, and a
+        // scan sees the spilled ones too.
+        assert_eq!(contents(&disk, pks), contents(&mem, pks));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut after_a, mut after_b) = (None, None);
+        loop {
+            let (pa, na) = disk.scan_statics(after_a.as_ref(), 7).unwrap();
+            let (pb, nb) = mem.scan_statics(after_b.as_ref(), 7).unwrap();
+            a.extend(pa);
+            b.extend(pb);
+            assert_eq!(na, nb);
+            if na.is_none() {
+                break;
+            }
+            (after_a, after_b) = (na, nb);
+        }
+        assert_eq!(a, b);
+        assert!(!a.is_empty());
+        // Cleared: nothing comes back from the file.
+        disk.clear();
+        mem.clear();
+        assert_eq!(contents(&disk, pks), contents(&mem, pks));
+        assert_eq!(
+            disk.scan_statics(None, 1000).unwrap().0,
+            Vec::<Map<String, Value>>::new()
+        );
     }
 }
