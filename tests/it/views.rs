@@ -1,5 +1,7 @@
-//! One behaviour suite for the view store, run on the embedded store and on
-//! Cassandra: the CQL data model both must keep.
+//! One behaviour suite for the view store, run on the embedded store, on
+//! the embedded store spilling every partition to disk past a budget of
+//! one byte (each access reads it back from the spill file), and on
+//! Cassandra: the CQL data model all of them must keep.
 
 use std::sync::Arc;
 
@@ -16,15 +18,69 @@ use atelier::fold::poll::{Ballot, PollCommit, PollState};
 use atelier::view::{self, Checkpoint, Store, TimelineRow, VoterRow};
 use chrono::{TimeZone, Utc};
 
-use crate::helpers::{Backends, cql_views, real};
+use atelier::view::embedded::spill::Spill;
+
+use crate::helpers::{Backends, cql_views, real, unique};
 
 async fn store(b: Backends) -> Option<Arc<dyn Store>> {
     let cfg = match b {
         Backends::Embedded => ViewsConfig::default(),
         Backends::Real => cql_views(&real("ATELIER_IT_CQL")?),
     };
-    Some(view::open(&cfg).await.expect("store opens"))
+    let store = view::open(&cfg).await.expect("store opens");
+    if b == Backends::Embedded && spilled() {
+        // A budget of one byte: every partition leaves memory after each
+        // access, and the next one reads it back from the file.
+        let path = std::env::temp_dir().join(format!("atelier-spill-{}", unique()));
+        let spill = Spill::open(&path.join("views.spill"), 1, true, true).expect("spill opens");
+        spill.set_hot_window(0);
+        store
+            .as_embedded()
+            .expect("embedded")
+            .attach(&spill, view::embedded::BASE_TAG);
+    }
+    Some(store)
 }
+
+tokio::task_local! {
+    /// Set while the suite runs a behaviour on the spilling store.
+    static SPILLED_RUN: ();
+}
+
+fn spilled() -> bool {
+    SPILLED_RUN.try_with(|_| ()).is_ok()
+}
+
+/// Runs behaviours of the suite on the embedded store spilling to disk.
+macro_rules! spilled {
+    ($($name:ident),* $(,)?) => {
+        mod spilled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::SPILLED_RUN
+                        .scope((), super::$name(crate::helpers::Backends::Embedded))
+                        .await
+                }
+            )*
+        }
+    };
+}
+
+spilled!(
+    round_trip_and_one_query,
+    older_writes_lose,
+    ballots_upsert_and_delete,
+    owner_pages_newest_first,
+    checkpoints_are_versioned,
+    items_members_and_timelines,
+    requests_count_partitions_not_statements,
+    timelines_page_newest_first,
+    cards_converge_in_any_order,
+    sessions_list_newest_minted_first,
+    voters_by_question_follow_ballots,
+    poll_scans_visit_every_poll_once,
+);
 
 fn state(id: PollId, owner: &str, created_s: i64, offset: i64, tallies: Vec<u64>) -> PollState {
     PollState {

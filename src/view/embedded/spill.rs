@@ -33,15 +33,19 @@ const PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partitions");
 /// Evict down to this share of the budget once past it.
 const LOW_WATER: f64 = 0.85;
 
+/// Partitions used within this many accesses are not evicted (default).
+const HOT: u64 = 2_048;
+
 /// A table whose partitions can leave memory.
 pub(super) trait Evict: Send + Sync {
-    /// The estimated bytes of its resident partitions.
-    fn resident(&self) -> u64;
     /// The key prefix its spilled partitions are under now.
     fn prefix(&self) -> Option<Vec<u8>>;
-    /// Moves its least recently used partitions, about `bytes` of them,
-    /// to the spill file; answers how many bytes left memory.
-    fn evict(&self, bytes: u64) -> Result<u64, ViewError>;
+    /// Each resident partition's last use (the access clock's tick) and
+    /// estimated bytes.
+    fn ages(&self, out: &mut Vec<(u64, u64)>);
+    /// Moves its partitions last used at or before `tick` to the spill
+    /// file; answers how many bytes left memory.
+    fn evict(&self, tick: u64) -> Result<u64, ViewError>;
 }
 
 /// The spill file and the budget over every table that spills to it.
@@ -60,6 +64,11 @@ pub struct Spill {
     /// Prefixes of cleared tables, removed from the file once a snapshot
     /// no longer refers to them.
     garbage: Mutex<Vec<Vec<u8>>>,
+    /// Partitions used within this many accesses are not evicted.
+    hot: AtomicU64,
+    /// The access clock when the working set past the budget was last
+    /// reported (0: never).
+    warned: AtomicU64,
     /// Spills commit durably themselves (no snapshot ever does: a start
     /// rebuilds the views, and the file's freed pages are reused only
     /// after a durable commit).
@@ -136,7 +145,15 @@ impl Spill {
             loaded: AtomicU64::new(0),
             garbage: Mutex::new(Vec::new()),
             sync_each: !snapshots,
+            warned: AtomicU64::new(0),
+            hot: AtomicU64::new(HOT),
         }))
+    }
+
+    /// Partitions used within the last `accesses` stay in memory (by
+    /// default 2,048; tests that want every partition spilled set 0).
+    pub fn set_hot_window(&self, accesses: u64) {
+        self.hot.store(accesses, Ordering::Relaxed);
     }
 
     /// Where the file is.
@@ -177,8 +194,8 @@ impl Spill {
             });
     }
 
-    /// Past the budget: evicts from every table in proportion to what it
-    /// holds, down to the low-water mark. A disk that refuses keeps the
+    /// Past the budget: evicts the least recently used partitions of
+    /// every table, down to the low-water mark. A disk that refuses keeps the
     /// partitions in memory (over budget, never lost) and says so.
     pub(super) fn enforce(&self) {
         if self.clock.load(Ordering::Relaxed).is_multiple_of(1024) {
@@ -197,23 +214,55 @@ impl Spill {
             .filter_map(Weak::upgrade)
             .collect();
         let target = (self.budget as f64 * LOW_WATER) as u64;
-        // A table may free less than its share (its partitions are few,
-        // and hot): a few rounds spread the rest over the others.
-        for _ in 0..3 {
-            let total: u64 = tables.iter().map(|t| t.resident()).sum();
-            if total <= target {
-                return;
+        // Least recently used first over every table: the last use at or
+        // before which partitions leave frees enough.
+        let mut ages = Vec::new();
+        for t in &tables {
+            t.ages(&mut ages);
+        }
+        let total: u64 = ages.iter().map(|(_, b)| b).sum();
+        // The running total is an estimate kept by many writers: the walk
+        // just made is the truth.
+        self.resident.store(total, Ordering::Relaxed);
+        if total <= target {
+            return;
+        }
+        ages.sort_unstable_by_key(|(used, _)| *used);
+        let (mut freed, mut cutoff) = (0u64, 0u64);
+        // What was used in the last `HOT` accesses stays: evicting a
+        // partition the next batch reads again costs a write and a read of
+        // all of it (thrashing), so a working set past the budget is held,
+        // and said.
+        let hot = self
+            .clock
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.hot.load(Ordering::Relaxed));
+        for (used, bytes) in ages {
+            if freed >= total - target || used > hot {
+                break;
             }
-            let excess = total - target;
-            for t in &tables {
-                let share = (excess as f64 * t.resident() as f64 / total as f64).ceil() as u64;
-                if share == 0 {
-                    continue;
-                }
-                if let Err(e) = t.evict(share) {
-                    tracing::warn!(error = %e, "view partitions could not be spilled: memory is over its budget");
-                    return;
-                }
+            freed += bytes;
+            cutoff = used;
+        }
+        if freed < total - target {
+            let now = self.clock.load(Ordering::Relaxed);
+            let last = self.warned.load(Ordering::Relaxed);
+            if last == 0 || now.saturating_sub(last) > 1_000_000 {
+                self.warned.store(now.max(1), Ordering::Relaxed);
+                tracing::warn!(
+                    resident_mib = (total - freed) >> 20,
+                    budget_mib = self.budget >> 20,
+                    "the views' working set is past views.memory_mb: what is in use stays in memory"
+                );
+            }
+        }
+        if freed == 0 {
+            return;
+        }
+        for t in &tables {
+            if let Err(e) = t.evict(cutoff) {
+                tracing::warn!(error = %e, "view partitions could not be spilled: memory is over its budget");
+                return;
             }
         }
     }

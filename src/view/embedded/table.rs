@@ -515,33 +515,32 @@ impl<P: PartKey, C: RowKey> Table<P, C> {
 }
 
 impl<P: PartKey, C: RowKey> Evict for Inner<P, C> {
-    fn resident(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
     fn prefix(&self) -> Option<Vec<u8>> {
         self.spill.get().map(|a| Inner::prefix(self, a))
     }
 
-    fn evict(&self, bytes: u64) -> Result<u64, ViewError> {
+    fn ages(&self, out: &mut Vec<(u64, u64)>) {
+        out.extend(
+            self.parts
+                .read()
+                .values()
+                .map(|p| (p.used.load(Ordering::Relaxed), p.bytes)),
+        );
+    }
+
+    fn evict(&self, tick: u64) -> Result<u64, ViewError> {
         let Some(a) = self.spill.get() else {
             return Ok(0);
         };
         let prefix = Inner::prefix(self, a);
         let mut parts = self.parts.write();
-        let mut order: Vec<(u64, &P)> = parts
-            .iter()
-            .map(|(k, p)| (p.used.load(Ordering::Relaxed), k))
-            .collect();
-        order.sort_unstable_by_key(|(used, _)| *used);
         let mut freed = 0u64;
         let mut out = Vec::new();
         let mut victims = Vec::new();
-        for (_, k) in order {
-            if freed >= bytes {
-                break;
+        for (k, p) in parts.iter() {
+            if p.used.load(Ordering::Relaxed) > tick {
+                continue;
             }
-            let p = &parts[k];
             let mut key = prefix.clone();
             key.extend(serde_json::to_vec(k).map_err(corrupt)?);
             out.push((key, serde_json::to_vec(p).map_err(corrupt)?));
@@ -744,6 +743,7 @@ mod spill_tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = 24 << 10;
         let spill = Spill::open(&dir.path().join("views.spill"), budget, true, true).unwrap();
+        spill.set_hot_window(0);
         let c = Arc::new(Counters::default());
         let mem: Table<u32, u32> = Table::new(&c);
         let disk: Table<u32, u32> = Table::new(&c);
