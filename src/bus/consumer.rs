@@ -82,6 +82,18 @@ impl Record {
         }
     }
 
+    /// A record read from the embedded log's journal.
+    pub fn from_journal(r: &super::journal::JournalRecord) -> Self {
+        Self::new(
+            r.offset,
+            r.key.as_deref(),
+            r.headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default())),
+            r.payload.as_deref(),
+        )
+    }
+
     /// Headers as borrowed pairs, in order (for `event::wire::decode`).
     pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let mut start = 0usize;
@@ -498,16 +510,7 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
             };
             let last = records.last().map_or(-1, |r| r.offset);
             let buf = pending.entry(tp.clone()).or_default();
-            buf.extend(records.into_iter().map(|r| {
-                Record::new(
-                    r.offset,
-                    r.key.as_deref(),
-                    r.headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_deref().unwrap_or_default())),
-                    r.payload.as_deref(),
-                )
-            }));
+            buf.extend(records.iter().map(Record::from_journal));
             let done = last + 1 >= *to;
             while buf.len() >= max_batch || (done && !buf.is_empty()) {
                 let rest = buf.split_off(buf.len().min(max_batch));

@@ -679,6 +679,42 @@ fn send(producer: &BaseProducer<Replay>, topic: &str, partition: i32, r: Journal
     }
 }
 
+/// Sends `n` incompressible records of 2 KiB, all with one key, to
+/// `topic` (4,000 are more than the embedded cluster keeps of a
+/// partition); answers their partition.
+#[cfg(test)]
+pub(crate) async fn overflow_one_partition(p: &crate::bus::Producer, topic: &str, n: usize) -> i32 {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut partition = None;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(500);
+        left -= k;
+        let bodies: Vec<Vec<u8>> = (0..k)
+            .map(|_| {
+                (0..2048)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let sent = futures::future::join_all(
+            bodies
+                .iter()
+                .map(|b| p.send_raw(topic, Some(b"one"), &[], Some(b.as_slice()))),
+        )
+        .await;
+        for a in sent {
+            partition = Some(a.expect("sent").partition);
+        }
+    }
+    partition.expect("at least one record")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -866,32 +902,7 @@ mod tests {
         // 8 MiB of incompressible records into one partition: more than
         // the cluster keeps of it.
         let n = 4_000usize;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let bodies: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                (0..2048)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut partition = None;
-        for chunk in bodies.chunks(500) {
-            let sent = futures::future::join_all(
-                chunk
-                    .iter()
-                    .map(|b| p.send_raw(TOPIC, Some(b"one"), &[], Some(b.as_slice()))),
-            )
-            .await;
-            for a in sent {
-                partition = Some(a.unwrap().partition);
-            }
-        }
-        let partition = partition.unwrap();
+        let partition = overflow_one_partition(&p, TOPIC, n).await;
         let (low, high) = c
             .durable()
             .unwrap()

@@ -2,9 +2,10 @@
 //! (no group membership, no commits, committed records only) assigned the
 //! partitions from given offsets up to their heads as of the start of the
 //! read, so every read ends even while new dead letters arrive, bounded in
-//! time.
+//! time. On the durable embedded log, what its cluster no longer holds
+//! (it keeps the last 5 MiB of a partition) is read from the journal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +111,10 @@ impl DlqLog {
         let mut heads: BTreeMap<i32, i64> = BTreeMap::new();
         let mut tpl = TopicPartitionList::new();
         let mut exists = matches!(scope, Scope::All(_));
+        // On the durable embedded log the cluster keeps the last 5 MiB of
+        // a partition: what it no longer holds is read from the journal.
+        let durable = crate::bus::durable::of(&self.brokers);
+        let mut behind: HashMap<crate::bus::Tp, (i64, i64)> = HashMap::new();
         for (p, low, high) in marks {
             let from = match scope {
                 Scope::All(c) => c.0.get(&p).copied().unwrap_or(0),
@@ -119,10 +124,42 @@ impl DlqLog {
                 }
                 Scope::From(_) => continue,
             };
+            if durable.is_some() && from < low {
+                behind.insert((self.topic.clone(), p), (from.max(0), low));
+            }
             let from = from.max(low);
             if from < high {
                 tpl.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
                 heads.insert(p, high);
+            }
+        }
+        if let Some(d) = durable
+            && !behind.is_empty()
+        {
+            let topic = self.topic.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                d.read(&behind, &mut |tp, records| {
+                    for r in records {
+                        let pos = Pos {
+                            partition: tp.1,
+                            offset: r.offset,
+                        };
+                        let time = chrono::DateTime::from_timestamp_millis(r.timestamp_ms);
+                        out.push(classify(&topic, pos, time, Record::from_journal(&r)));
+                    }
+                    true
+                })
+                .map(|()| out)
+            });
+            let entries = match tokio::time::timeout_at(deadline, read).await {
+                Ok(joined) => joined
+                    .map_err(|e| DlqError::Read(e.to_string()))?
+                    .map_err(|e| DlqError::Read(e.to_string()))?,
+                Err(_) => return Err(DlqError::Timeout(READ_TIMEOUT)),
+            };
+            for e in entries {
+                visit(e);
             }
         }
         if heads.is_empty() {
@@ -211,4 +248,46 @@ fn watermarks(c: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, D
     }
     out.sort_unstable();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{EmbeddedCluster, Producer, topics};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_letters_the_cluster_no_longer_holds_are_read_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = KafkaConfig::default();
+        let mut c = EmbeddedCluster::start(1).unwrap();
+        topics::ensure_embedded(&c, &cfg).unwrap();
+        c.make_durable(&cfg, dir.path(), Default::default())
+            .unwrap();
+        let brokers = c.bootstrap_servers().to_owned();
+        let log = DlqLog::new(&cfg, &brokers);
+        let p = Producer::new(&cfg, &brokers, "test").unwrap();
+        // 8 MiB of incompressible records into one DLQ partition: more
+        // than the cluster keeps of it.
+        let n = 4_000usize;
+        let partition = crate::bus::durable::overflow_one_partition(&p, log.topic(), n).await;
+        let probe: rdkafka::consumer::BaseConsumer =
+            crate::bus::client_config(&cfg, &brokers).create().unwrap();
+        let (low, high) = probe
+            .fetch_watermarks(log.topic(), partition, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(high, n as i64);
+        assert!(low > 0, "the cluster dropped the partition's first records");
+        let mut seen = Vec::new();
+        log.scan(&Scope::All(Cursor::default()), |e| {
+            seen.push(match e {
+                Entry::Letter(l) => l.pos.offset,
+                Entry::Marker(m) => m.pos.offset,
+                Entry::Ignored(pos) => pos.offset,
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, (0..n as i64).collect::<Vec<_>>());
+        drop(p);
+    }
 }

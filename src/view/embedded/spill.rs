@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::view::ViewError;
 
@@ -375,12 +375,35 @@ impl Spill {
         let mut removed = 0u64;
         {
             let mut t = tx.open_table(PARTS).map_err(|e| err(e.to_string()))?;
-            t.retain(|k, _| {
-                let keep = live.iter().any(|p| k.starts_with(p));
-                removed += u64::from(!keep);
-                keep
-            })
-            .map_err(|e| err(e.to_string()))?;
+            // Keys are `tag#epoch\0pk`, sorted: one seek per prefix, so a
+            // start does not read every spilled partition.
+            let mut at: Vec<u8> = Vec::new();
+            loop {
+                let next = t
+                    .range(at.as_slice()..)
+                    .map_err(|e| err(e.to_string()))?
+                    .next()
+                    .transpose()
+                    .map_err(|e| err(e.to_string()))?
+                    .map(|(k, _)| k.value().to_vec());
+                let Some(key) = next else { break };
+                let Some(cut) = key.iter().position(|b| *b == 0) else {
+                    // Not a key this format writes: removed.
+                    t.remove(key.as_slice()).map_err(|e| err(e.to_string()))?;
+                    removed += 1;
+                    continue;
+                };
+                let prefix = &key[..=cut];
+                let mut end = key[..cut].to_vec();
+                end.push(1);
+                if !live.iter().any(|p| p.as_slice() == prefix) {
+                    let before = t.len().map_err(|e| err(e.to_string()))?;
+                    t.retain_in(prefix..end.as_slice(), |_: &[u8], _: &[u8]| false)
+                        .map_err(|e| err(e.to_string()))?;
+                    removed += before - t.len().map_err(|e| err(e.to_string()))?;
+                }
+                at = end;
+            }
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
         Ok(removed)

@@ -184,8 +184,8 @@ struct Inner<P, C: Ord> {
     parts: RwLock<HashMap<P, Partition<C>>>,
     /// The estimated bytes of the resident partitions.
     bytes: AtomicU64,
-    /// Bumped by every eviction: a partition read from the file while it
-    /// moved is read again.
+    /// Bumped by every eviction and clear: a partition read from the file
+    /// meanwhile is read again.
     evictions: AtomicU64,
     /// Bumped when the table is cleared: its spilled partitions are under
     /// a prefix of their epoch, and an old epoch's are garbage.
@@ -479,13 +479,16 @@ impl<P: PartKey, C: RowKey> Table<P, C> {
         Ok((out, next))
     }
 
-    /// Drops one partition.
+    /// Drops one partition (in memory and in the spill file at once: the
+    /// control rows, its only user, never spill).
     pub(super) fn remove(&self, pk: &P) -> Result<(), ViewError> {
-        let gone = self.inner.parts.write().remove(pk);
+        let mut parts = self.inner.parts.write();
+        let gone = parts.remove(pk);
         if let Some(a) = self.inner.spill.get() {
             let mut key = self.inner.prefix(a);
             key.extend(serde_json::to_vec(pk).map_err(corrupt)?);
             a.spill.remove(&key, false)?;
+            self.inner.evictions.fetch_add(1, Ordering::AcqRel);
             if let Some(p) = gone {
                 self.inner.bytes.fetch_sub(p.bytes, Ordering::Relaxed);
                 a.spill.shrank(p.bytes);
@@ -495,13 +498,16 @@ impl<P: PartKey, C: RowKey> Table<P, C> {
     }
 
     /// Drops every partition. Spilled ones stay in the file under the old
-    /// epoch until a snapshot no longer refers to it (`Spill::collect`).
+    /// epoch until a snapshot no longer refers to it (`Spill::collect_garbage`).
     pub(super) fn clear(&self) {
         let mut parts = self.inner.parts.write();
         parts.clear();
         if let Some(a) = self.inner.spill.get() {
             a.spill.garbage(self.inner.prefix(a));
             self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+            // A partition being read back from the old epoch is read again
+            // (from the new one: nothing).
+            self.inner.evictions.fetch_add(1, Ordering::AcqRel);
             let b = self.inner.bytes.swap(0, Ordering::Relaxed);
             a.spill.shrank(b);
         }
@@ -820,5 +826,52 @@ mod spill_tests {
             disk.scan_statics(None, 1000).unwrap().0,
             Vec::<Map<String, Value>>::new()
         );
+    }
+}
+
+#[cfg(test)]
+mod garbage_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fill(t: &Table<u32, u32>) {
+        for pk in 0..20 {
+            let m = json!({"v": pk}).as_object().unwrap().clone();
+            t.batch(&pk, 1, vec![Mutation::Upsert(pk, m)]).unwrap();
+        }
+    }
+
+    #[test]
+    fn what_no_table_refers_to_is_removed_at_start_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::open(&dir.path().join("views.spill"), 1, true, true).unwrap();
+        spill.set_hot_window(0);
+        let c = Arc::new(Counters::default());
+        let kept: Table<u32, u32> = Table::new(&c);
+        kept.attach(&spill, "kept".into());
+        let cleared: Table<u32, u32> = Table::new(&c);
+        cleared.attach(&spill, "cleared".into());
+        {
+            // A store dropped (a generation gone): its partitions are in
+            // the file, and no table refers to them.
+            let gone: Table<u32, u32> = Table::new(&c);
+            gone.attach(&spill, "gone".into());
+            fill(&gone);
+        }
+        fill(&kept);
+        fill(&cleared);
+        cleared.clear();
+        fill(&cleared);
+        assert_eq!(spill.keys(b"gone#0\0").unwrap().len(), 20);
+        assert_eq!(spill.keys(b"cleared#0\0").unwrap().len(), 20);
+        assert_eq!(spill.collect_unreferenced().unwrap(), 40);
+        assert!(spill.keys(b"gone#0\0").unwrap().is_empty());
+        assert!(spill.keys(b"cleared#0\0").unwrap().is_empty());
+        assert_eq!(spill.keys(b"cleared#1\0").unwrap().len(), 20);
+        assert_eq!(spill.keys(b"kept#0\0").unwrap().len(), 20);
+        for pk in 0..20 {
+            let v = kept.rows(&pk, |r| r.and_then(|r| r.get(&pk)).and_then(Row::live));
+            assert_eq!(v.unwrap().unwrap()["v"], json!(pk));
+        }
     }
 }
