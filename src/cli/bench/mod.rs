@@ -43,11 +43,21 @@ pub(super) enum BenchCmd {
 
 /// Resident memory of this process, in MiB.
 pub(super) fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// Peak resident memory of this process, in MiB.
+pub(super) fn peak_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A memory line of `/proc/self/status` (kB there), in MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })

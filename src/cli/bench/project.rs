@@ -45,6 +45,26 @@ pub(crate) struct ProjectArgs {
 
 /// Builds the workload: poll creations then votes, Zipf-distributed over
 /// the polls with exponent `skew` (0: uniform).
+/// A poll of four colours, one choice each.
+pub(super) fn colour_poll(poll_id: PollId, head: String) -> EventData {
+    EventData::PollCreated(PollCreated {
+        poll_id,
+        head,
+        message: String::new(),
+        ends_at: None,
+        anonymous: false,
+        multiple_choice: false,
+        questions: ["red", "green", "blue", "yellow"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Question {
+                id: i as u16,
+                text: (*t).into(),
+            })
+            .collect(),
+    })
+}
+
 pub fn workload(events: usize, polls: usize, voters: usize, skew: f64, seed: u64) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let t0 = crate::edge::now();
@@ -62,22 +82,7 @@ pub fn workload(events: usize, polls: usize, voters: usize, skew: f64, seed: u64
             id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
             time: t0,
             principal: owner.clone(),
-            data: EventData::PollCreated(PollCreated {
-                poll_id,
-                head: "Which colour?".into(),
-                message: String::new(),
-                ends_at: None,
-                anonymous: false,
-                multiple_choice: false,
-                questions: ["red", "green", "blue", "yellow"]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| Question {
-                        id: i as u16,
-                        text: (*t).into(),
-                    })
-                    .collect(),
-            }),
+            data: colour_poll(poll_id, "Which colour?".into()),
         })
         .collect();
     let zipf = (skew > 0.0).then(|| Zipf::new(polls, skew));

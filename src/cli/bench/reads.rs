@@ -37,8 +37,8 @@ use crate::cli::latency::Latencies;
 use crate::config::{Config, Secret, ViewBackend};
 use crate::edge::{new_id, now};
 use crate::event::{
-    Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, PollCreated,
-    PollId, Principal, Question, Topic, UserId, VoteCast,
+    Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, PollId,
+    Principal, Topic, UserId, VoteCast,
 };
 use crate::view::Generations;
 
@@ -447,22 +447,7 @@ async fn seed(
         let poll_id = PollId(new_id());
         creates.push(event(
             authors[i % authors.len()].clone(),
-            EventData::PollCreated(PollCreated {
-                poll_id,
-                head: format!("Poll {i}: which colour?"),
-                message: String::new(),
-                ends_at: None,
-                anonymous: false,
-                multiple_choice: false,
-                questions: ["red", "green", "blue", "yellow"]
-                    .iter()
-                    .enumerate()
-                    .map(|(q, text)| Question {
-                        id: q as u16,
-                        text: (*text).into(),
-                    })
-                    .collect(),
-            }),
+            super::project::colour_poll(poll_id, format!("Poll {i}: which colour?")),
         ));
         t.polls.push(poll_id);
     }

@@ -17,9 +17,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::app::{App, Roles};
 use crate::config::Config;
-use crate::event::{
-    Event, EventData, EventId, PollCreated, PollId, Principal, Question, UserId, VoteCast,
-};
+use crate::event::{Event, EventData, EventId, PollId, Principal, UserId, VoteCast};
 
 #[derive(Debug, Args)]
 pub(crate) struct SoakArgs {
@@ -41,19 +39,6 @@ pub(crate) struct SoakArgs {
     /// The journal's fsync policy.
     #[arg(long, default_value = "always")]
     fsync: String,
-}
-
-/// Peak resident memory of this process, in MiB.
-fn peak_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn mib(b: u64) -> f64 {
@@ -80,22 +65,7 @@ impl Stream {
                 id,
                 time,
                 principal: self.owner.clone(),
-                data: EventData::PollCreated(PollCreated {
-                    poll_id,
-                    head: format!("Poll {i}: which colour?"),
-                    message: String::new(),
-                    ends_at: None,
-                    anonymous: false,
-                    multiple_choice: false,
-                    questions: ["red", "green", "blue", "yellow"]
-                        .iter()
-                        .enumerate()
-                        .map(|(q, t)| Question {
-                            id: q as u16,
-                            text: (*t).into(),
-                        })
-                        .collect(),
-                }),
+                data: super::project::colour_poll(poll_id, format!("Poll {i}: which colour?")),
             };
         }
         let back = self.rng.gen_range(0..recent.min(self.polls.len()));
@@ -244,7 +214,7 @@ async fn soak(cfg: &Config, a: &SoakArgs) -> anyhow::Result<()> {
     }
     let applied = t0.elapsed();
     report(sent, applied);
-    let peak = peak_mib();
+    let peak = super::peak_mib();
     println!(
         "  accepted in {:.1} s ({:.0} events/s); the views applied everything at {:.1} s\n  \
          peak resident memory {peak:.0} MiB: {} + {:.0} MiB",

@@ -66,6 +66,9 @@ pub struct Spill {
     garbage: Mutex<Vec<Vec<u8>>>,
     /// Partitions used within this many accesses are not evicted.
     hot: AtomicU64,
+    /// The access clock before which no eviction is tried again (the last
+    /// round could not reach the low-water mark).
+    retry_at: AtomicU64,
     /// The access clock when the working set past the budget was last
     /// reported (0: never).
     warned: AtomicU64,
@@ -147,6 +150,7 @@ impl Spill {
             sync_each: !snapshots,
             warned: AtomicU64::new(0),
             hot: AtomicU64::new(HOT),
+            retry_at: AtomicU64::new(0),
         }))
     }
 
@@ -204,6 +208,11 @@ impl Spill {
         if self.resident.load(Ordering::Relaxed) <= self.budget {
             return;
         }
+        // A working set past the budget: not walked again on every access,
+        // only once the clock has moved on.
+        if self.clock.load(Ordering::Relaxed) < self.retry_at.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(_g) = self.evicting.try_lock() else {
             return;
         };
@@ -246,6 +255,10 @@ impl Spill {
         }
         if freed < total - target {
             let now = self.clock.load(Ordering::Relaxed);
+            self.retry_at.store(
+                now + self.hot.load(Ordering::Relaxed).max(1_024),
+                Ordering::Relaxed,
+            );
             let last = self.warned.load(Ordering::Relaxed);
             if last == 0 || now.saturating_sub(last) > 1_000_000 {
                 self.warned.store(now.max(1), Ordering::Relaxed);
