@@ -134,11 +134,17 @@ async fn an_address_reading_too_fast_without_a_token_is_limited() {
 
 /// An upload whose body trickles in, by hand over TCP (chunked, so of
 /// unknown length): it holds its slot and memory until the body ends, when
-/// `stop` fires.
-async fn slow_upload(t: &TestApp, stop: tokio::sync::oneshot::Receiver<()>) {
+/// `stop` fires. `held` fires once it has gone unanswered for half a second
+/// with its body open, i.e. holds its room. It is sent again if another
+/// upload held the room when it came (a 503 `uploads_busy`); any other early
+/// answer fails the test.
+async fn slow_upload(
+    t: &TestApp,
+    held: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = t.url.trim_start_matches("http://").to_owned();
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let boundary = "XXslowXX";
     let head = format!(
         "POST /v1/uploads HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
@@ -150,15 +156,28 @@ async fn slow_upload(t: &TestApp, stop: tokio::sync::oneshot::Receiver<()>) {
         "--{boundary}\r\nContent-Disposition: form-data; name=\"session_key\"\r\n\r\ns\r\n"
     );
     let chunk = |b: &str| format!("{:x}\r\n{b}\r\n", b.len());
-    conn.write_all(head.as_bytes()).await.unwrap();
-    conn.write_all(chunk(&part).as_bytes()).await.unwrap();
-    // Not answered while its body is open.
-    let mut early = vec![0u8; 512];
-    if let Ok(Ok(n)) =
-        tokio::time::timeout(std::time::Duration::from_millis(500), conn.read(&mut early)).await
-    {
-        panic!("answered early: {}", String::from_utf8_lossy(&early[..n]));
-    }
+    let mut tries = 0;
+    let mut conn = loop {
+        tries += 1;
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(chunk(&part).as_bytes()).await.unwrap();
+        // Not answered while its body is open.
+        let mut early = vec![0u8; 512];
+        match tokio::time::timeout(std::time::Duration::from_millis(500), conn.read(&mut early))
+            .await
+        {
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&early[..n]);
+                assert!(
+                    text.contains("uploads_busy") && tries < 20,
+                    "answered early (try {tries}): {text}"
+                );
+            }
+            _ => break conn,
+        }
+    };
+    let _ = held.send(());
     let _ = stop.await;
     let end = format!("--{boundary}--\r\n");
     conn.write_all(format!("{}0\r\n\r\n", chunk(&end)).as_bytes())
@@ -191,8 +210,15 @@ async fn quick_upload(t: &TestApp) -> (u16, Value) {
 
 async fn busy_while_one_trickles(t: &TestApp, limit: &str) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let slow = slow_upload(t, rx);
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    let slow = slow_upload(t, held_tx, rx);
     tokio::pin!(slow);
+    // Quick ones are sent only once the slow one holds its room: sent
+    // together, a quick one could take the room first.
+    tokio::select! {
+        _ = &mut slow => panic!("the slow upload ended early"),
+        _ = held => {}
+    }
     // The slow one is in (it holds its room) once quick ones are refused.
     let v = tokio::select! {
         _ = &mut slow => panic!("the slow upload ended early"),
