@@ -470,6 +470,10 @@ pub struct ProjectorConfig {
     /// is its earlier name.
     #[serde(alias = "cache_polls")]
     pub cache_aggregates: usize,
+    /// Most rows (ballots, memberships) the projector keeps of aggregates
+    /// it created, so their later events read no row from the store; the
+    /// least recently used aggregates are dropped past it (0: none kept).
+    pub cache_rows: usize,
     /// Most ballot rows in one atomic aggregate commit; a larger batch of one
     /// hot poll is split into several commits.
     pub commit_rows: usize,
@@ -488,6 +492,7 @@ impl Default for ProjectorConfig {
             max_batch: 5_000,
             linger_ms: 5,
             cache_aggregates: 100_000,
+            cache_rows: 250_000,
             commit_rows: 2_000,
             write_concurrency: 128,
             swap_lag: 1_000,

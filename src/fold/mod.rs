@@ -178,7 +178,7 @@ pub trait Aggregate: Default + Send + 'static {
     /// A row kept apart from the state.
     type Key: Clone + Eq + Hash + Send + Sync + 'static;
     /// That row's value.
-    type Row: Send + Sync + 'static;
+    type Row: Clone + Send + Sync + 'static;
     /// One atomic write of the aggregate.
     type Commit: Send + Sync + 'static;
     /// Why its fold refuses events.
@@ -217,4 +217,8 @@ pub trait Aggregate: Default + Send + 'static {
     fn dirty_rows(&self) -> usize;
     /// Takes what must be written, if anything changed.
     fn take_commit(&mut self) -> Option<Self::Commit>;
+    /// The rows a commit writes (`None`: a deletion), so that a projector
+    /// that knows every row of an aggregate keeps knowing them without
+    /// reading them back.
+    fn rows_written(commit: &Self::Commit) -> Vec<(&Self::Key, Option<&Self::Row>)>;
 }

@@ -493,6 +493,9 @@ impl Aggregate for PollAggregate {
     fn take_commit(&mut self) -> Option<PollCommit> {
         PollAggregate::take_commit(self)
     }
+    fn rows_written(c: &PollCommit) -> Vec<(&VoterKey, Option<&Ballot>)> {
+        c.ballots.iter().map(|(k, b)| (k, b.as_ref())).collect()
+    }
 }
 
 /// Adds a ballot's choices. Bits beyond the poll's questions (only a

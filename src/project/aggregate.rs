@@ -8,7 +8,8 @@
 //! 3. fold in log order (the pure fold skips what the version covers),
 //!    cutting a commit every `commit_rows` changed rows, so no single write
 //!    grows huge;
-//! 4. write each aggregate's commits in order, aggregates concurrently
+//! 4. write the batch's derived rows, grouped by partition where the store
+//!    can, then each aggregate's commits in order, aggregates concurrently
 //!    (bounded by `write_concurrency`).
 
 use std::collections::HashMap;
@@ -30,6 +31,53 @@ use crate::view::{AggregateStore, Checkpoint, View, ViewError};
 /// Cached states, by partition and aggregate.
 type Cache<A> = Mutex<LruCache<(i32, <A as Aggregate>::Id), <A as Aggregate>::State>>;
 
+/// Every row of an aggregate, as this projector wrote them.
+type RowSet<A> = HashMap<<A as Aggregate>::Key, <A as Aggregate>::Row>;
+
+/// The rows of aggregates this projector knows whole, so that their
+/// events read no row from the store: those created while it owned their
+/// partition (it wrote every row they have), bounded in rows altogether
+/// (`cache_rows`), least recently used dropped first.
+struct KnownRows<A: Aggregate> {
+    sets: LruCache<(i32, A::Id), RowSet<A>>,
+    rows: usize,
+    cap: usize,
+}
+
+impl<A: Aggregate> KnownRows<A> {
+    fn forget(&mut self, key: &(i32, A::Id)) {
+        if let Some(set) = self.sets.pop(key) {
+            self.rows -= set.len();
+        }
+    }
+
+    /// Applies a batch's commits to a known (or newly created) aggregate.
+    fn apply(&mut self, key: (i32, A::Id), commits: &[A::Commit]) {
+        let set = self.sets.get_or_insert_mut(key, HashMap::new);
+        let before = set.len();
+        for c in commits {
+            for (k, r) in A::rows_written(c) {
+                match r {
+                    Some(r) => {
+                        set.insert(k.clone(), r.clone());
+                    }
+                    None => {
+                        set.remove(k);
+                    }
+                }
+            }
+        }
+        let after = set.len();
+        self.rows = self.rows + after - before;
+        while self.rows > self.cap {
+            match self.sets.pop_lru() {
+                Some((_, set)) => self.rows -= set.len(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// An aggregate view's projection.
 pub struct Aggregates<A: Aggregate, S: ?Sized> {
     view: View,
@@ -39,6 +87,7 @@ pub struct Aggregates<A: Aggregate, S: ?Sized> {
     /// What a changed state announces.
     change: fn(&A::State) -> Change,
     cache: Cache<A>,
+    known: Mutex<KnownRows<A>>,
 }
 
 impl<A: Aggregate, S: ?Sized> std::fmt::Debug for Aggregates<A, S> {
@@ -64,19 +113,26 @@ impl<A: Aggregate, S: AggregateStore<A> + ?Sized> Aggregates<A, S> {
             view,
             store,
             fold,
-            cfg,
             change,
             cache: Mutex::new(LruCache::new(cap)),
+            known: Mutex::new(KnownRows {
+                sets: LruCache::unbounded(),
+                rows: 0,
+                cap: cfg.cache_rows,
+            }),
+            cfg,
         }
     }
 
     /// The aggregates of these groups, from the cache or the store, with
-    /// the rows their events touch.
+    /// the rows their events touch (from the rows known whole, or the
+    /// store); and for each, whether this projector knows every row it
+    /// will have (created here, or known whole already).
     async fn load(
         &self,
         partition: i32,
         groups: &[(A::Id, Vec<Positioned>)],
-    ) -> Result<Vec<A>, ViewError> {
+    ) -> Result<(Vec<A>, Vec<bool>), ViewError> {
         let mut states: HashMap<A::Id, A::State> = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -95,39 +151,60 @@ impl<A: Aggregate, S: AggregateStore<A> + ?Sized> Aggregates<A, S> {
                 states.insert(A::id(&s), s);
             }
         }
-        let loads: Vec<_> = groups
-            .iter()
-            .map(|(id, events)| {
-                let state = states.remove(id);
-                // Only the rows this batch touches, never all of them; an
-                // aggregate created in this batch has none stored.
-                let (absent, stored): (Vec<_>, Vec<_>) = match &state {
-                    None => (Vec::new(), Vec::new()),
-                    Some(s) => A::touched(&self.fold, s, events)
-                        .into_iter()
-                        .partition(|k| A::surely_absent(s, k)),
-                };
-                async move {
-                    let found = if stored.is_empty() {
-                        Vec::new()
-                    } else {
-                        self.store.load_rows(*id, &stored).await?
+        let mut whole = Vec::with_capacity(groups.len());
+        let loads: Vec<_> = {
+            let mut known = self.known.lock();
+            groups
+                .iter()
+                .map(|(id, events)| {
+                    let state = states.remove(id);
+                    let touched = match &state {
+                        // Created in this batch: no row stored.
+                        None => Vec::new(),
+                        // Only the rows this batch touches, never all.
+                        Some(s) => A::touched(&self.fold, s, events),
                     };
+                    let set = known.sets.get(&(partition, *id));
+                    whole.push(state.is_none() || set.is_some());
                     let mut agg = A::from_state(state);
-                    for k in absent.into_iter().chain(stored) {
-                        agg.load_row(k, None);
+                    let stored: Vec<A::Key> = match (set, agg.state()) {
+                        (Some(set), _) => {
+                            for k in touched {
+                                let r = set.get(&k).cloned();
+                                agg.load_row(k, r);
+                            }
+                            Vec::new()
+                        }
+                        (None, Some(s)) => {
+                            let (absent, stored): (Vec<_>, Vec<_>) =
+                                touched.into_iter().partition(|k| A::surely_absent(s, k));
+                            for k in absent {
+                                agg.load_row(k, None);
+                            }
+                            stored
+                        }
+                        (None, None) => Vec::new(),
+                    };
+                    async move {
+                        if !stored.is_empty() {
+                            let found = self.store.load_rows(*id, &stored).await?;
+                            for k in stored {
+                                agg.load_row(k, None);
+                            }
+                            for (k, r) in found {
+                                agg.load_row(k, Some(r));
+                            }
+                        }
+                        Ok::<_, ViewError>(agg)
                     }
-                    for (k, r) in found {
-                        agg.load_row(k, Some(r));
-                    }
-                    Ok::<_, ViewError>(agg)
-                }
-            })
-            .collect();
-        futures::stream::iter(loads)
+                })
+                .collect()
+        };
+        let aggs = futures::stream::iter(loads)
             .buffered(self.cfg.write_concurrency.max(1))
             .try_collect()
-            .await
+            .await?;
+        Ok((aggs, whole))
     }
 }
 
@@ -140,6 +217,9 @@ pub struct Plan<A: Aggregate> {
     finals: Vec<(A::Id, A::State, bool)>,
     /// Every aggregate of the batch (to forget on failure).
     ids: Vec<A::Id>,
+    /// The aggregates whose every row this projector knows, with the
+    /// index of their commits in `commits` (if any changed).
+    whole: Vec<(A::Id, Option<usize>)>,
 }
 
 #[async_trait]
@@ -173,14 +253,15 @@ where
             });
             groups[i].1.push((pos, event));
         }
-        let aggs = self.load(partition, &groups).await?;
+        let (aggs, whole) = self.load(partition, &groups).await?;
         let mut plan = Plan {
             commits: Vec::new(),
             finals: Vec::new(),
             ids: groups.iter().map(|(id, _)| *id).collect(),
+            whole: Vec::new(),
         };
         let limit = self.cfg.commit_rows.max(1);
-        for ((id, events), mut agg) in groups.iter().zip(aggs) {
+        for (((id, events), mut agg), whole) in groups.iter().zip(aggs).zip(whole) {
             let mut mine = Vec::new();
             for (pos, e) in events {
                 match agg.apply(&self.fold, *pos, e) {
@@ -207,6 +288,10 @@ where
             let changed = !mine.is_empty();
             if let Some(s) = agg.into_state() {
                 plan.finals.push((*id, s, changed));
+                if whole {
+                    plan.whole
+                        .push((*id, changed.then_some(plan.commits.len())));
+                }
             }
             if changed {
                 plan.commits.push((*id, mine));
@@ -218,6 +303,11 @@ where
 
     async fn write(&self, plan: &Plan<A>) -> Result<(), ViewError> {
         let store = &self.store;
+        // The derived rows of the whole batch first (each aggregate's last
+        // commit carries its newest), so a store writes them grouped by
+        // partition rather than one request per aggregate.
+        let lasts: Vec<&A::Commit> = plan.commits.iter().filter_map(|(_, c)| c.last()).collect();
+        store.commit_derived(&lasts).await?;
         // Collected first: a lazy map here trips the compiler's lifetime
         // inference for the `Send` future of the handler.
         let writes: Vec<_> = plan
@@ -225,7 +315,7 @@ where
             .iter()
             .map(|(_, cs)| async move {
                 for c in cs {
-                    store.commit(c).await?;
+                    store.commit_own(c).await?;
                 }
                 Ok::<_, ViewError>(())
             })
@@ -239,6 +329,13 @@ where
 
     fn applied(&self, last: Position, plan: Plan<A>, mut announce: Option<Announce<'_>>) {
         let partition = last.partition;
+        {
+            let mut known = self.known.lock();
+            for (id, at) in &plan.whole {
+                let commits = at.map_or(&[][..], |i| &plan.commits[i].1[..]);
+                known.apply((partition, *id), commits);
+            }
+        }
         let mut cache = self.cache.lock();
         for (id, s, changed) in plan.finals {
             if changed && let Some(a) = announce.as_mut() {
@@ -252,8 +349,10 @@ where
     /// so that the retry reloads states consistent with the stored rows.
     fn failed(&self, partition: i32, plan: &Plan<A>) {
         let mut cache = self.cache.lock();
+        let mut known = self.known.lock();
         for id in &plan.ids {
             cache.pop(&(partition, *id));
+            known.forget(&(partition, *id));
         }
     }
 
@@ -267,6 +366,16 @@ where
             .collect();
         for k in stale {
             cache.pop(&k);
+        }
+        let mut known = self.known.lock();
+        let stale: Vec<_> = known
+            .sets
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            known.forget(&k);
         }
     }
 }

@@ -22,6 +22,180 @@ pub type FeedCursor = (DateTime<Utc>, FeedItemId);
 /// The name of the timeline holding every kind.
 pub const ALL_KINDS: &str = "all";
 
+/// A timeline partition holds one bucket of time: a day of items, so no
+/// partition grows without bound.
+pub const BUCKET_SECS: i64 = 86_400;
+
+/// The all-kinds timeline is spread over this many shards per bucket (by
+/// item id), so no single partition takes every like in the system.
+pub const ALL_SHARDS: i16 = 4;
+
+/// Older buckets one continuation query reads at most.
+const WINDOW: usize = 4;
+
+/// How long a process trusts the buckets it knows a timeline has before it
+/// reads them again (only buckets older than yesterday depend on it: the
+/// first page always reads tomorrow's, today's and yesterday's).
+pub const BUCKETS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The bucket of an item created at `t`.
+pub fn bucket_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(BUCKET_SECS)
+}
+
+/// The shards of a timeline's bucket: `0..shards(timeline)`.
+pub fn shards(timeline: &str) -> i16 {
+    if timeline == ALL_KINDS { ALL_SHARDS } else { 1 }
+}
+
+/// The shard of `timeline` an item's row lives in.
+pub fn shard_of(timeline: &str, id: FeedItemId) -> i16 {
+    (id.0.as_u64_pair().1 % shards(timeline) as u64) as i16
+}
+
+/// One timeline partition: a timeline's bucket's shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimelinePart {
+    /// A kind's name, or [`ALL_KINDS`].
+    pub timeline: &'static str,
+    /// [`bucket_of`] the items' creation.
+    pub bucket: i64,
+    /// [`shard_of`] the items' ids.
+    pub shard: i16,
+}
+
+impl TimelinePart {
+    /// Where an item's row lives in `timeline`.
+    pub fn of(timeline: &'static str, created_at: DateTime<Utc>, id: FeedItemId) -> Self {
+        Self {
+            timeline,
+            bucket: bucket_of(created_at),
+            shard: shard_of(timeline, id),
+        }
+    }
+}
+
+/// The buckets each timeline has rows in, as far as this process knows:
+/// what its own writes noted, and what it last read from the store's bucket
+/// index (a control read, at most every [`BUCKETS_TTL`] and only when a page
+/// needs older buckets than it reads anyway).
+#[derive(Debug, Default)]
+pub struct KnownBuckets {
+    known: parking_lot::Mutex<std::collections::HashMap<&'static str, Known>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    buckets: std::collections::BTreeSet<i64>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl KnownBuckets {
+    /// Whether `timeline` is known to have `bucket` in the index.
+    pub fn has(&self, timeline: &'static str, bucket: i64) -> bool {
+        self.known
+            .lock()
+            .get(timeline)
+            .is_some_and(|k| k.buckets.contains(&bucket))
+    }
+    /// `bucket` of `timeline` is in the index.
+    pub fn note(&self, timeline: &'static str, bucket: i64) {
+        self.known
+            .lock()
+            .entry(timeline)
+            .or_default()
+            .buckets
+            .insert(bucket);
+    }
+    /// Whether the index should be read again before trusting what is known
+    /// (`ttl` `None`: once read, always trusted, as by a store no other
+    /// process writes).
+    pub fn stale(&self, timeline: &'static str, ttl: Option<std::time::Duration>) -> bool {
+        match self.known.lock().get(timeline).and_then(|k| k.read_at) {
+            None => true,
+            Some(at) => ttl.is_some_and(|ttl| at.elapsed() >= ttl),
+        }
+    }
+    /// What the index holds for `timeline`, read now.
+    pub fn read(&self, timeline: &'static str, buckets: impl IntoIterator<Item = i64>) {
+        let mut known = self.known.lock();
+        let k = known.entry(timeline).or_default();
+        k.buckets.extend(buckets);
+        k.read_at = Some(std::time::Instant::now());
+    }
+    /// Known buckets of `timeline` in `range`, newest first.
+    pub fn within(
+        &self,
+        timeline: &'static str,
+        range: impl std::ops::RangeBounds<i64>,
+    ) -> Vec<i64> {
+        self.known
+            .lock()
+            .get(timeline)
+            .map(|k| k.buckets.range(range).rev().copied().collect())
+            .unwrap_or_default()
+    }
+    /// Forgets every timeline (their rows were cleared).
+    pub fn clear(&self) {
+        self.known.lock().clear();
+    }
+}
+
+/// How a store reads its timeline partitions, for [`timeline_page`].
+#[async_trait]
+pub trait TimelineParts: Send + Sync {
+    /// One query: the newest `limit` live rows of `timeline` in these
+    /// buckets (every shard of each), before `before` when given.
+    async fn read_buckets(
+        &self,
+        timeline: &'static str,
+        buckets: &[i64],
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError>;
+    /// What this process knows of the buckets, with the index read first
+    /// when it is stale.
+    async fn known_buckets(&self, timeline: &'static str) -> Result<&KnownBuckets, ViewError>;
+}
+
+/// A timeline page, newest first: one query over the cursor's bucket (the
+/// first page: tomorrow's, today's, yesterday's and any later bucket
+/// known), then, only when the page is not full, the next older buckets
+/// with rows, [`WINDOW`] per query, until it is.
+pub async fn timeline_page<S: TimelineParts + ?Sized>(
+    s: &S,
+    kind: Option<FeedKind>,
+    before: Option<FeedCursor>,
+    limit: usize,
+) -> Result<Vec<TimelineRow>, ViewError> {
+    let timeline = kind.map_or(ALL_KINDS, FeedKind::as_str);
+    let limit = limit.max(1);
+    let (first, mut floor) = match before {
+        Some((t, _)) => (vec![bucket_of(t)], bucket_of(t)),
+        None => {
+            let today = bucket_of(crate::edge::now());
+            let mut first = s
+                .known_buckets(timeline)
+                .await?
+                .within(timeline, today + 2..);
+            first.extend([today + 1, today, today - 1]);
+            (first, today - 1)
+        }
+    };
+    let mut rows = s.read_buckets(timeline, &first, before, limit).await?;
+    while rows.len() < limit {
+        let older = s.known_buckets(timeline).await?.within(timeline, ..floor);
+        let window: Vec<i64> = older.into_iter().take(WINDOW).collect();
+        let Some(&last) = window.last() else { break };
+        floor = last;
+        let more = s
+            .read_buckets(timeline, &window, None, limit - rows.len())
+            .await?;
+        rows.extend(more);
+    }
+    Ok(rows)
+}
+
 /// One row of a timeline (per kind, and one for all kinds), newest first: a
 /// copy of the item with its counts, so a page is one query.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -63,6 +237,12 @@ impl TimelineRow {
     pub fn timelines(kind: FeedKind) -> [&'static str; 2] {
         [kind.as_str(), ALL_KINDS]
     }
+
+    /// The partitions an item's rows live in: its kind's timeline's and the
+    /// all-kinds timeline's.
+    pub fn parts(s: &ItemState) -> [TimelinePart; 2] {
+        Self::timelines(s.kind).map(|t| TimelinePart::of(t, s.created_at, s.item_id))
+    }
 }
 
 /// The feed view's store.
@@ -76,9 +256,20 @@ pub trait FeedStore: Send + Sync + 'static {
         item: FeedItemId,
         keys: &[MemberKey],
     ) -> Result<Vec<(MemberKey, Member)>, ViewError>;
+    /// Projector: the timeline rows of these items (derived rows, written
+    /// before their items': [`Self::commit_members`]), one batch per
+    /// timeline partition, with the bucket index's entry of each bucket
+    /// this process has not seen written.
+    async fn commit_timelines(&self, states: &[&ItemState]) -> Result<(), ViewError>;
+    /// Projector: one atomic, versioned write of the item and its changed
+    /// memberships, once its timeline rows are written.
+    async fn commit_members(&self, commit: &ItemCommit) -> Result<(), ViewError>;
     /// Projector: the timeline rows (derived, first), then one atomic,
     /// versioned write of the item and its changed memberships.
-    async fn commit_item(&self, commit: &ItemCommit) -> Result<(), ViewError>;
+    async fn commit_item(&self, commit: &ItemCommit) -> Result<(), ViewError> {
+        self.commit_timelines(&[&commit.state]).await?;
+        self.commit_members(commit).await
+    }
     /// Read: one feed item, one query.
     async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError>;
     /// Read: a timeline page, newest first, one query (`kind` `None`: all).
@@ -104,6 +295,13 @@ impl AggregateStore<ItemAggregate> for dyn FeedStore {
     }
     async fn commit(&self, c: &ItemCommit) -> Result<(), ViewError> {
         self.commit_item(c).await
+    }
+    async fn commit_derived(&self, commits: &[&ItemCommit]) -> Result<(), ViewError> {
+        let states: Vec<&ItemState> = commits.iter().map(|c| &c.state).collect();
+        self.commit_timelines(&states).await
+    }
+    async fn commit_own(&self, c: &ItemCommit) -> Result<(), ViewError> {
+        self.commit_members(c).await
     }
 }
 

@@ -30,7 +30,10 @@ pub use cards::{CardsStore, SessionRow};
 pub use control::{Checkpoint, CheckpointStore, Degraded, GenerationStore};
 pub use cql::CqlStore;
 pub use embedded::EmbeddedStore;
-pub use feed::{ALL_KINDS, FeedCursor, FeedStore, TimelineRow};
+pub use feed::{
+    ALL_KINDS, FeedCursor, FeedStore, KnownBuckets, TimelinePart, TimelineParts, TimelineRow,
+    timeline_page,
+};
 pub use generations::{Generation, Generations, Phase};
 pub use polls::{OwnerCursor, OwnerPollRow, PollsStore, VoterRow};
 
@@ -176,8 +179,20 @@ pub trait AggregateStore<A: Aggregate>: Send + Sync {
         id: A::Id,
         keys: &[A::Key],
     ) -> Result<Vec<(A::Key, A::Row)>, ViewError>;
-    /// One atomic, versioned write.
+    /// One atomic, versioned write, its derived rows first.
     async fn commit(&self, commit: &A::Commit) -> Result<(), ViewError>;
+    /// The derived rows of a whole batch's commits (each aggregate's last),
+    /// grouped by the partitions they live in, before any of the
+    /// aggregates' own writes ([`Self::commit_own`]). Default: none, each
+    /// [`Self::commit_own`] writes its own.
+    async fn commit_derived(&self, _commits: &[&A::Commit]) -> Result<(), ViewError> {
+        Ok(())
+    }
+    /// The aggregate's own write, once [`Self::commit_derived`] wrote its
+    /// derived rows. Default: [`Self::commit`].
+    async fn commit_own(&self, commit: &A::Commit) -> Result<(), ViewError> {
+        self.commit(commit).await
+    }
 }
 
 /// Counts statements, for the one-query proof and writes-per-event figures.

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::{EmbeddedStore, Generations, Store, View};
 
 /// What a snapshot file starts with (the format's version is its last
-/// two bytes).
-const MAGIC: &[u8; 16] = b"atelier-views\0v2";
+/// two bytes; v3: the feed's timelines are bucketed by day and sharded).
+const MAGIC: &[u8; 16] = b"atelier-views\0v3";
 const HEADER: usize = 16 + 8 + 4;
 
 /// A snapshot that cannot be read or written.

@@ -520,8 +520,11 @@ impl FeedStore for FlakyStore {
     ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
         self.inner.load_members(item, keys).await
     }
-    async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
-        self.flaky(self.inner.commit_item(c)).await
+    async fn commit_timelines(&self, states: &[&ItemState]) -> Result<(), ViewError> {
+        self.flaky(self.inner.commit_timelines(states)).await
+    }
+    async fn commit_members(&self, c: &ItemCommit) -> Result<(), ViewError> {
+        self.flaky(self.inner.commit_members(c)).await
     }
     async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
         self.inner.item(id).await

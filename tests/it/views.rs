@@ -76,6 +76,7 @@ spilled!(
     items_members_and_timelines,
     requests_count_partitions_not_statements,
     timelines_page_newest_first,
+    timelines_span_buckets_and_shards,
     cards_converge_in_any_order,
     sessions_list_newest_minted_first,
     voters_by_question_follow_ballots,
@@ -417,9 +418,23 @@ both!(items_members_and_timelines);
 /// Requests are counted per partition a write reaches, not per statement:
 /// an item's commit with two memberships is five statements, and three
 /// requests (two timeline partitions, then the item's partition in one
-/// batch); a read is one of each.
+/// batch); a read is one of each. The first item of a day also writes the
+/// bucket index of both its timelines (two statements, two requests).
 async fn requests_count_partitions_not_statements(b: Backends) {
     let Some(s) = store(b).await else { return };
+    let first = item(FeedItemId(uuid::Uuid::now_v7()), 0, 0, 8);
+    let (w0, q0) = (s.counts().1, s.requests());
+    s.commit_item(&ItemCommit {
+        state: first,
+        members: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (s.counts().1 - w0, s.requests() - q0),
+        (5, 5),
+        "(statements, requests) of the first commit of a day"
+    );
     let id = FeedItemId(uuid::Uuid::now_v7());
     let mut st = item(id, 0, 0, 9);
     st.likes = 2;
@@ -483,6 +498,104 @@ async fn timelines_page_newest_first(b: Backends) {
     );
 }
 both!(timelines_page_newest_first);
+
+/// Timelines are bucketed by day (and the all-kinds one sharded): pages
+/// are newest first across buckets and shards, a page that ends a bucket
+/// continues in the next older one with rows (empty days between are not
+/// read), and a full page of the current days is one query.
+async fn timelines_span_buckets_and_shards(b: Backends) {
+    let Some(s) = store(b).await else { return };
+    let day = view::feed::BUCKET_SECS;
+    // Seconds into today's bucket, relative to 1_700_000_000 as `item`
+    // takes them.
+    let today = Utc::now().timestamp().div_euclid(day) * day - 1_700_000_000;
+    let ages = [
+        -5,
+        -4,
+        -3,
+        -2,
+        -1, // today
+        day - 5,
+        day - 6, // yesterday
+        3 * day, // three days ago
+        400 * day - 1,
+        400 * day - 2, // over a year ago
+        3_000 * day,   // years ago
+    ];
+    let mut made = Vec::new();
+    for (i, age) in ages.iter().enumerate() {
+        let id = FeedItemId(uuid::Uuid::now_v7());
+        let st = item(id, i % 3, today - age, 100 + i as i64);
+        s.commit_item(&ItemCommit {
+            state: st.clone(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+        made.push(st);
+    }
+    // Newest first, the id breaking ties (none here).
+    let expect = |made: &[ItemState], kind: Option<FeedKind>| -> Vec<FeedItemId> {
+        let mut v: Vec<&ItemState> = made
+            .iter()
+            .filter(|st| kind.is_none_or(|k| st.kind == k))
+            .collect();
+        v.sort_by_key(|st| std::cmp::Reverse((st.created_at, st.item_id)));
+        v.iter().map(|st| st.item_id).collect()
+    };
+    for kind in [None, Some(FeedKind::Post), Some(FeedKind::Game)] {
+        for limit in [1, 2, 3, 4, 100] {
+            let mut walked = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = s.timeline(kind, cursor, limit).await.unwrap();
+                assert!(page.len() <= limit);
+                walked.extend(page.iter().map(|r| r.item_id));
+                if page.len() < limit {
+                    break;
+                }
+                let last = page.last().unwrap();
+                cursor = Some((last.created_at, last.item_id));
+            }
+            assert_eq!(walked, expect(&made, kind), "{kind:?}, pages of {limit}");
+        }
+    }
+    // A full first page of today's items: one query, whatever lies older.
+    let (r0, _) = s.counts();
+    assert_eq!(s.timeline(None, None, 5).await.unwrap().len(), 5);
+    assert_eq!(s.counts().0 - r0, 1, "a full page of today: one query");
+    // The whole feed in one page: the query of tomorrow's, today's and
+    // yesterday's buckets, then the three older ones with rows (of
+    // thousands of days between) in one more.
+    let (r0, _) = s.counts();
+    assert_eq!(s.timeline(None, None, 100).await.unwrap().len(), ages.len());
+    assert_eq!(
+        s.counts().0 - r0,
+        2,
+        "the current days, then 3 older in one"
+    );
+    // A deleted item leaves its old bucket's page.
+    let mut gone = made[8].clone();
+    gone.deleted_at = Some(Utc::now());
+    gone.position.offset = 500;
+    s.commit_item(&ItemCommit {
+        state: gone.clone(),
+        members: vec![],
+    })
+    .await
+    .unwrap();
+    made.remove(8);
+    assert_eq!(
+        s.timeline(None, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.item_id)
+            .collect::<Vec<_>>(),
+        expect(&made, None)
+    );
+}
+both!(timelines_span_buckets_and_shards);
 
 async fn cards_converge_in_any_order(b: Backends) {
     let Some(s) = store(b).await else { return };

@@ -1,9 +1,12 @@
-//! `atelier bench project` writes a poll workload to a fresh namespace of the
-//! configured Kafka (or the embedded cluster), then runs the polls projector
-//! from offset 0 into the configured view store and reports events/s and
-//! view statements per event. Pin it to one core with `taskset -c 0`.
+//! `atelier bench project` writes a workload (votes on polls, or with
+//! `--likes` likes on feed items) to a fresh namespace of the configured
+//! Kafka (or the embedded cluster), then runs that view's projector from
+//! offset 0 into the configured view store and reports events/s, and view
+//! statements and requests per event. Pin it to one core with
+//! `taskset -c 0`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,24 +21,29 @@ use crate::bus::{EmbeddedCluster, Producer, topics};
 use crate::cli::loadgen::Zipf;
 use crate::config::{Config, ViewBackend};
 use crate::event::{
-    Event, EventData, EventId, PollCreated, PollId, Principal, Question, Topic, UserId, VoteCast,
+    Event, EventData, EventId, FeedContent, FeedItemCreated, FeedItemId, FeedItemRef, PollCreated,
+    PollId, Principal, Question, Topic, UserId, VoteCast,
 };
 use crate::fold::poll::FoldConfig;
 use crate::project::{Context as ProjectorContext, ViewProjector, Watermarks};
 
 #[derive(Debug, Args)]
 pub(crate) struct ProjectArgs {
-    /// Votes to project.
+    /// Votes (or likes) to project.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
-    /// Polls they go to.
+    /// Polls (or feed items) they go to.
     #[arg(long, default_value_t = 1_000)]
     polls: usize,
     /// Zipf exponent of which polls the votes go to (0: uniform, the worst
     /// case for coalescing).
     #[arg(long, default_value_t = 1.1)]
     skew: f64,
-    /// Distinct voters.
+    /// Likes on feed items (through the feed projector: memberships,
+    /// counts and timeline copies) instead of votes on polls.
+    #[arg(long)]
+    likes: bool,
+    /// Distinct voters (or likers).
     #[arg(long, default_value_t = 100_000)]
     voters: usize,
     /// View store (default: the configured one).
@@ -43,8 +51,6 @@ pub(crate) struct ProjectArgs {
     views: Option<ViewBackend>,
 }
 
-/// Builds the workload: poll creations then votes, Zipf-distributed over
-/// the polls with exponent `skew` (0: uniform).
 /// A poll of four colours, one choice each.
 pub(super) fn colour_poll(poll_id: PollId, head: String) -> EventData {
     EventData::PollCreated(PollCreated {
@@ -65,6 +71,8 @@ pub(super) fn colour_poll(poll_id: PollId, head: String) -> EventData {
     })
 }
 
+/// Builds the workload: poll creations then votes, Zipf-distributed over
+/// the polls with exponent `skew` (0: uniform).
 pub fn workload(events: usize, polls: usize, voters: usize, skew: f64, seed: u64) -> Vec<Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let t0 = crate::edge::now();
@@ -110,6 +118,65 @@ pub fn workload(events: usize, polls: usize, voters: usize, skew: f64, seed: u64
     out
 }
 
+/// The likes workload: `items` feed posts created, then `likes` likes by
+/// `users` users, Zipf-distributed over the items with exponent `skew` (0:
+/// uniform). A user liking an item twice is a duplicate the fold skips.
+pub fn likes_workload(
+    likes: usize,
+    items: usize,
+    users: usize,
+    skew: f64,
+    seed: u64,
+) -> Vec<Event> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let t0 = crate::edge::now();
+    let author = Principal {
+        id: UserId::parse("bench-author").expect("valid"),
+        name: "Bench".into(),
+        avatar_url: None,
+    };
+    let ids: Vec<FeedItemId> = (0..items)
+        .map(|_| FeedItemId(uuid::Uuid::from_u128(rng.r#gen())))
+        .collect();
+    let mut out: Vec<Event> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &item_id)| Event {
+            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
+            time: t0,
+            principal: author.clone(),
+            data: EventData::FeedItemCreated(FeedItemCreated {
+                item_id,
+                content: FeedContent::Post {
+                    title: format!("Post {i}"),
+                    body: String::new(),
+                },
+            }),
+        })
+        .collect();
+    let zipf = (skew > 0.0).then(|| Zipf::new(items, skew));
+    let names: Vec<Principal> = (0..users.max(1))
+        .map(|i| Principal {
+            id: UserId::parse(&format!("liker-{i}")).expect("valid"),
+            name: format!("Liker {i}"),
+            avatar_url: None,
+        })
+        .collect();
+    for _ in 0..likes {
+        let item_id = ids[match &zipf {
+            Some(z) => z.sample(&mut rng),
+            None => rng.gen_range(0..items),
+        }];
+        out.push(Event {
+            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
+            time: t0,
+            principal: names[rng.gen_range(0..names.len())].clone(),
+            data: EventData::FeedItemLiked(FeedItemRef { item_id }),
+        });
+    }
+    out
+}
+
 pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     cfg.kafka.namespace = format!("bench-{run_id}.");
@@ -142,8 +209,13 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     } else {
         "Kafka"
     };
+    let (what, over, who) = if a.likes {
+        ("likes", "feed items", "users")
+    } else {
+        ("votes", "polls", "voters")
+    };
     eprintln!(
-        "bench project: {} votes over {} polls ({}), {} voters; {kafka} -> {:?} views",
+        "bench project: {} {what} over {} {over} ({}), {} {who}; {kafka} -> {:?} views",
         a.events,
         a.polls,
         if a.skew > 0.0 {
@@ -156,7 +228,11 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     );
 
     // Produce the workload.
-    let events = workload(a.events, a.polls, a.voters, a.skew, 42);
+    let events = if a.likes {
+        likes_workload(a.events, a.polls, a.voters, a.skew, 42)
+    } else {
+        workload(a.events, a.polls, a.voters, a.skew, 42)
+    };
     let producer = Producer::new(&cfg.kafka, &brokers, "atelier/bench")?;
     let t = Instant::now();
     let mut last: HashMap<i32, i64> = HashMap::new();
@@ -186,27 +262,35 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
         .await
         .context("opening the view store")?;
     let watermarks = Watermarks::new();
-    let projector = crate::project::views::polls(
-        views.clone(),
-        &ProjectorContext {
-            dlq: producer.clone(),
-            watermarks: watermarks.clone(),
-            cfg: cfg.projector.clone(),
-            fold: FoldConfig {
-                voter_key: b"bench".to_vec(),
-            },
+    let ctx = ProjectorContext {
+        dlq: producer.clone(),
+        watermarks: watermarks.clone(),
+        cfg: cfg.projector.clone(),
+        fold: FoldConfig {
+            voter_key: b"bench".to_vec(),
         },
-    );
+    };
+    let (projector, topic): (Arc<dyn ViewProjector>, _) = if a.likes {
+        (
+            crate::project::views::feed(views.clone(), &ctx),
+            Topic::Feed,
+        )
+    } else {
+        (
+            crate::project::views::polls(views.clone(), &ctx),
+            Topic::Polls,
+        )
+    };
     let spec = ConsumerSpec {
         group: cfg.kafka.group("bench.project"),
-        topics: vec![cfg.kafka.topic(Topic::Polls)],
+        topics: vec![cfg.kafka.topic(topic)],
         max_batch: cfg.projector.max_batch,
         linger: Duration::from_millis(cfg.projector.linger_ms),
         queue_depth: 2,
         drain_timeout: Duration::from_secs(10),
     };
     let stop = CancellationToken::new();
-    let topic = cfg.kafka.topic(Topic::Polls);
+    let topic = cfg.kafka.topic(topic);
     let (reads0, writes0) = views.counts();
     let requests0 = views.requests();
     let t = Instant::now();

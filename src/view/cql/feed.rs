@@ -1,6 +1,7 @@
 //! The feed view on CQL: `feed_items` (the aggregate in static columns, one
-//! membership per clustering row) and `feed_timeline` (one partition per
-//! timeline, newest first).
+//! membership per clustering row), `feed_timelines` (one partition per
+//! timeline, day bucket and shard, newest first) and
+//! `feed_timeline_buckets` (each timeline's buckets).
 
 use std::collections::BTreeMap;
 
@@ -15,10 +16,14 @@ use super::{
 use crate::event::{FeedItemId, UserId};
 use crate::fold::Position;
 use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey, Relation};
-use crate::view::{ALL_KINDS, FeedCursor, FeedStore, TimelineRow, ViewError, write_timestamp};
+use crate::view::feed::{BUCKETS_TTL, shards};
+use crate::view::{
+    FeedCursor, FeedStore, KnownBuckets, TimelinePart, TimelineParts, TimelineRow, ViewError,
+    timeline_page, write_timestamp,
+};
 
 /// The view's tables.
-pub(super) const TABLES: &[&str] = &["feed_items", "feed_timeline"];
+pub(super) const TABLES: &[&str] = &["feed_items", "feed_timelines", "feed_timeline_buckets"];
 
 pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.feed_items (
@@ -39,8 +44,10 @@ pub(super) const SCHEMA: &[&str] = &[
         at_us bigint,
         name text,
         PRIMARY KEY (item_id, rel, user_id))",
-    "CREATE TABLE IF NOT EXISTS {ks}.feed_timeline (
+    "CREATE TABLE IF NOT EXISTS {ks}.feed_timelines (
         timeline text,
+        bucket bigint,
+        shard smallint,
         created_us bigint,
         item_id uuid,
         kind text,
@@ -50,8 +57,13 @@ pub(super) const SCHEMA: &[&str] = &[
         joined bigint,
         src_partition int,
         src_offset bigint,
-        PRIMARY KEY (timeline, created_us, item_id))
+        PRIMARY KEY ((timeline, bucket, shard), created_us, item_id))
         WITH CLUSTERING ORDER BY (created_us DESC, item_id DESC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.feed_timeline_buckets (
+        timeline text,
+        bucket bigint,
+        PRIMARY KEY (timeline, bucket))
+        WITH CLUSTERING ORDER BY (bucket DESC)",
 ];
 
 /// The aggregate's columns, as a literal for `concat!`.
@@ -143,6 +155,8 @@ pub(super) struct Statements {
     timeline_delete: Stmt,
     timeline_page: Stmt,
     timeline_page_before: Stmt,
+    bucket_insert: Stmt,
+    buckets: Stmt,
 }
 
 impl Statements {
@@ -157,6 +171,8 @@ impl Statements {
             timeline_delete,
             timeline_page,
             timeline_page_before,
+            bucket_insert,
+            buckets,
         ] = db
             .prepare_all([
                 concat!(
@@ -172,22 +188,29 @@ impl Statements {
                 "INSERT INTO {ks}.feed_items (item_id, rel, user_id, at_us, name) \
                  VALUES (?, ?, ?, ?, ?)",
                 "DELETE FROM {ks}.feed_items WHERE item_id = ? AND rel = ? AND user_id = ?",
-                "INSERT INTO {ks}.feed_timeline (timeline, created_us, item_id, kind, content, \
-                 author, likes, joined, src_partition, src_offset) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
-                "DELETE FROM {ks}.feed_timeline USING TIMESTAMP ? \
-                 WHERE timeline = ? AND created_us = ? AND item_id = ?",
+                "INSERT INTO {ks}.feed_timelines (timeline, bucket, shard, created_us, item_id, \
+                 kind, content, author, likes, joined, src_partition, src_offset) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "DELETE FROM {ks}.feed_timelines USING TIMESTAMP ? \
+                 WHERE timeline = ? AND bucket = ? AND shard = ? AND created_us = ? \
+                 AND item_id = ?",
+                // One query over several partitions (buckets and shards),
+                // merged newest first by the coordinator (unpaged).
                 concat!(
                     "SELECT ",
                     timeline_columns!(),
-                    " FROM {ks}.feed_timeline WHERE timeline = ? LIMIT ?"
+                    " FROM {ks}.feed_timelines WHERE timeline = ? AND bucket IN ? \
+                     AND shard IN ? ORDER BY created_us DESC, item_id DESC LIMIT ?"
                 ),
                 concat!(
                     "SELECT ",
                     timeline_columns!(),
-                    " FROM {ks}.feed_timeline WHERE timeline = ? \
-                     AND (created_us, item_id) < (?, ?) LIMIT ?"
+                    " FROM {ks}.feed_timelines WHERE timeline = ? AND bucket IN ? \
+                     AND shard IN ? AND (created_us, item_id) < (?, ?) \
+                     ORDER BY created_us DESC, item_id DESC LIMIT ?"
                 ),
+                "INSERT INTO {ks}.feed_timeline_buckets (timeline, bucket) VALUES (?, ?)",
+                "SELECT bucket FROM {ks}.feed_timeline_buckets WHERE timeline = ?",
             ])
             .await?;
         Ok(Self {
@@ -200,6 +223,8 @@ impl Statements {
             timeline_delete,
             timeline_page,
             timeline_page_before,
+            bucket_insert,
+            buckets,
         })
     }
 }
@@ -261,43 +286,86 @@ impl FeedStore for CqlStore {
         fan_out(reads).await
     }
 
-    async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
+    async fn commit_timelines(&self, states: &[&ItemState]) -> Result<(), ViewError> {
         let st = self.feed_st()?;
-        let s = &c.state;
-        let ts = write_timestamp(s.position.offset);
-        // Derived rows first (rule 3): the timelines' copies, or their
-        // removal; both timelines in one request (an unlogged batch of two
-        // partitions: atomicity is not needed, a re-apply repairs them).
-        let row = TimelineRow::of(s);
-        let mut stmts = Vec::with_capacity(2);
-        let mut values: Values = Vec::with_capacity(2);
-        for t in TimelineRow::timelines(s.kind) {
-            match s.deleted_at {
-                Some(_) => {
-                    stmts.push(&st.timeline_delete);
-                    values.push(Box::new((ts, t, us(s.created_at), s.item_id.0)));
-                }
-                None => {
-                    stmts.push(&st.timeline_upsert);
-                    values.push(Box::new((
-                        t,
-                        us(row.created_at),
-                        row.item_id.0,
-                        row.kind.as_str(),
-                        json(&row.content),
-                        json(&row.author),
-                        row.likes as i64,
-                        row.joined as i64,
-                        row.position.partition,
-                        row.position.offset,
-                        ts,
-                    )));
+        // Derived rows first (rule 3): each item's timeline copies, or their
+        // removal, one single-partition batch per timeline partition (each
+        // row at its own timestamp), then the index entries of buckets this
+        // process has not written before.
+        let mut parts: BTreeMap<TimelinePart, (Vec<&Stmt>, Values)> = BTreeMap::new();
+        for s in states {
+            let ts = write_timestamp(s.position.offset);
+            let row = TimelineRow::of(s);
+            for p in TimelineRow::parts(s) {
+                let (stmts, values) = parts.entry(p).or_default();
+                match s.deleted_at {
+                    Some(_) => {
+                        stmts.push(&st.timeline_delete);
+                        values.push(Box::new((
+                            ts,
+                            p.timeline,
+                            p.bucket,
+                            p.shard,
+                            us(s.created_at),
+                            s.item_id.0,
+                        )));
+                    }
+                    None => {
+                        stmts.push(&st.timeline_upsert);
+                        values.push(Box::new((
+                            p.timeline,
+                            p.bucket,
+                            p.shard,
+                            us(row.created_at),
+                            row.item_id.0,
+                            row.kind.as_str(),
+                            json(&row.content),
+                            json(&row.author),
+                            row.likes as i64,
+                            row.joined as i64,
+                            row.position.partition,
+                            row.position.offset,
+                            ts,
+                        )));
+                    }
                 }
             }
         }
-        self.db
-            .batch(None, Partitions::EachStatement, &stmts, values)
-            .await?;
+        let mut index: BTreeMap<&'static str, Vec<i64>> = BTreeMap::new();
+        for p in parts.keys() {
+            if !self.buckets.has(p.timeline, p.bucket) {
+                let b = index.entry(p.timeline).or_default();
+                if b.last() != Some(&p.bucket) {
+                    b.push(p.bucket);
+                }
+            }
+        }
+        let writes: Vec<_> = parts
+            .into_values()
+            .map(|(stmts, values)| async move {
+                self.db.batch(None, Partitions::One, &stmts, values).await?;
+                Ok::<_, ViewError>(None::<()>)
+            })
+            .collect();
+        fan_out(writes).await?;
+        for (timeline, buckets) in index {
+            let stmts = vec![&st.bucket_insert; buckets.len()];
+            let values: Values = buckets
+                .iter()
+                .map(|&b| Box::new((timeline, b)) as Box<dyn SerializeRow + Send + Sync>)
+                .collect();
+            self.db.batch(None, Partitions::One, &stmts, values).await?;
+            for b in buckets {
+                self.buckets.note(timeline, b);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_members(&self, c: &ItemCommit) -> Result<(), ViewError> {
+        let st = self.feed_st()?;
+        let s = &c.state;
+        let ts = write_timestamp(s.position.offset);
         // The members, then the version row last (see `Db::batch`).
         let mut stmts = Vec::with_capacity(c.members.len() + 1);
         let mut values: Values = Vec::with_capacity(c.members.len() + 1);
@@ -363,16 +431,37 @@ impl FeedStore for CqlStore {
         before: Option<FeedCursor>,
         limit: usize,
     ) -> Result<Vec<TimelineRow>, ViewError> {
+        timeline_page(self, kind, before, limit).await
+    }
+}
+
+#[async_trait]
+impl TimelineParts for CqlStore {
+    async fn read_buckets(
+        &self,
+        timeline: &'static str,
+        buckets: &[i64],
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError> {
         let st = self.feed_st()?;
-        let name = kind.map_or(ALL_KINDS, FeedKind::as_str);
         let limit = limit.clamp(1, 1000) as i32;
+        let buckets = buckets.to_vec();
+        let shards: Vec<i16> = (0..shards(timeline)).collect();
         let res = match before {
             Some((t, id)) => {
                 self.db
-                    .run(&st.timeline_page_before, (name, us(t), id.0, limit))
+                    .run(
+                        &st.timeline_page_before,
+                        (timeline, buckets, shards, us(t), id.0, limit),
+                    )
                     .await?
             }
-            None => self.db.run(&st.timeline_page, (name, limit)).await?,
+            None => {
+                self.db
+                    .run(&st.timeline_page, (timeline, buckets, shards, limit))
+                    .await?
+            }
         };
         let rows = res.into_rows_result().map_err(rows_err)?;
         rows.rows::<TimelineDbRow>()
@@ -396,5 +485,19 @@ impl FeedStore for CqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn known_buckets(&self, timeline: &'static str) -> Result<&KnownBuckets, ViewError> {
+        if self.buckets.stale(timeline, Some(BUCKETS_TTL)) {
+            let res = self.db.run(&self.feed_st()?.buckets, (timeline,)).await?;
+            let rows = res.into_rows_result().map_err(rows_err)?;
+            let found = rows
+                .rows::<(i64,)>()
+                .map_err(rows_err)?
+                .map(|r| r.map(|(b,)| b).map_err(rows_err))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.buckets.read(timeline, found);
+        }
+        Ok(&self.buckets)
     }
 }

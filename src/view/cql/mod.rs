@@ -43,9 +43,9 @@ enum Kind {
     Read,
     /// Writes one.
     Write,
-    /// Reads or writes the generation rows or the degraded marks: readers
-    /// consult them through a cache, never per request, so they are not
-    /// view statements.
+    /// Reads or writes the generation rows or the degraded marks, or reads
+    /// the feed's bucket index: readers consult them through a cache, never
+    /// per request, so they are not view statements.
     Control,
 }
 
@@ -94,11 +94,13 @@ impl Db {
     /// Prepares `cql` (with `{ks}` for the keyspace) and classifies it.
     async fn prepare(&self, cql: &str) -> Result<Stmt, ViewError> {
         let cql = cql.replace("{ks}", &self.keyspace);
+        let select = cql.trim_start().to_ascii_uppercase().starts_with("SELECT");
         let kind = if cql.contains(&format!("{}.generations", self.keyspace))
             || cql.contains(&format!("{}.degraded", self.keyspace))
+            || (select && cql.contains(&format!("{}.feed_timeline_buckets", self.keyspace)))
         {
             Kind::Control
-        } else if cql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
+        } else if select {
             Kind::Read
         } else {
             Kind::Write
@@ -169,7 +171,6 @@ impl Db {
             self.counters.write(batch.statements.len() as u64);
             self.counters.request(match partitions {
                 Partitions::One => 1,
-                Partitions::EachStatement => batch.statements.len() as u64,
             });
             self.session.batch(&batch, part).await.map_err(exec_err)?;
             start = end;
@@ -190,10 +191,10 @@ impl Db {
 /// The partitions a batch writes, for counting its requests.
 #[derive(Clone, Copy, Debug)]
 enum Partitions {
-    /// All its statements write one partition.
+    /// All its statements write one partition (every batch of the store
+    /// does: multi-partition batches cost the coordinator a request per
+    /// partition, and none is needed).
     One,
-    /// Each statement writes its own.
-    EachStatement,
 }
 
 /// The replication map `CREATE KEYSPACE` gets from `cfg`.
@@ -228,6 +229,8 @@ pub struct CqlStore {
     /// The keyspace's replication map, as CQL.
     replication: String,
     st: tokio::sync::OnceCell<Statements>,
+    /// The feed's timeline buckets this process knows of.
+    buckets: super::KnownBuckets,
 }
 
 impl CqlStore {
@@ -258,6 +261,7 @@ impl CqlStore {
             },
             replication: replication(cfg),
             st: tokio::sync::OnceCell::new(),
+            buckets: super::KnownBuckets::default(),
         })
     }
 
@@ -357,6 +361,9 @@ impl Store for CqlStore {
             Self::tables_of(view).ok_or_else(|| ViewError::Rejected(format!("no view {view}")))?;
         for t in tables {
             self.db.ddl(&format!("TRUNCATE {{ks}}.{t}")).await?;
+        }
+        if view == super::feed::VIEW {
+            self.buckets.clear();
         }
         self.drop_checkpoints(view.as_str()).await
     }

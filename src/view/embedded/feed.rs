@@ -1,5 +1,7 @@
 //! The feed view on the embedded tables: `feed_items` (the aggregate in
-//! static cells, a membership per row) and the timelines.
+//! static cells, a membership per row), the timelines (a partition per
+//! timeline, day bucket and shard) and the index of each timeline's
+//! buckets.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -10,17 +12,34 @@ use super::EmbeddedStore;
 use super::table::{Mutation, Row, Table, from_cells, page, to_cells};
 use crate::event::FeedItemId;
 use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
+use crate::view::feed::shards;
 use crate::view::{
-    ALL_KINDS, Counters, FeedCursor, FeedStore, TimelineRow, ViewError, write_timestamp,
+    Counters, FeedCursor, FeedStore, KnownBuckets, TimelinePart, TimelineParts, TimelineRow,
+    ViewError, timeline_page, write_timestamp,
 };
 
 /// Newest first: clustering order `created_at DESC, item_id DESC`.
 type TimelineKey = std::cmp::Reverse<(i64, FeedItemId)>;
 
+/// A timeline partition: the timeline, its bucket and shard.
+type TimelinePk = (Cow<'static, str>, i64, i16);
+
+/// The bucket index: per timeline, its buckets newest first.
+type BucketKey = std::cmp::Reverse<i64>;
+
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
     items: Table<FeedItemId, MemberKey>,
-    timelines: Table<Cow<'static, str>, TimelineKey>,
+    timelines: Table<TimelinePk, TimelineKey>,
+    buckets: Table<Cow<'static, str>, BucketKey>,
+    /// What this store's own writes and index reads know; no other process
+    /// writes an embedded store, so the index is read once.
+    #[serde(skip)]
+    known: KnownBuckets,
+}
+
+fn pk(p: TimelinePart) -> TimelinePk {
+    (Cow::Borrowed(p.timeline), p.bucket, p.shard)
 }
 
 impl Tables {
@@ -28,23 +47,75 @@ impl Tables {
         Self {
             items: Table::new(c),
             timelines: Table::new(c),
+            buckets: Table::new(c),
+            known: KnownBuckets::default(),
         }
     }
 
     pub(super) fn rebind(&mut self, c: &Arc<Counters>) {
         self.items.rebind(c);
         self.timelines.rebind(c);
+        self.buckets.rebind(c);
     }
 
     pub(super) fn attach(&self, spill: &Arc<super::spill::Spill>, tag: &str) {
         self.items.attach(spill, format!("{tag}/feed.items"));
         self.timelines
             .attach(spill, format!("{tag}/feed.timelines"));
+        self.buckets.attach(spill, format!("{tag}/feed.buckets"));
     }
 
     pub(super) fn clear(&self) {
         self.items.clear();
         self.timelines.clear();
+        self.buckets.clear();
+        self.known.clear();
+    }
+}
+
+#[async_trait]
+impl TimelineParts for EmbeddedStore {
+    async fn read_buckets(
+        &self,
+        timeline: &'static str,
+        buckets: &[i64],
+        before: Option<FeedCursor>,
+        limit: usize,
+    ) -> Result<Vec<TimelineRow>, ViewError> {
+        let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
+        let pks: Vec<TimelinePk> = buckets
+            .iter()
+            .flat_map(|&b| (0..shards(timeline)).map(move |s| (Cow::Borrowed(timeline), b, s)))
+            .collect();
+        let mut out: Vec<TimelineRow> = Vec::new();
+        self.feed.timelines.rows_of(&pks, |rows| {
+            out.extend(page::<_, TimelineRow>(rows, after, limit)?);
+            Ok(())
+        })?;
+        // Merged newest first, as the clustering order sorts one partition.
+        out.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.item_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn known_buckets(&self, timeline: &'static str) -> Result<&KnownBuckets, ViewError> {
+        let known = &self.feed.known;
+        if known.stale(timeline, None) {
+            let found = self
+                .feed
+                .buckets
+                .control_rows(&Cow::Borrowed(timeline), |rows| {
+                    rows.map(|r| {
+                        r.iter()
+                            .filter(|(_, row)| row.live().is_some())
+                            .map(|(k, _)| k.0)
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+                })?;
+            known.read(timeline, found);
+        }
+        Ok(known)
     }
 }
 
@@ -79,19 +150,47 @@ impl FeedStore for EmbeddedStore {
         })?
     }
 
-    async fn commit_item(&self, c: &ItemCommit) -> Result<(), ViewError> {
+    async fn commit_timelines(&self, states: &[&ItemState]) -> Result<(), ViewError> {
+        // One batch per partition (rule 3: derived rows, written before
+        // their items'), then the index entries of buckets not known yet.
+        let mut parts: std::collections::BTreeMap<TimelinePart, Vec<(i64, Mutation<TimelineKey>)>> =
+            Default::default();
+        for s in states {
+            let ts = write_timestamp(s.position.offset);
+            let key = std::cmp::Reverse((s.created_at.timestamp_micros(), s.item_id));
+            let row = TimelineRow::of(s);
+            for p in TimelineRow::parts(s) {
+                let m = match s.deleted_at {
+                    Some(_) => Mutation::Delete(key),
+                    None => Mutation::Upsert(key, to_cells(&row)),
+                };
+                parts.entry(p).or_default().push((ts, m));
+            }
+        }
+        let mut new_buckets = std::collections::BTreeSet::new();
+        for (p, muts) in parts {
+            // A batch carries one timestamp: rows of different versions go
+            // as consecutive batches of the same partition, one request.
+            self.feed.timelines.batch_each(&pk(p), muts)?;
+            if !self.feed.known.has(p.timeline, p.bucket) {
+                new_buckets.insert((p.timeline, p.bucket));
+            }
+        }
+        for (timeline, bucket) in new_buckets {
+            let cells = to_cells(&serde_json::json!({ "bucket": bucket }));
+            self.feed.buckets.batch(
+                &Cow::Borrowed(timeline),
+                0,
+                vec![Mutation::Upsert(std::cmp::Reverse(bucket), cells)],
+            )?;
+            self.feed.known.note(timeline, bucket);
+        }
+        Ok(())
+    }
+
+    async fn commit_members(&self, c: &ItemCommit) -> Result<(), ViewError> {
         let s = &c.state;
         let ts = write_timestamp(s.position.offset);
-        // Derived rows first (rule 3): the timelines' copies, or their removal.
-        let key = std::cmp::Reverse((s.created_at.timestamp_micros(), s.item_id));
-        let row = TimelineRow::of(s);
-        for t in TimelineRow::timelines(s.kind) {
-            let m = match s.deleted_at {
-                Some(_) => Mutation::Delete(key),
-                None => Mutation::Upsert(key, to_cells(&row)),
-            };
-            self.feed.timelines.batch(&Cow::Borrowed(t), ts, vec![m])?;
-        }
         let mut muts = Vec::with_capacity(c.members.len() + 1);
         muts.push(Mutation::Static(to_cells(s)));
         for (k, m) in &c.members {
@@ -113,10 +212,6 @@ impl FeedStore for EmbeddedStore {
         before: Option<FeedCursor>,
         limit: usize,
     ) -> Result<Vec<TimelineRow>, ViewError> {
-        let name = kind.map_or(ALL_KINDS, FeedKind::as_str);
-        let after = before.map(|(t, id)| std::cmp::Reverse((t.timestamp_micros(), id)));
-        self.feed
-            .timelines
-            .rows(&Cow::Borrowed(name), |rows| page(rows, after, limit))?
+        timeline_page(self, kind, before, limit).await
     }
 }

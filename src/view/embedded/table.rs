@@ -367,6 +367,16 @@ impl<P: PartKey, C: RowKey> Table<P, C> {
 
     /// One write statement per mutation, applied together.
     pub(super) fn batch(&self, pk: &P, ts: i64, muts: Vec<Mutation<C>>) -> Result<(), ViewError> {
+        self.batch_each(pk, muts.into_iter().map(|m| (ts, m)).collect())
+    }
+
+    /// One request to one partition: a write statement per mutation, each
+    /// at its own timestamp, applied together.
+    pub(super) fn batch_each(
+        &self,
+        pk: &P,
+        muts: Vec<(i64, Mutation<C>)>,
+    ) -> Result<(), ViewError> {
         self.counters.write(muts.len() as u64);
         self.counters.request(1);
         let sized = self.inner.spill.get().is_some();
@@ -379,7 +389,7 @@ impl<P: PartKey, C: RowKey> Table<P, C> {
             } else {
                 0
             };
-            for m in muts {
+            for (ts, m) in muts {
                 let (ck, write) = match m {
                     Mutation::Static(v) => {
                         let b = size(&part.statics);
@@ -422,6 +432,28 @@ impl<P: PartKey, C: RowKey> Table<P, C> {
         F: FnOnce(Option<&BTreeMap<C, Row>>) -> R,
     {
         self.counters.read();
+        self.read(pk, |p| f(p.map(|p| &p.rows)))
+    }
+
+    /// One read over several partitions (as CQL's `IN` on the partition
+    /// key): `f` on each one's rows in turn.
+    pub(super) fn rows_of<F>(&self, pks: &[P], mut f: F) -> Result<(), ViewError>
+    where
+        F: FnMut(Option<&BTreeMap<C, Row>>) -> Result<(), ViewError>,
+    {
+        self.counters.read();
+        for pk in pks {
+            self.read(pk, |p| f(p.map(|p| &p.rows)))??;
+        }
+        Ok(())
+    }
+
+    /// A control read of a partition's rows, not counted (as CQL's control
+    /// statements are not): what a store reads behind a cache of its own.
+    pub(super) fn control_rows<F, R>(&self, pk: &P, f: F) -> Result<R, ViewError>
+    where
+        F: FnOnce(Option<&BTreeMap<C, Row>>) -> R,
+    {
         self.read(pk, |p| f(p.map(|p| &p.rows)))
     }
 
