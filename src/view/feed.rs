@@ -26,16 +26,20 @@ pub const ALL_KINDS: &str = "all";
 /// partition grows without bound.
 pub const BUCKET_SECS: i64 = 86_400;
 
-/// The all-kinds timeline is spread over this many shards per bucket (by
-/// item id), so no single partition takes every like in the system.
+/// The all-kinds timeline is spread over this many shards per bucket, so
+/// no single partition takes every like in the system. An item's shard is
+/// its log partition's (modulo this): every event of an item is in one log
+/// partition (keyed topics never grow, see `topics apply`), so the shard
+/// is stable, and a projector's batch, which is one log partition's, writes
+/// one shard of it, however many items it touches.
 pub const ALL_SHARDS: i16 = 4;
 
 /// Older buckets one continuation query reads at most.
 const WINDOW: usize = 4;
 
 /// How long a process trusts the buckets it knows a timeline has before it
-/// reads them again (only buckets older than yesterday depend on it: the
-/// first page always reads tomorrow's, today's and yesterday's).
+/// reads them again (the first page always reads today's bucket; one that
+/// another process starts is seen at most this late otherwise).
 pub const BUCKETS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The bucket of an item created at `t`.
@@ -48,9 +52,10 @@ pub fn shards(timeline: &str) -> i16 {
     if timeline == ALL_KINDS { ALL_SHARDS } else { 1 }
 }
 
-/// The shard of `timeline` an item's row lives in.
-pub fn shard_of(timeline: &str, id: FeedItemId) -> i16 {
-    (id.0.as_u64_pair().1 % shards(timeline) as u64) as i16
+/// The shard of `timeline` the rows of an item from log partition
+/// `partition` live in.
+pub fn shard_of(timeline: &str, partition: i32) -> i16 {
+    partition.rem_euclid(i32::from(shards(timeline))) as i16
 }
 
 /// One timeline partition: a timeline's bucket's shard.
@@ -60,17 +65,17 @@ pub struct TimelinePart {
     pub timeline: &'static str,
     /// [`bucket_of`] the items' creation.
     pub bucket: i64,
-    /// [`shard_of`] the items' ids.
+    /// [`shard_of`] the items' log partition.
     pub shard: i16,
 }
 
 impl TimelinePart {
     /// Where an item's row lives in `timeline`.
-    pub fn of(timeline: &'static str, created_at: DateTime<Utc>, id: FeedItemId) -> Self {
+    pub fn of(timeline: &'static str, s: &ItemState) -> Self {
         Self {
             timeline,
-            bucket: bucket_of(created_at),
-            shard: shard_of(timeline, id),
+            bucket: bucket_of(s.created_at),
+            shard: shard_of(timeline, s.position.partition),
         }
     }
 }
@@ -159,8 +164,8 @@ pub trait TimelineParts: Send + Sync {
 }
 
 /// A timeline page, newest first: one query over the cursor's bucket (the
-/// first page: tomorrow's, today's, yesterday's and any later bucket
-/// known), then, only when the page is not full, the next older buckets
+/// first page: today's, and yesterday's and any later bucket known to have
+/// rows), then, only when the page is not full, the next older buckets
 /// with rows, [`WINDOW`] per query, until it is.
 pub async fn timeline_page<S: TimelineParts + ?Sized>(
     s: &S,
@@ -173,12 +178,14 @@ pub async fn timeline_page<S: TimelineParts + ?Sized>(
     let (first, mut floor) = match before {
         Some((t, _)) => (vec![bucket_of(t)], bucket_of(t)),
         None => {
+            // Today's bucket always (a day's first item may be another
+            // process's, just now), and the later and yesterday's ones
+            // known to have rows.
             let today = bucket_of(crate::edge::now());
-            let mut first = s
-                .known_buckets(timeline)
-                .await?
-                .within(timeline, today + 2..);
-            first.extend([today + 1, today, today - 1]);
+            let known = s.known_buckets(timeline).await?;
+            let mut first = known.within(timeline, today + 1..);
+            first.push(today);
+            first.extend(known.within(timeline, today - 1..today));
             (first, today - 1)
         }
     };
@@ -241,7 +248,7 @@ impl TimelineRow {
     /// The partitions an item's rows live in: its kind's timeline's and the
     /// all-kinds timeline's.
     pub fn parts(s: &ItemState) -> [TimelinePart; 2] {
-        Self::timelines(s.kind).map(|t| TimelinePart::of(t, s.created_at, s.item_id))
+        Self::timelines(s.kind).map(|t| TimelinePart::of(t, s))
     }
 }
 
