@@ -17,6 +17,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Heads {
     client: Arc<BaseConsumer>,
+    /// Reads uncommitted: where a partition's log ends, whatever the
+    /// transactions in it (see [`Heads::head`]).
+    uncommitted: Arc<BaseConsumer>,
     brokers: String,
 }
 
@@ -30,8 +33,12 @@ impl Heads {
     /// A client on `brokers` (it joins no group and reads nothing).
     pub fn new(cfg: &KafkaConfig, brokers: &str) -> Result<Self, BusError> {
         let client: BaseConsumer = tail_config(cfg, brokers, "heads", "latest").create()?;
+        let uncommitted: BaseConsumer = tail_config(cfg, brokers, "heads", "latest")
+            .set("isolation.level", "read_uncommitted")
+            .create()?;
         Ok(Self {
             client: Arc::new(client),
+            uncommitted: Arc::new(uncommitted),
             brokers: brokers.to_owned(),
         })
     }
@@ -65,10 +72,14 @@ impl Heads {
         .map_err(|e| BusError::Handler(format!("heads query: {e}")))?
     }
 
-    /// The high watermark of one partition; `None` when the topic has no
-    /// such partition.
+    /// The high watermark of one partition, open and undecided
+    /// transactions included: every offset below it is in the log. (A
+    /// read-committed client is answered the last stable offset, which a
+    /// record of a transaction that just committed may still be past: the
+    /// coordinator writes the commit markers after the commit returns.)
+    /// `None` when the topic has no such partition.
     pub async fn head(&self, topic: &str, partition: i32) -> Result<Option<i64>, BusError> {
-        let client = self.client.clone();
+        let client = self.uncommitted.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             let md = client.fetch_metadata(Some(&topic), TIMEOUT)?;
