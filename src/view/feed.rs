@@ -149,8 +149,9 @@ impl KnownBuckets {
 /// How a store reads its timeline partitions, for [`timeline_page`].
 #[async_trait]
 pub trait TimelineParts: Send + Sync {
-    /// One query: the newest `limit` live rows of `timeline` in these
-    /// buckets (every shard of each), before `before` when given.
+    /// One query: the newest `limit` live rows of each partition of
+    /// `timeline` in these buckets (every shard of each), before `before`
+    /// when given, in any order.
     async fn read_buckets(
         &self,
         timeline: &'static str,
@@ -189,16 +190,23 @@ pub async fn timeline_page<S: TimelineParts + ?Sized>(
             (first, today - 1)
         }
     };
-    let mut rows = s.read_buckets(timeline, &first, before, limit).await?;
+    // Each partition's newest, merged: the newest of them all.
+    let newest = |mut rows: Vec<TimelineRow>, n: usize| {
+        rows.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.item_id)));
+        rows.truncate(n);
+        rows
+    };
+    let mut rows = newest(
+        s.read_buckets(timeline, &first, before, limit).await?,
+        limit,
+    );
     while rows.len() < limit {
         let older = s.known_buckets(timeline).await?.within(timeline, ..floor);
         let window: Vec<i64> = older.into_iter().take(WINDOW).collect();
         let Some(&last) = window.last() else { break };
         floor = last;
-        let more = s
-            .read_buckets(timeline, &window, None, limit - rows.len())
-            .await?;
-        rows.extend(more);
+        let n = limit - rows.len();
+        rows.extend(newest(s.read_buckets(timeline, &window, None, n).await?, n));
     }
     Ok(rows)
 }

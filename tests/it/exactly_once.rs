@@ -413,6 +413,8 @@ pub struct FlakyStore {
     n: std::sync::atomic::AtomicU64,
     /// The voter whose ballots are refused, while set.
     pub refuse: parking_lot::Mutex<Option<VoterKey>>,
+    /// Feed membership reads made through it.
+    pub member_reads: std::sync::atomic::AtomicU64,
 }
 
 impl FlakyStore {
@@ -422,6 +424,7 @@ impl FlakyStore {
             one_in,
             n: Default::default(),
             refuse: Default::default(),
+            member_reads: Default::default(),
         }
     }
 
@@ -518,6 +521,8 @@ impl FeedStore for FlakyStore {
         item: FeedItemId,
         keys: &[MemberKey],
     ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
+        self.member_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.load_members(item, keys).await
     }
     async fn commit_timelines(&self, states: &[&ItemState]) -> Result<(), ViewError> {

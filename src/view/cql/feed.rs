@@ -465,8 +465,7 @@ impl TimelineParts for CqlStore {
             }
         };
         let rows = res.into_rows_result().map_err(rows_err)?;
-        let mut rows = rows
-            .rows::<TimelineDbRow>()
+        rows.rows::<TimelineDbRow>()
             .map_err(rows_err)?
             .map(|r| {
                 let r = r.map_err(rows_err)?;
@@ -486,12 +485,7 @@ impl TimelineParts for CqlStore {
                     },
                 })
             })
-            .collect::<Result<Vec<_>, ViewError>>()?;
-        // Each partition's rows come newest first; the page is the newest
-        // of all of them.
-        rows.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.item_id)));
-        rows.truncate(limit as usize);
-        Ok(rows)
+            .collect()
     }
 
     async fn known_buckets(&self, timeline: &'static str) -> Result<&KnownBuckets, ViewError> {

@@ -92,9 +92,6 @@ impl TimelineParts for EmbeddedStore {
             out.extend(page::<_, TimelineRow>(rows, after, limit)?);
             Ok(())
         })?;
-        // Merged newest first, as the clustering order sorts one partition.
-        out.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.item_id)));
-        out.truncate(limit);
         Ok(out)
     }
 
