@@ -356,26 +356,27 @@ where
         }
     }
 
-    /// Drops every cached aggregate of the partition.
+    /// Drops every cached aggregate of the partition, and its rows.
     fn assigned(&self, partition: i32) {
         let mut cache = self.cache.lock();
-        let stale: Vec<_> = cache
-            .iter()
-            .filter(|((p, _), _)| *p == partition)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
+        for k in of_partition(&cache, partition) {
             cache.pop(&k);
         }
         let mut known = self.known.lock();
-        let stale: Vec<_> = known
-            .sets
-            .iter()
-            .filter(|((p, _), _)| *p == partition)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
+        for k in of_partition(&known.sets, partition) {
             known.forget(&k);
         }
     }
+}
+
+/// The keys of `partition`'s aggregates in a cache keyed by both.
+fn of_partition<I: Copy + Eq + std::hash::Hash, V>(
+    cache: &LruCache<(i32, I), V>,
+    partition: i32,
+) -> Vec<(i32, I)> {
+    cache
+        .iter()
+        .filter(|((p, _), _)| *p == partition)
+        .map(|(k, _)| *k)
+        .collect()
 }

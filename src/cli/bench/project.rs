@@ -74,53 +74,22 @@ pub(super) fn colour_poll(poll_id: PollId, head: String) -> EventData {
 /// Builds the workload: poll creations then votes, Zipf-distributed over
 /// the polls with exponent `skew` (0: uniform).
 pub fn workload(events: usize, polls: usize, voters: usize, skew: f64, seed: u64) -> Vec<Event> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = crate::edge::now();
-    let owner = Principal {
-        id: UserId::parse("bench-owner").expect("valid"),
-        name: "Bench".into(),
-        avatar_url: None,
-    };
-    let ids: Vec<PollId> = (0..polls)
-        .map(|_| PollId(uuid::Uuid::from_u128(rng.r#gen())))
-        .collect();
-    let mut out: Vec<Event> = ids
-        .iter()
-        .map(|&poll_id| Event {
-            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
-            time: t0,
-            principal: owner.clone(),
-            data: colour_poll(poll_id, "Which colour?".into()),
-        })
-        .collect();
-    let zipf = (skew > 0.0).then(|| Zipf::new(polls, skew));
-    let names: Vec<Principal> = (0..voters.max(1))
-        .map(|i| Principal {
-            id: UserId::parse(&format!("voter-{i}")).expect("valid"),
-            name: format!("Voter {i}"),
-            avatar_url: None,
-        })
-        .collect();
-    for _ in 0..events {
-        out.push(Event {
-            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
-            time: t0,
-            principal: names[rng.gen_range(0..names.len())].clone(),
-            data: EventData::VoteCast(VoteCast {
-                poll_id: ids[match &zipf {
-                    Some(z) => z.sample(&mut rng),
-                    None => rng.gen_range(0..polls),
-                }],
+    generate(
+        (events, polls, voters, skew, seed),
+        ("voter", "Voter"),
+        |_, id| colour_poll(PollId(id), "Which colour?".into()),
+        |id, rng| {
+            EventData::VoteCast(VoteCast {
+                poll_id: PollId(id),
                 question_ids: vec![rng.gen_range(0..4)],
-            }),
-        });
-    }
-    out
+            })
+        },
+    )
 }
 
 /// The likes workload: `items` feed posts created, then `likes` likes by
 /// `users` users, Zipf-distributed over the items with exponent `skew` (0:
-/// uniform). A user liking an item twice is a duplicate the fold skips.
+/// uniform). A user liking an item twice is refused by the fold.
 pub fn likes_workload(
     likes: usize,
     items: usize,
@@ -128,50 +97,76 @@ pub fn likes_workload(
     skew: f64,
     seed: u64,
 ) -> Vec<Event> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let t0 = crate::edge::now();
-    let author = Principal {
-        id: UserId::parse("bench-author").expect("valid"),
-        name: "Bench".into(),
-        avatar_url: None,
-    };
-    let ids: Vec<FeedItemId> = (0..items)
-        .map(|_| FeedItemId(uuid::Uuid::from_u128(rng.r#gen())))
-        .collect();
-    let mut out: Vec<Event> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &item_id)| Event {
-            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
-            time: t0,
-            principal: author.clone(),
-            data: EventData::FeedItemCreated(FeedItemCreated {
-                item_id,
+    generate(
+        (likes, items, users, skew, seed),
+        ("liker", "Liker"),
+        |i, id| {
+            EventData::FeedItemCreated(FeedItemCreated {
+                item_id: FeedItemId(id),
                 content: FeedContent::Post {
                     title: format!("Post {i}"),
                     body: String::new(),
                 },
-            }),
+            })
+        },
+        |id, _| {
+            EventData::FeedItemLiked(FeedItemRef {
+                item_id: FeedItemId(id),
+            })
+        },
+    )
+}
+
+/// `(events, aggregates, people, skew, seed)`: `aggregates` created by one
+/// owner (`create` of each index and id), then `events` acts (`act` on an
+/// aggregate's id) by `people` principals (`(id prefix, name prefix)`),
+/// Zipf-distributed over the aggregates with exponent `skew` (0: uniform).
+fn generate(
+    (events, aggregates, people, skew, seed): (usize, usize, usize, f64, u64),
+    (id_prefix, name_prefix): (&str, &str),
+    create: impl Fn(usize, uuid::Uuid) -> EventData,
+    act: impl Fn(uuid::Uuid, &mut SmallRng) -> EventData,
+) -> Vec<Event> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let t0 = crate::edge::now();
+    let owner = Principal {
+        id: UserId::parse("bench-owner").expect("valid"),
+        name: "Bench".into(),
+        avatar_url: None,
+    };
+    let ids: Vec<uuid::Uuid> = (0..aggregates)
+        .map(|_| uuid::Uuid::from_u128(rng.r#gen()))
+        .collect();
+    let mut out: Vec<Event> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Event {
+            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
+            time: t0,
+            principal: owner.clone(),
+            data: create(i, id),
         })
         .collect();
-    let zipf = (skew > 0.0).then(|| Zipf::new(items, skew));
-    let names: Vec<Principal> = (0..users.max(1))
+    let zipf = (skew > 0.0).then(|| Zipf::new(aggregates, skew));
+    let names: Vec<Principal> = (0..people.max(1))
         .map(|i| Principal {
-            id: UserId::parse(&format!("liker-{i}")).expect("valid"),
-            name: format!("Liker {i}"),
+            id: UserId::parse(&format!("{id_prefix}-{i}")).expect("valid"),
+            name: format!("{name_prefix} {i}"),
             avatar_url: None,
         })
         .collect();
-    for _ in 0..likes {
-        let item_id = ids[match &zipf {
+    for _ in 0..events {
+        let id = EventId(uuid::Uuid::from_u128(rng.r#gen()));
+        let principal = names[rng.gen_range(0..names.len())].clone();
+        let target = ids[match &zipf {
             Some(z) => z.sample(&mut rng),
-            None => rng.gen_range(0..items),
+            None => rng.gen_range(0..aggregates),
         }];
         out.push(Event {
-            id: EventId(uuid::Uuid::from_u128(rng.r#gen())),
+            id,
             time: t0,
-            principal: names[rng.gen_range(0..names.len())].clone(),
-            data: EventData::FeedItemLiked(FeedItemRef { item_id }),
+            principal,
+            data: act(target, &mut rng),
         });
     }
     out
@@ -334,6 +329,9 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
         totals.rejected,
         totals.duplicates,
     );
+    // The clients before the cluster they talk to: dropped after it, they
+    // log its connections refused as errors.
+    drop((projector, ctx, producer));
     drop(cluster);
     let _ = std::fs::remove_dir_all(&scratch);
     super::quiet_when_healthy()
