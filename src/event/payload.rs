@@ -357,6 +357,21 @@ macro_rules! event_data {
                 }
             }
 
+            /// Parses a body of the event type `type_name` (the principal
+            /// beside the payload) in one pass, without a JSON tree.
+            pub fn body_from_slice(
+                type_name: &str,
+                body: &[u8],
+            ) -> Result<Option<(crate::event::Principal, Self)>, serde_json::Error> {
+                Ok(Some(match type_name {
+                    $(stringify!($variant) => {
+                        let b: super::schema::Body<$ty> = serde_json::from_slice(body)?;
+                        (b.principal, EventData::$variant(b.data))
+                    })*
+                    _ => return Ok(None),
+                }))
+            }
+
             /// Parses the payload of the event type `type_name`.
             pub fn from_json(type_name: &str, v: serde_json::Value) -> Result<Option<Self>, serde_json::Error> {
                 Ok(Some(match type_name {

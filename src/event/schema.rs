@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{EventData, Principal};
 
 /// An event body as it lies on the wire: the principal beside the payload.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Body<T> {
     /// Who acted (stamped by the ingest edge).
     pub principal: Principal,

@@ -49,6 +49,10 @@ pub(crate) struct ProjectArgs {
     /// View store (default: the configured one).
     #[arg(long)]
     views: Option<ViewBackend>,
+    /// Keep the run's topics and keyspace on real services (default: delete
+    /// them at the end).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// A poll of four colours, one choice each.
@@ -181,6 +185,18 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
     if cfg.views.backend == ViewBackend::Cql {
         cfg.views.keyspace = format!("bench_{run_id}");
     }
+    let keep = a.keep;
+    let result = project(cfg.clone(), a, &run_id).await;
+    // Each run's topics and keyspace are its own: left behind, they pile
+    // up on the services (gigabytes of log, a keyspace per run) and slow
+    // the next runs down.
+    if !keep {
+        crate::app::delete_run_data(&cfg).await;
+    }
+    result
+}
+
+async fn project(cfg: Config, a: ProjectArgs, run_id: &str) -> anyhow::Result<()> {
     let mut cluster = None;
     // The embedded log as `atelier up` runs it: journaled, its records
     // past the cluster's per-partition window read from the journal.
