@@ -282,9 +282,23 @@ async fn fixtures(t: &TestApp) -> Fixtures {
     for tok in &upload_tokens {
         reads.push(format!("/v1/sessions/{session}/cards?after={tok}"));
     }
+    // 503 `not_yet_applied` is the contract's "retry" (the wait is bounded
+    // by `max_after_wait`, which a loaded machine can outlast): retried
+    // for up to a minute; any other answer fails at once.
     for path in &reads {
-        let (s, v) = t.get_as("ann", path).await;
-        assert_eq!(s, 200, "{path}: {v}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (s, v) = t.get_as("ann", path).await;
+            if s == 503
+                && v["error"].as_str() == Some("not_yet_applied")
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(s, 200, "{path}: {v}");
+            break;
+        }
     }
     let id = |v: &Value, f: &str| v[f].as_str().unwrap().to_owned();
     Fixtures {
