@@ -288,8 +288,8 @@ mod tests {
         ));
     }
 
-    /// Every event type's typed one-pass body decodes what `encode` wrote
-    /// to the same event as the JSON tree does.
+    /// The typed one-pass body decodes what `encode` wrote to the same
+    /// principal and payload as the JSON tree does.
     #[test]
     fn the_typed_pass_and_the_tree_agree() {
         let e = vote();
