@@ -4,7 +4,8 @@
 //! - Records are grouped per partition into mini-batches (full, or lingered).
 //! - Each partition has one worker and a bounded queue of batches. When the
 //!   queue is full the partition is paused (no unbounded buffering) and
-//!   resumed once the worker drains it.
+//!   resumed once the worker drains it. A worker takes what queued up while
+//!   it was busy as one batch (up to the batch size).
 //! - A worker hands a batch to the [`PartitionHandler`]; only when the
 //!   handler says its effects are durable is the offset stored. Retriable
 //!   failures are retried with capped backoff while the partition waits.
@@ -269,7 +270,11 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             handler.clone(),
             consumer.clone(),
             tp.clone(),
-            rx,
+            Queue {
+                rx,
+                max_batch: spec.max_batch.max(1),
+                carry: None,
+            },
             worker_stop.child_token(),
             fatal_tx.clone(),
             progress.clone(),
@@ -611,17 +616,51 @@ fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> 
     Ok(())
 }
 
+/// A partition's queue of batches, as its worker takes them.
+struct Queue {
+    rx: mpsc::Receiver<Batch>,
+    max_batch: usize,
+    /// Taken from the queue, too big to join the batch before it.
+    carry: Option<Batch>,
+}
+
+impl Queue {
+    /// The next batch, with what queued up behind it (while the handler
+    /// was busy) appended, up to `max_batch` records: under load a
+    /// partition takes bigger batches instead of waiting its turn once per
+    /// small one. `None` once the queue is closed and empty.
+    async fn next(&mut self) -> Option<Batch> {
+        let mut batch = match self.carry.take() {
+            Some(b) => b,
+            None => self.rx.recv().await?,
+        };
+        while batch.records.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(more) if batch.records.len() + more.records.len() <= self.max_batch => {
+                    batch.records.extend(more.records);
+                }
+                Ok(more) => {
+                    self.carry = Some(more);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+}
+
 async fn worker<H: PartitionHandler + ?Sized>(
     handler: Arc<H>,
     consumer: Arc<Member>,
     tp: Tp,
-    mut rx: mpsc::Receiver<Batch>,
+    mut queue: Queue,
     stop: CancellationToken,
     fatal: mpsc::Sender<String>,
     progress: Arc<Progress>,
 ) {
     handler.assigned(&tp.0, tp.1).await;
-    while let Some(batch) = rx.recv().await {
+    while let Some(batch) = queue.next().await {
         let Some(last) = batch.records.last().map(|r| r.offset) else {
             continue;
         };

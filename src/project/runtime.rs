@@ -7,8 +7,6 @@
 //! 3. the view's [`Projection`] folds the events into a plan, then writes
 //!    it (derived rows first, versioned aggregates `USING TIMESTAMP` from
 //!    their offsets);
-//! 4. the checkpoint is saved; only then does the consumer loop store the
-//!    offset;
 //!
 //!    A write the store refuses for good (not an outage: those are retried
 //!    with backoff while the partition waits) is narrowed down by halves to
@@ -16,8 +14,11 @@
 //!    [`SINK`], the store's error and its source position, the rest is
 //!    applied, and the partition moves on. `dlq replay` re-applies them
 //!    once the cause is fixed;
-//! 5. if the projector is live, the changes and the watermark are
-//!    announced (a rebuild's projector runs silent until its swap).
+//! 4. the rows are durable: if the projector is live, the changes and the
+//!    watermark are announced, so reads waiting for the batch (`?after`)
+//!    go on (a rebuild's projector runs silent until its swap);
+//! 5. the checkpoint is saved; only then does the consumer loop store the
+//!    offset.
 //!
 //! The runtime owns the checkpoint cache, assignment tracking, totals, the
 //! live switch and the batch metrics; a view brings only its fold, its
@@ -507,19 +508,21 @@ impl<P: Projection> Projector<P> {
                 .await?;
             }
         }
+        self.clear_replayed(batch, &refused).await?;
+        // The batch's rows are durable: reads waiting for it (`?after`)
+        // may go on while the checkpoint is saved.
+        if live {
+            self.watermarks.publish(&batch.topic, batch.partition, last);
+        }
         cp.offset = last;
         self.checkpoints
             .save_checkpoint(&cp)
             .await
             .map_err(view_err)?;
-        self.clear_replayed(batch, &refused).await?;
         let write = wrote.elapsed();
         self.cache
             .lock()
             .insert((cp.topic.clone(), cp.partition), cp);
-        if live {
-            self.watermarks.publish(&batch.topic, batch.partition, last);
-        }
         emit::batch(emit::Batch {
             view: self.view.as_str(),
             records: batch.records.len(),

@@ -231,3 +231,88 @@ async fn backpressure_pauses(b: Backends) {
     app.stop().await.unwrap();
 }
 both!(backpressure_pauses);
+
+/// While a partition's handler is busy, what queues up behind it is
+/// handled together (up to the batch size), in order, rather than one
+/// small batch per turn.
+async fn queued_batches_merge(b: Backends) {
+    let Some(cfg) = helpers::config(b).await else {
+        return;
+    };
+    let app = App::start(cfg, Roles::NONE).await.unwrap();
+    let topic = app.producer.topic(Topic::Polls);
+    struct Gate {
+        calls: Mutex<Vec<Vec<i64>>>,
+        open: tokio::sync::Semaphore,
+    }
+    #[async_trait]
+    impl PartitionHandler for Gate {
+        async fn assigned(&self, _: &str, _: i32) {}
+        async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
+            // The first call holds the partition until the test opens it.
+            let first = {
+                let mut calls = self.calls.lock();
+                calls.push(b.records.iter().map(|r| r.offset).collect());
+                calls.len() == 1
+            };
+            if first {
+                let _ = self.open.acquire().await.unwrap();
+            }
+            Ok(())
+        }
+    }
+    let h = Arc::new(Gate {
+        calls: Mutex::new(Vec::new()),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let stop = CancellationToken::new();
+    let mut sp = spec(format!("{}c4", app.config.kafka.namespace), topic.clone());
+    sp.max_batch = 100;
+    sp.queue_depth = 8;
+    let task = tokio::spawn(consumer::run(
+        app.config.kafka.clone(),
+        app.brokers.to_string(),
+        sp,
+        h.clone(),
+        stop.clone(),
+    ));
+    let send = || app.producer.send_raw(&topic, Some(b"one"), &[], Some(b"x"));
+    let first = send().await.unwrap();
+    helpers::eventually(60, "the first batch to be taken", || {
+        let taken = !h.calls.lock().is_empty();
+        async move { taken.then_some(()) }
+    })
+    .await;
+    // Five records well apart (each its own lingered batch), queued
+    // behind the busy handler.
+    let mut last = first.offset;
+    for _ in 0..5 {
+        let at = send().await.unwrap();
+        assert_eq!(at.partition, first.partition, "one key, one partition");
+        last = at.offset;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.open.add_permits(1);
+    helpers::eventually(60, "all records handled", || {
+        let done = h.calls.lock().last().and_then(|c| c.last().copied()) == Some(last);
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let calls = h.calls.lock().clone();
+    let all: Vec<i64> = calls.iter().flatten().copied().collect();
+    assert_eq!(
+        all,
+        (first.offset..=last).collect::<Vec<_>>(),
+        "in order, no gap, no repeat: {calls:?}"
+    );
+    let after: Vec<&Vec<i64>> = calls.iter().skip(1).collect();
+    assert!(
+        after.len() < 5 && after.iter().any(|c| c.len() > 1),
+        "the five queued records were handled together, not one call each: {calls:?}"
+    );
+    app.stop().await.unwrap();
+}
+both!(queued_batches_merge);
