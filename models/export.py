@@ -424,7 +424,10 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(torch.float32).clamp(0.0, 255.0)
         h, w = x.size(2), x.size(3)
-        y = self.net(x / 255.0)
+        # The network runs in its weights' dtype (an engine may convert the
+        # module to bfloat16); the residual and the clamp stay in float32.
+        dtype = self.net.conv1.conv.weight.dtype
+        y = self.net((x / 255.0).to(dtype)).to(torch.float32)
         if y.size(2) != h or y.size(3) != w:
             y = F.interpolate(y, size=[h, w], mode="bilinear", align_corners=False)
         return (x + self.gain * torch.tanh(y)).clamp(0.0, 255.0)

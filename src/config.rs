@@ -550,14 +550,14 @@ pub enum InferDevice {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 autocast on a CPU with AVX-512 BF16 or AMX, float32 elsewhere.
+    /// `bf16` on a CPU with AVX-512 BF16 or AMX, float32 elsewhere.
     #[default]
     Auto,
     /// float32 throughout.
     Fp32,
-    /// bf16 autocast on the CPU (convolutions and matrix multiplies in
-    /// bfloat16, reductions and normalizations in float32), where the CPU
-    /// has it; float32 on a GPU.
+    /// bfloat16 on the CPU: per model, the first form that keeps its output
+    /// within the bound of float32 (its convolution and linear weights in
+    /// bf16, then bf16 autocast, then float32); float32 on a GPU.
     Bf16,
 }
 
