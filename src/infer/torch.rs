@@ -101,47 +101,44 @@ impl TchEngine {
     /// whose code fixes float32 (a convolution of float32 input with the
     /// converted weights fails) or whose arithmetic bf16 cannot carry
     /// takes the next form down; the log says which form each model runs.
-    fn in_bf16(&self, bytes: &[u8], fp32: TchModel) -> Result<TchModel, ModelError> {
+    fn in_bf16(&self, bytes: &[u8], mut model: TchModel) -> Result<TchModel, ModelError> {
         let probe = Probe::new();
-        let reference = fp32.run(probe.pixels())?;
+        let reference = model.run(probe.pixels())?;
         let mut tried = Vec::new();
-        // A form that fails to run is passed over like one past the bound.
-        let mut judge = |form: Mode, m: Result<TchModel, ModelError>| match m
-            .and_then(|m| Ok((probe.diff(&reference, &m)?, m)))
-        {
-            Ok((d, m)) if d.keeps() => Some((d, m)),
-            Ok((d, _)) => {
-                tried.push(format!("{}: {d}", form.as_str()));
-                None
+        // Only a model with such weights is loaded a second time.
+        if model.matrix_layers()?.is_empty() {
+            tried.push(format!(
+                "{}: no convolution or linear weights",
+                Mode::Bf16Weights.as_str()
+            ));
+        } else {
+            let weights = self.module(bytes).and_then(|mut m| {
+                m.weights_to_bf16()?;
+                m.check_contract()?;
+                Ok(m)
+            });
+            match weights {
+                Ok(m) => {
+                    if let Some(d) = probe.judge(&reference, &m, &mut tried) {
+                        d.log(m.mode, &tried);
+                        return Ok(m);
+                    }
+                }
+                Err(e) => tried.push(format!("{}: {}", Mode::Bf16Weights.as_str(), e.message)),
             }
-            Err(e) => {
-                tried.push(format!("{}: {}", form.as_str(), e.message));
-                None
-            }
-        };
-        let weights = self.module(bytes).and_then(|mut m| {
-            m.weights_to_bf16()?;
-            m.check_contract()?;
-            Ok(m)
-        });
-        if let Some((d, m)) = judge(Mode::Bf16Weights, weights) {
-            d.log(m.mode, &tried);
-            return Ok(m);
         }
-        let autocast = self.module(bytes).map(|mut m| {
-            m.mode = Mode::Autocast;
-            m
-        });
-        if let Some((d, m)) = judge(Mode::Autocast, autocast) {
-            d.log(m.mode, &tried);
-            return Ok(m);
+        model.mode = Mode::Autocast;
+        if let Some(d) = probe.judge(&reference, &model, &mut tried) {
+            d.log(model.mode, &tried);
+            return Ok(model);
         }
+        model.mode = Mode::Fp32;
         tracing::info!(
-            precision = fp32.mode.as_str(),
+            precision = model.mode.as_str(),
             tried = tried.join("; "),
             "model probed in bf16: past the bound, it runs in fp32"
         );
-        Ok(fp32)
+        Ok(model)
     }
 }
 
@@ -230,16 +227,10 @@ impl TchModel {
     /// filter's kernels and lookup tables) stay as they are. A module with
     /// no such layer has nothing to convert.
     fn weights_to_bf16(&mut self) -> Result<(), ModelError> {
-        let params = self.module.named_parameters().map_err(err)?;
-        let layer = |name: &str| name.rsplit_once('.').map_or("", |(l, _)| l).to_owned();
-        let matrices: std::collections::HashSet<String> = params
-            .iter()
-            .filter(|(n, p)| n.rsplit('.').next() == Some("weight") && p.dim() >= 2)
-            .map(|(n, _)| layer(n))
-            .collect();
+        let matrices = self.matrix_layers()?;
         let mut converted = 0usize;
-        for (name, mut p) in params {
-            if p.is_floating_point() && matrices.contains(&layer(&name)) {
+        for (name, mut p) in self.module.named_parameters().map_err(err)? {
+            if p.is_floating_point() && matrices.contains(layer_of(&name)) {
                 let b = p.f_to_kind(Kind::BFloat16).map_err(err)?;
                 p.f_set_data(&b).map_err(err)?;
                 converted += 1;
@@ -250,6 +241,19 @@ impl TchModel {
         }
         self.mode = Mode::Bf16Weights;
         Ok(())
+    }
+
+    /// The layers whose `weight` has two or more dimensions (convolutions,
+    /// linear layers), by their path in the module.
+    fn matrix_layers(&self) -> Result<std::collections::HashSet<String>, ModelError> {
+        Ok(self
+            .module
+            .named_parameters()
+            .map_err(err)?
+            .iter()
+            .filter(|(n, p)| n.rsplit('.').next() == Some("weight") && p.dim() >= 2)
+            .map(|(n, _)| layer_of(n).to_owned())
+            .collect())
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
@@ -308,6 +312,11 @@ impl TchModel {
 const BF16_MEAN: f64 = 1.0;
 const BF16_MAX: u8 = 8;
 
+/// The layer a parameter belongs to: its path without the last part.
+fn layer_of(name: &str) -> &str {
+    name.rsplit_once('.').map_or("", |(l, _)| l)
+}
+
 /// The photo-like picture models are probed on in bf16.
 struct Probe {
     width: u32,
@@ -338,6 +347,23 @@ impl Probe {
             height: self.height,
             width: self.width,
             data: &self.data,
+        }
+    }
+
+    /// The model's difference to `reference` when it keeps the bound;
+    /// `None` (and why in `tried`) when it does not or fails to run: a
+    /// failing form is passed over like one past the bound.
+    fn judge(&self, reference: &[u8], model: &TchModel, tried: &mut Vec<String>) -> Option<Diff> {
+        match self.diff(reference, model) {
+            Ok(d) if d.keeps() => Some(d),
+            Ok(d) => {
+                tried.push(format!("{}: {d}", model.mode.as_str()));
+                None
+            }
+            Err(e) => {
+                tried.push(format!("{}: {}", model.mode.as_str(), e.message));
+                None
+            }
         }
     }
 
