@@ -6,7 +6,20 @@
 //! announce what they apply. On a shared log other processes apply most
 //! changes, so the change follower ([`super::follow`]) announces every
 //! change, whichever process applied it, and the local projectors' own
-//! announcements are muted (one source, no duplicates).
+//! announcements are muted where the follower covers them.
+//!
+//! The follower tails from the end of each partition, and joining its group
+//! takes a while: it covers a partition only from the first record it reads
+//! there. It records that offset ([`Changes::follower_starts`]); a local batch
+//! that begins below it, or on a partition the follower has not read yet, is
+//! announced by its projector. Nothing falls between the two; a change both
+//! announce in that short overlap reaches a subscriber twice, which costs a
+//! re-read of one row.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
 
 use tokio::sync::broadcast;
 
@@ -42,8 +55,11 @@ pub struct Announced {
 #[derive(Debug)]
 pub struct Changes {
     tx: broadcast::Sender<Announced>,
-    /// The change follower announces; local projectors stay quiet.
-    followed: std::sync::atomic::AtomicBool,
+    /// A change follower runs in this process.
+    followed: AtomicBool,
+    /// Per topic and partition, the first offset the follower read there:
+    /// it announces every change from that offset on.
+    starts: RwLock<HashMap<String, HashMap<i32, i64>>>,
 }
 
 impl Default for Changes {
@@ -57,23 +73,46 @@ impl Changes {
     pub fn new(capacity: usize) -> Self {
         Self {
             tx: broadcast::channel(capacity.max(1)).0,
-            followed: std::sync::atomic::AtomicBool::new(false),
+            followed: AtomicBool::new(false),
+            starts: RwLock::default(),
         }
     }
 
-    /// From now on the change follower announces every change; what local
-    /// projectors announce through [`Self::publish_local`] is dropped.
+    /// A change follower runs in this process: it announces each partition's
+    /// changes from the offset it reports through [`Self::follower_starts`].
     pub fn follow_all(&self) {
-        self.followed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.followed.store(true, Ordering::Release);
     }
 
-    /// A change a projector of this process applied: announced unless the
-    /// change follower announces everything.
-    pub fn publish_local(&self, change: Change, topic: &str, position: Position) {
-        if !self.followed.load(std::sync::atomic::Ordering::Acquire) {
-            self.publish(change, topic, position);
+    /// The change follower's first record on a partition is at `offset`: it
+    /// announces every change from there on. Later reports change nothing.
+    pub fn follower_starts(&self, topic: &str, partition: i32, offset: i64) {
+        let known = self
+            .starts
+            .read()
+            .get(topic)
+            .is_some_and(|p| p.contains_key(&partition));
+        if !known {
+            let mut starts = self.starts.write();
+            let parts = starts.entry(topic.to_owned()).or_default();
+            parts.entry(partition).or_insert(offset);
         }
+    }
+
+    /// Whether a projector of this process announces the changes of a batch
+    /// that begins at offset `first`: always without a change follower, and
+    /// with one where the follower does not cover the whole batch.
+    pub fn announces_locally(&self, topic: &str, partition: i32, first: i64) -> bool {
+        if !self.followed.load(Ordering::Acquire) {
+            return true;
+        }
+        let covered = self
+            .starts
+            .read()
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .is_some_and(|&start| start <= first);
+        !covered
     }
 
     /// Announces a change (a no-op without subscribers).
@@ -95,5 +134,28 @@ impl Changes {
     /// A new subscription, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Announced> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_batches_are_announced_until_the_follower_covers_them() {
+        let c = Changes::new(8);
+        assert!(c.announces_locally("t", 0, 5), "no follower");
+        c.follow_all();
+        assert!(
+            c.announces_locally("t", 0, 5),
+            "the follower has read nothing of the partition yet"
+        );
+        c.follower_starts("t", 0, 10);
+        c.follower_starts("t", 0, 3);
+        assert!(c.announces_locally("t", 0, 9), "begins below the start");
+        assert!(!c.announces_locally("t", 0, 10));
+        assert!(!c.announces_locally("t", 0, 11));
+        assert!(c.announces_locally("t", 1, 11), "another partition");
+        assert!(c.announces_locally("u", 0, 11), "another topic");
     }
 }

@@ -106,7 +106,15 @@ pub async fn follow(
                 let Ok(event) = wire::decode(headers, m.payload().unwrap_or_default(), Some(topic)) else {
                     continue;
                 };
-                let q = pending.entry((m.topic().to_owned(), m.partition())).or_default();
+                let q = match pending.entry((m.topic().to_owned(), m.partition())) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        // This process's projectors stop announcing this
+                        // partition's changes from here on.
+                        watermarks.changes.follower_starts(m.topic(), m.partition(), m.offset());
+                        e.insert(VecDeque::new())
+                    }
+                };
                 for p in pending_of(&event.data) {
                     q.push_back((m.offset(), p));
                 }

@@ -464,7 +464,13 @@ impl<P: Projection> Projector<P> {
         let live = self.live.get();
         let mut refused: Vec<i64> = Vec::new();
         let changes = &self.watermarks.changes;
-        let mut announce = |c: Change, at: Position| changes.publish_local(c, &batch.topic, at);
+        let first = batch.records.first().map_or(last, |r| r.offset);
+        let local = changes.announces_locally(&batch.topic, batch.partition, first);
+        let mut announce = |c: Change, at: Position| {
+            if local {
+                changes.publish(c, &batch.topic, at);
+            }
+        };
         let at = Position {
             partition: batch.partition,
             offset: last,
