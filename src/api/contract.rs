@@ -115,7 +115,8 @@ const ERRORS: &[(u16, &str, &str)] = &[
          in time (`dlq_timeout`); a replay failed, publishing none or only some (those are \
          marked replayed: a retry skips them) (`replay_failed`); as many uploads as \
          `limits.uploads_in_flight` allows, or as much upload memory as \
-         `limits.upload_memory_mib`, are in use (`uploads_busy`).",
+         `limits.upload_memory_mib`, are in use (`uploads_busy`); this server, just started, \
+         has not read the published models yet (`models_loading`).",
     ),
 ];
 

@@ -50,8 +50,9 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                     "ops",
                     "Readiness",
                     "Ready when the view store and the log answer and the views lag the log by \
-                     at most `http.ready_lag` records (otherwise 503 `not_ready`, \
-                     `views_unavailable` or `log_unavailable`). `/healthz` is liveness only.",
+                     at most `http.ready_lag` records, and the published models have been \
+                     read (otherwise 503 `not_ready`, `views_unavailable`, `log_unavailable` \
+                     or `models_loading`). `/healthz` is liveness only.",
                     &[503],
                 )
             }),
@@ -207,6 +208,12 @@ struct Ready {
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    if !s.catalog.caught_up() {
+        return Err(ApiError::unavailable(
+            "models_loading",
+            "the published models have not been read yet",
+        ));
+    }
     let m = measured(&s).await.map_err(|mut e| {
         e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
         e

@@ -36,7 +36,7 @@ use crate::event::{
     EventData, ID_MAX, ModelVersion, NAME_MAX, SessionKey, Style, TEXT_ID, UploadId, UploadReceived,
 };
 use crate::image::codec::{self, Caps, Rejection};
-use crate::infer::registry::sha256_hex;
+use crate::infer::registry::{Catalog, sha256_hex};
 
 /// Multipart overhead allowed beyond the image (boundaries, text fields).
 pub(super) const FORM_OVERHEAD: usize = 64 * 1024;
@@ -61,7 +61,8 @@ pub(super) fn routes(max_bytes: usize) -> ApiRouter<AppState> {
                      header claiming more pixels than `uploads.max_side` / \
                      `uploads.max_pixels` 422 `too_many_pixels` (never decoded), a truncated \
                      file 422 `truncated_image`; a style without a published model (see \
-                     `GET /v1/styles`) 422 `unknown_style`; a session that is not the \
+                     `GET /v1/styles`) 422 `unknown_style` (503 `models_loading` while this server \
+                     is still reading the published models, just after it starts); a session that is not the \
                      caller's (keys come from `POST /v1/sessions`) 403 `not_your_session`. \
                      Then the image is stored under an unguessable key and `UploadReceived` \
                      appended; follow the job at `Location` or on `/v1/stream?upload=`.",
@@ -279,24 +280,7 @@ async fn create(
         .filter(|s| (1..=3).contains(s))
         .ok_or_else(|| invalid("slot", "must be 1, 2 or 3"))?;
     let style = Style::parse(required(form.style, "style")?.trim())?;
-    if st.catalog.get(&style).is_none() {
-        let known: Vec<String> = st
-            .catalog
-            .all()
-            .iter()
-            .map(|p| p.style.to_string())
-            .collect();
-        let mut e = ApiError::unprocessable(
-            "unknown_style",
-            format!(
-                "no model for style {:?}; styles: {}",
-                style.as_str(),
-                known.join(", ")
-            ),
-        );
-        e.field = Some("style".into());
-        return Err(e);
-    }
+    published(&st.catalog, &style)?;
     let info = codec::inspect(&image, Caps::from(&st.uploads)).map_err(rejection)?;
 
     let upload_id = UploadId(new_id());
@@ -513,5 +497,75 @@ fn store_refused(e: &crate::blob::BlobError) -> ApiError {
         )
         .retry_after(30),
         _ => ApiError::unavailable("blobs_unavailable", "the image store is unavailable; retry"),
+    }
+}
+
+/// Whether `style` has a published model: 422 `unknown_style` when not, or
+/// 503 `models_loading` while this process has not yet read the models
+/// published before it started (the style may well be among them).
+fn published(catalog: &Catalog, style: &Style) -> Result<(), ApiError> {
+    if catalog.get(style).is_some() {
+        return Ok(());
+    }
+    if !catalog.caught_up() {
+        return Err(ApiError::unavailable(
+            "models_loading",
+            "this server is still reading the published models; retry shortly",
+        )
+        .retry_after(1));
+    }
+    let known: Vec<String> = catalog.all().iter().map(|p| p.style.to_string()).collect();
+    let mut e = ApiError::unprocessable(
+        "unknown_style",
+        format!(
+            "no model for style {:?}; styles: {}",
+            style.as_str(),
+            known.join(", ")
+        ),
+    );
+    e.field = Some("style".into());
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ModelPublished, ModelVersion};
+
+    fn announced(style: &str) -> ModelPublished {
+        ModelPublished {
+            style: Style::parse(style).unwrap(),
+            version: ModelVersion::parse("v1").unwrap(),
+            object_key: format!("models/{style}/v1/model.pt"),
+            sha256: "00".into(),
+        }
+    }
+
+    #[test]
+    fn a_missing_style_is_loading_until_the_models_are_read() {
+        let catalog = Catalog::default();
+        let sketch = Style::parse("sketch").unwrap();
+        let code = |r: Result<(), ApiError>| r.map_err(|e| (e.status.as_u16(), e.code));
+        assert_eq!(
+            code(published(&catalog, &sketch)),
+            Err((503, "models_loading"))
+        );
+        catalog.publish(&announced("sketch"));
+        assert_eq!(
+            code(published(&catalog, &sketch)),
+            Ok(()),
+            "known before the end"
+        );
+        let cubism = Style::parse("cubism").unwrap();
+        assert_eq!(
+            code(published(&catalog, &cubism)),
+            Err((503, "models_loading"))
+        );
+        catalog.mark_caught_up();
+        assert_eq!(
+            code(published(&catalog, &cubism)),
+            Err((422, "unknown_style"))
+        );
+        assert_eq!(code(published(&catalog, &sketch)), Ok(()));
     }
 }

@@ -30,6 +30,9 @@ use crate::event::{EventData, ModelPublished, ModelVersion, Style, Topic, wire};
 #[derive(Debug, Default)]
 pub struct Catalog {
     styles: RwLock<BTreeMap<Style, ModelPublished>>,
+    /// The models topic has been read to the end it had when this process
+    /// started: a style missing now is unknown, not still loading.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 impl Catalog {
@@ -51,6 +54,17 @@ impl Catalog {
     /// Every published style, sorted.
     pub fn all(&self) -> Vec<ModelPublished> {
         self.styles.read().values().cloned().collect()
+    }
+
+    /// Whether every announcement made before this process started is in.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Every announcement made before this process started is in.
+    pub fn mark_caught_up(&self) {
+        self.caught_up
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -190,8 +204,8 @@ impl Registry {
 /// Follows the models topic from its start until `shutdown`: every
 /// announcement goes to the catalog and, when given, the registry (a model
 /// that fails to install is logged and the previous version stays).
-/// `ready` turns true once the topic has been read to the end it had at
-/// start (and those models installed).
+/// `ready` turns true, and the catalog says it is caught up, once the topic
+/// has been read to the end it had at start (and those models installed).
 pub async fn follow(
     kafka: &KafkaConfig,
     brokers: &str,
@@ -201,7 +215,10 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
     let cfg = tail_config(kafka, brokers, "models", "earliest");
-    let consumer: StreamConsumer = cfg.create()?;
+    // The end of a partition is reported as such: a topic whose last entry
+    // is a transaction marker (or whose last records were compacted or
+    // aborted) has no record at `end - 1` to see.
+    let consumer: StreamConsumer = cfg.clone().set("enable.partition.eof", "true").create()?;
     let topic = kafka.topic(Topic::Models);
     // The end of the topic now: what "caught up" means.
     let ends = {
@@ -211,7 +228,14 @@ pub async fn follow(
             .map_err(|e| BusError::Handler(e.to_string()))??
     };
     let mut pending: HashMap<i32, i64> = ends.into_iter().filter(|&(_, end)| end > 0).collect();
+    let caught_up = |pending: &mut HashMap<i32, i64>, partition: i32| {
+        if pending.remove(&partition).is_some() && pending.is_empty() {
+            catalog.mark_caught_up();
+            let _ = ready.send(true);
+        }
+    };
     if pending.is_empty() {
+        catalog.mark_caught_up();
         let _ = ready.send(true);
     }
     consumer.subscribe(&[&topic])?;
@@ -222,6 +246,10 @@ pub async fn follow(
         };
         let m = match m {
             Ok(m) => m,
+            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                caught_up(&mut pending, partition);
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "models topic");
                 continue;
@@ -244,13 +272,11 @@ pub async fn follow(
             }
             Err(e) => tracing::warn!(offset, error = %e, "undecodable record on the models topic"),
         }
-        if let Some(&end) = pending.get(&partition)
-            && offset + 1 >= end
+        if pending
+            .get(&partition)
+            .is_some_and(|&end| offset + 1 >= end)
         {
-            pending.remove(&partition);
-            if pending.is_empty() {
-                let _ = ready.send(true);
-            }
+            caught_up(&mut pending, partition);
         }
     }
 }

@@ -133,6 +133,16 @@ impl TestApp {
 
     pub async fn start(cfg: Config, roles: Roles) -> TestApp {
         let app = App::start(cfg, roles).await.expect("app starts");
+        // As a load balancer would wait for `/readyz`: until the published
+        // models are read, uploads answer 503 `models_loading`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !app.catalog.caught_up() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the models topic was not read in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let url = app.url();
         TestApp {
             app,

@@ -1052,3 +1052,71 @@ fn bf16_outputs_stay_within_the_bound_of_fp32() {
         }
     }
 }
+
+/// A models topic whose last entry is a transaction marker (a transactional
+/// writer's commit) has no record at its end offset minus one: the models
+/// follower still knows when it has read it all (partition EOF), so the
+/// catalog catches up, `/readyz` turns ready and an unknown style is a 422
+/// again, not the 503 `models_loading` of a process still reading. Real
+/// Kafka only: the embedded log's writers are not transactional.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_topic_is_read_to_its_end_past_a_transaction_marker() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let Some(cfg) = helpers::config(Backends::Real).await else {
+        return;
+    };
+    let mut pc = client_config(&cfg.kafka, &cfg.kafka.brokers);
+    pc.set(
+        "transactional.id",
+        format!("{}models-writer", cfg.kafka.namespace),
+    );
+    let producer: BaseProducer = pc.create().unwrap();
+    let topic = cfg.kafka.topic(Topic::Models);
+    tokio::task::block_in_place(|| {
+        producer.init_transactions(Duration::from_secs(30)).unwrap();
+        producer.begin_transaction().unwrap();
+        producer
+            .send(BaseRecord::to(&topic).key("x").payload("not a model"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .unwrap();
+    });
+    // The fault is in place: the topic ends one past its last record.
+    let probe: BaseConsumer = client_config(&cfg.kafka, &cfg.kafka.brokers)
+        .create()
+        .unwrap();
+    let (_, end) = tokio::task::block_in_place(|| {
+        probe
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .unwrap()
+    });
+    assert_eq!(end, 2, "one record and its commit marker");
+    let app = atelier::app::App::start(cfg, Roles::API).await.unwrap();
+    let t = TestApp {
+        url: app.url(),
+        app,
+        http: reqwest::Client::new(),
+    };
+    let mut ready = t.app.models_ready.clone();
+    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))
+        .await
+        .expect("the models topic is read to its end")
+        .unwrap();
+    assert!(t.app.catalog.caught_up());
+    let session = helpers::session_of("ann").to_string();
+    let form = [
+        ("session_key", session.as_str()),
+        ("slot", "1"),
+        ("style", "sketch"),
+    ];
+    let (s, v) = upload(&t, &form, Some((jpeg(32, 32, 1), "a.jpg"))).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (422, Some("unknown_style")),
+        "{v}"
+    );
+    let (s, v) = t.get("/readyz").await;
+    assert_eq!(s, 200, "{v}");
+}
