@@ -218,7 +218,10 @@ pub async fn follow(
     // The end of a partition is reported as such: a topic whose last entry
     // is a transaction marker (or whose last records were compacted or
     // aborted) has no record at `end - 1` to see.
-    let consumer: StreamConsumer = cfg.clone().set("enable.partition.eof", "true").create()?;
+    let consumer: StreamConsumer<EndsExpected> = cfg
+        .clone()
+        .set("enable.partition.eof", "true")
+        .create_with_context(EndsExpected)?;
     let topic = kafka.topic(Topic::Models);
     // The end of the topic now: what "caught up" means.
     let ends = {
@@ -280,6 +283,25 @@ pub async fn follow(
         }
     }
 }
+
+/// The models follower's client context: the ends of partitions that it
+/// asks librdkafka to report are expected, also where librdkafka raises one
+/// as a client-wide error (as it may for an empty partition); every other
+/// error is logged as by default.
+struct EndsExpected;
+
+impl rdkafka::ClientContext for EndsExpected {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::debug!(reason, "models topic: end of a partition");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndsExpected {}
 
 async fn install_with_retry(reg: &Registry, p: &ModelPublished, shutdown: &CancellationToken) {
     let mut delay = Duration::from_millis(200);
