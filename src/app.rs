@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -99,8 +98,6 @@ pub struct App {
     pub catalog: Arc<Catalog>,
     /// Loaded models (when inference runs).
     pub registry: Option<Arc<Registry>>,
-    /// True once the models topic was read (and, with inference, loaded).
-    pub models_ready: watch::Receiver<bool>,
     /// Fires to stop everything.
     pub shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -371,7 +368,6 @@ impl App {
         let blobs = crate::blob::open(&cfg.blobs, &cfg.data_dir)
             .await
             .context("opening the blob store")?;
-        let (_, models_ready) = watch::channel(false);
         Ok(App {
             addr: None,
             ops_addr: None,
@@ -384,7 +380,6 @@ impl App {
             blobs,
             catalog: Catalog::new(),
             registry: None,
-            models_ready,
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
             brokers,
@@ -411,8 +406,6 @@ impl App {
     /// models where inference runs (with an engine).
     fn follow_models(&mut self, engine: Option<&Arc<dyn model::Engine>>) -> anyhow::Result<()> {
         self.registry = engine.map(|e| Registry::new(e.clone(), self.blobs.clone()));
-        let (ready_tx, ready) = watch::channel(false);
-        self.models_ready = ready;
         let (kafka, brokers, catalog, registry, token) = (
             self.config.kafka.clone(),
             self.brokers.clone(),
@@ -421,7 +414,7 @@ impl App {
             self.shutdown.clone(),
         );
         self.spawn("models follower", async move {
-            Ok(registry::follow(&kafka, &brokers, catalog, registry, ready_tx, token).await?)
+            Ok(registry::follow(&kafka, &brokers, catalog, registry, token).await?)
         });
         Ok(())
     }
@@ -438,7 +431,7 @@ impl App {
             brokers: self.brokers.clone(),
             registry,
             blobs: self.blobs.clone(),
-            models_ready: self.models_ready.clone(),
+            models_ready: self.catalog.ready(),
             group: String::new(),
         };
         let (gens, token) = (self.views.clone(), self.shutdown.clone());
@@ -945,7 +938,7 @@ async fn bootstrap_models(
         );
         return Ok(());
     };
-    let mut ready = app.models_ready.clone();
+    let mut ready = app.catalog.ready();
     tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
         .await
         .context("reading the models topic")?

@@ -74,12 +74,12 @@ pub(super) async fn run(cfg: Config, cmd: ModelsCmd) -> anyhow::Result<()> {
         }
         ModelsCmd::List => {
             let catalog = registry::Catalog::new();
-            let (tx, mut ready) = tokio::sync::watch::channel(false);
+            let mut ready = catalog.ready();
             let stop = CancellationToken::new();
             let follower = {
                 let (kafka, catalog, stop) = (cfg.kafka.clone(), catalog.clone(), stop.clone());
                 tokio::spawn(async move {
-                    registry::follow(&kafka, &brokers, catalog, None, tx, stop).await
+                    registry::follow(&kafka, &brokers, catalog, None, stop).await
                 })
             };
             tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))

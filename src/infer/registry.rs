@@ -27,12 +27,22 @@ use crate::config::KafkaConfig;
 use crate::event::{EventData, ModelPublished, ModelVersion, Style, Topic, wire};
 
 /// The styles that have a published model (what the upload edge accepts).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     styles: RwLock<BTreeMap<Style, ModelPublished>>,
     /// The models topic has been read to the end it had when this process
-    /// started: a style missing now is unknown, not still loading.
-    caught_up: std::sync::atomic::AtomicBool,
+    /// started (and, with inference, those models loaded): a style missing
+    /// now is unknown, not still loading.
+    caught_up: watch::Sender<bool>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            styles: RwLock::default(),
+            caught_up: watch::Sender::new(false),
+        }
+    }
 }
 
 impl Catalog {
@@ -58,13 +68,18 @@ impl Catalog {
 
     /// Whether every announcement made before this process started is in.
     pub fn caught_up(&self) -> bool {
-        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+        *self.caught_up.borrow()
+    }
+
+    /// Turns true once every announcement made before this process started
+    /// is in (see [`follow`]).
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.caught_up.subscribe()
     }
 
     /// Every announcement made before this process started is in.
     pub fn mark_caught_up(&self) {
-        self.caught_up
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.caught_up.send_replace(true);
     }
 }
 
@@ -204,14 +219,13 @@ impl Registry {
 /// Follows the models topic from its start until `shutdown`: every
 /// announcement goes to the catalog and, when given, the registry (a model
 /// that fails to install is logged and the previous version stays).
-/// `ready` turns true, and the catalog says it is caught up, once the topic
-/// has been read to the end it had at start (and those models installed).
+/// The catalog says it is caught up ([`Catalog::ready`]) once the topic has
+/// been read to the end it had at start (and those models installed).
 pub async fn follow(
     kafka: &KafkaConfig,
     brokers: &str,
     catalog: Arc<Catalog>,
     registry: Option<Arc<Registry>>,
-    ready: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
     let cfg = tail_config(kafka, brokers, "models", "earliest");
@@ -234,12 +248,10 @@ pub async fn follow(
     let caught_up = |pending: &mut HashMap<i32, i64>, partition: i32| {
         if pending.remove(&partition).is_some() && pending.is_empty() {
             catalog.mark_caught_up();
-            let _ = ready.send(true);
         }
     };
     if pending.is_empty() {
         catalog.mark_caught_up();
-        let _ = ready.send(true);
     }
     consumer.subscribe(&[&topic])?;
     loop {

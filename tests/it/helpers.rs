@@ -135,14 +135,11 @@ impl TestApp {
         let app = App::start(cfg, roles).await.expect("app starts");
         // As a load balancer would wait for `/readyz`: until the published
         // models are read, uploads answer 503 `models_loading`.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !app.catalog.caught_up() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the models topic was not read in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut ready = app.catalog.ready();
+        tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| *r))
+            .await
+            .expect("the models topic is read in 60 s")
+            .expect("the catalog lives as long as the app");
         let url = app.url();
         TestApp {
             app,

@@ -1099,7 +1099,7 @@ async fn the_models_topic_is_read_to_its_end_past_a_transaction_marker() {
         app,
         http: reqwest::Client::new(),
     };
-    let mut ready = t.app.models_ready.clone();
+    let mut ready = t.app.catalog.ready();
     tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))
         .await
         .expect("the models topic is read to its end")
