@@ -8,13 +8,14 @@
 //! change, whichever process applied it, and the local projectors' own
 //! announcements are muted where the follower covers them.
 //!
-//! The follower tails from the end of each partition, and joining its group
-//! takes a while: it covers a partition only from the first record it reads
-//! there. It records that offset ([`Changes::follower_starts`]); a local batch
-//! that begins below it, or on a partition the follower has not read yet, is
-//! announced by its projector. Nothing falls between the two; a change both
-//! announce in that short overlap reaches a subscriber twice, which costs a
-//! re-read of one row.
+//! The follower covers a partition from the offset it starts reading it at:
+//! the partition's end when the follower starts, its beginning for a
+//! partition added later. It records that offset before it reads
+//! ([`Changes::follower_starts`]); a local batch that begins below it, or on
+//! a partition the follower has not assigned itself yet (it lists the topics
+//! only every few seconds), is announced by its projector. Nothing falls
+//! between the two; a change both announce in that overlap reaches a
+//! subscriber twice, which costs a re-read of one row.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,8 +58,8 @@ pub struct Changes {
     tx: broadcast::Sender<Announced>,
     /// A change follower runs in this process.
     followed: AtomicBool,
-    /// Per topic and partition, the first offset the follower read there:
-    /// it announces every change from that offset on.
+    /// Per topic and partition, the offset the follower reads from: it
+    /// announces every change from that offset on.
     starts: RwLock<HashMap<String, HashMap<i32, i64>>>,
 }
 
@@ -84,8 +85,8 @@ impl Changes {
         self.followed.store(true, Ordering::Release);
     }
 
-    /// The change follower's first record on a partition is at `offset`: it
-    /// announces every change from there on. Later reports change nothing.
+    /// The change follower reads a partition from `offset` on: it announces
+    /// every change from there. Later reports change nothing.
     pub fn follower_starts(&self, topic: &str, partition: i32, offset: i64) {
         let known = self
             .starts

@@ -2,18 +2,27 @@
 //! serve`, the `api` role of compose) learns what changed in the views, for
 //! `GET /v1/stream` and prompt `?after` answers.
 //!
-//! It tails the source topics from their end (a private group that commits
-//! nothing), holds each record until the view's checkpoint for its partition
-//! has passed it, then announces the change and the partition's watermark.
-//! Announcements therefore follow the projectors (never run ahead of the
-//! views), whichever process the projectors run in.
+//! It tails the source topics, holds each record until the view's
+//! checkpoint for its partition has passed it, then announces the change and
+//! the partition's watermark. Announcements therefore follow the projectors
+//! (never run ahead of the views), whichever process the projectors run in.
+//!
+//! It joins no group: it assigns itself every partition, those that exist
+//! when it starts at their end (the offset it reports to
+//! [`super::Changes::follower_starts`] before it reads anything), and those
+//! added later, which it finds by listing the topics again every
+//! [`DISCOVER`], from their beginning. A group would cost a join before the
+//! first record and, after each rebalance, a reset to the end that skips
+//! whatever was appended in between; a partition added while it runs would
+//! be read only from wherever its end was when the group noticed it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::{Change, Watermarks};
@@ -26,6 +35,17 @@ use crate::view::Generations;
 
 /// How often pending changes are checked against the checkpoints.
 const TICK: Duration = Duration::from_millis(50);
+
+/// How often the topics' partitions are listed again, to find partitions
+/// added since (read from their beginning, so finding them later delays
+/// their announcements but loses none).
+pub const DISCOVER: Duration = Duration::from_secs(10);
+
+/// How soon a failed listing is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A partition list query's limit.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The view whose checkpoint covers a topic.
 fn view_of(t: Topic) -> Option<crate::view::View> {
@@ -67,8 +87,8 @@ pub async fn follow(
     watermarks: Arc<Watermarks>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let cfg = tail_config(kafka, brokers, "follow", "latest");
-    let consumer: StreamConsumer = cfg.create()?;
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(tail_config(kafka, brokers, "follow", "earliest").create()?);
     let names: BTreeMap<String, Topic> = [
         Topic::Polls,
         Topic::Feed,
@@ -78,14 +98,42 @@ pub async fn follow(
     .into_iter()
     .map(|t| (kafka.topic(t), t))
     .collect();
-    let topics: Vec<&str> = names.keys().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
+    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    let mut started = false;
+    let discover = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(discover);
     let mut pending: HashMap<(String, i32), VecDeque<(i64, Pending)>> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            () = &mut discover => {
+                let listed = added(&consumer, &names, &assigned, started).await;
+                let next = match listed.and_then(|new| {
+                    assign(&consumer, &new)?;
+                    Ok(new)
+                }) {
+                    Ok(new) => {
+                        for (topic, partition, from) in new {
+                            // Announced from here on by the follower, so no
+                            // longer by this process's projectors.
+                            watermarks.changes.follower_starts(&topic, partition, from);
+                            if started {
+                                tracing::info!(%topic, partition, "change follower: a new partition, read from its beginning");
+                            }
+                            assigned.insert((topic, partition));
+                        }
+                        started = true;
+                        DISCOVER
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change follower: listing the partitions failed");
+                        RETRY
+                    }
+                };
+                discover.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             m = consumer.recv() => {
                 let m = match m {
                     Ok(m) => m,
@@ -106,15 +154,7 @@ pub async fn follow(
                 let Ok(event) = wire::decode(headers, m.payload().unwrap_or_default(), Some(topic)) else {
                     continue;
                 };
-                let q = match pending.entry((m.topic().to_owned(), m.partition())) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        // This process's projectors stop announcing this
-                        // partition's changes from here on.
-                        watermarks.changes.follower_starts(m.topic(), m.partition(), m.offset());
-                        e.insert(VecDeque::new())
-                    }
-                };
+                let q = pending.entry((m.topic().to_owned(), m.partition())).or_default();
                 for p in pending_of(&event.data) {
                     q.push_back((m.offset(), p));
                 }
@@ -124,6 +164,73 @@ pub async fn follow(
             }
         }
     }
+}
+
+/// The partitions of `names` not yet `assigned`, each with the offset to
+/// read it from: its end (the last stable offset: the follower reads
+/// committed records only) on the first listing, its beginning (offset 0)
+/// after that, since a partition that appears later is new. A topic that
+/// does not exist yet has no partitions.
+async fn added(
+    consumer: &Arc<StreamConsumer>,
+    names: &BTreeMap<String, Topic>,
+    assigned: &HashSet<(String, i32)>,
+    started: bool,
+) -> Result<Vec<(String, i32, i64)>, BusError> {
+    let consumer = consumer.clone();
+    let topics: Vec<String> = names.keys().cloned().collect();
+    let assigned = assigned.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for topic in topics {
+            let md = consumer.fetch_metadata(Some(&topic), QUERY_TIMEOUT)?;
+            for t in md.topics() {
+                match t.error() {
+                    None => {}
+                    Some(e)
+                        if RDKafkaErrorCode::from(e)
+                            == RDKafkaErrorCode::UnknownTopicOrPartition =>
+                    {
+                        continue;
+                    }
+                    Some(e) => {
+                        return Err(BusError::Handler(format!(
+                            "metadata of {topic}: {:?}",
+                            RDKafkaErrorCode::from(e)
+                        )));
+                    }
+                }
+                for p in t.partitions() {
+                    if assigned.contains(&(topic.clone(), p.id())) {
+                        continue;
+                    }
+                    let from = if started {
+                        0
+                    } else {
+                        consumer.fetch_watermarks(&topic, p.id(), QUERY_TIMEOUT)?.1
+                    };
+                    out.push((topic.clone(), p.id(), from));
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| BusError::Handler(format!("partition listing: {e}")))?
+}
+
+/// Adds partitions to the follower's own assignment (no group: nothing
+/// else ever changes it).
+fn assign(consumer: &StreamConsumer, new: &[(String, i32, i64)]) -> Result<(), BusError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, from) in new {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*from))?;
+    }
+    consumer.incremental_assign(&tpl)?;
+    Ok(())
 }
 
 /// Announces every pending change whose offset the view has applied.

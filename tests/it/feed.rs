@@ -586,7 +586,8 @@ async fn stream_works_when_projectors_run_elsewhere() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    // The follower joins its group asynchronously: vote until it reports.
+    // The follower lists the partitions asynchronously: vote until it
+    // reports.
     let mut text = String::new();
     let seen = tokio::time::timeout(Duration::from_secs(60), async {
         let mut n = 0;
@@ -660,7 +661,7 @@ async fn stream_announces_changes_applied_by_other_processes() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    // The follower joins asynchronously: vote on every poll each round
+    // The follower starts asynchronously: vote on every poll each round
     // until every poll has had a change announced (an event with an id).
     let mut text = String::new();
     let announced = |text: &str, poll: &str| {
@@ -703,4 +704,145 @@ async fn stream_announces_changes_applied_by_other_processes() {
     other.stop().await.unwrap();
     api.stop().await;
     drop(res);
+}
+
+/// Partitions added to a topic while an API process follows it are read
+/// from their beginning: a change applied there by another process is
+/// announced, even when its record was appended before the follower noticed
+/// the partition. (A follower that joined a group found new partitions only
+/// at its next rebalance, and read them from their end.) Real services only:
+/// the embedded log's topics are fixed by the process that runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_follower_reads_partitions_added_while_it_runs() {
+    use atelier::bus::client_config;
+    use atelier::event::{Style, UploadId, UploadReceived, wire};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let Some(mut cfg) = helpers::config(Backends::Real).await else {
+        return;
+    };
+    // The projector process's group notices new partitions at its next
+    // metadata refresh (librdkafka's default is five minutes).
+    cfg.kafka
+        .properties
+        .insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
+    let projector = App::start(cfg.clone(), Roles::PROJECTOR).await.unwrap();
+    let api = TestApp::start(cfg.clone(), Roles::API).await;
+    let mut changes = api.app.watermarks.changes.subscribe();
+    let topic = cfg.kafka.topic(Topic::Uploads);
+    let brokers = cfg.kafka.brokers.clone();
+    let probe: BaseConsumer = client_config(&cfg.kafka, &brokers).create().unwrap();
+    let count = |probe: &BaseConsumer| {
+        tokio::task::block_in_place(|| {
+            probe
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .unwrap()
+                .topics()[0]
+                .partitions()
+                .len() as i32
+        })
+    };
+    let before = count(&probe);
+    assert!(before > 0, "the uploads topic exists");
+    // The follower has listed the partitions before they grow (it reports
+    // where it starts on each before it reads).
+    helpers::eventually(30, "the follower to start on the uploads topic", || {
+        let started = api
+            .app
+            .watermarks
+            .changes
+            .announces_locally(&topic, 0, i64::MAX);
+        async move { (!started).then_some(()) }
+    })
+    .await;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&cfg.kafka, &brokers).create().unwrap();
+    for r in admin
+        .create_partitions(
+            [&NewPartitions::new(&topic, before as usize + 1)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    helpers::eventually(30, "the new partition to be listed", || {
+        let n = count(&probe);
+        async move { (n > before).then_some(()) }
+    })
+    .await;
+    // At once, into the new partition: before the follower can have
+    // noticed it (it lists the topics every few seconds).
+    let session = helpers::session_of("ann");
+    let upload_id = UploadId(uuid::Uuid::now_v7());
+    let received = helpers::event(
+        "ann",
+        EventData::UploadReceived(UploadReceived {
+            upload_id,
+            session_key: session.clone(),
+            slot: 1,
+            style: Style::parse("mosaic").unwrap(),
+            object_key: format!("uploads/{upload_id}/x/original.png"),
+            content_type: "image/png".into(),
+            bytes: 11,
+            width: 4,
+            height: 4,
+            sha256: "ab".repeat(32),
+        }),
+    );
+    let rec = wire::encode(&received, "test");
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &rec.headers {
+        headers = headers.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let producer: FutureProducer = client_config(&cfg.kafka, &brokers).create().unwrap();
+    let (partition, offset) = producer
+        .send(
+            FutureRecord::to(&topic)
+                .partition(before)
+                .key(&rec.key)
+                .payload(&rec.body)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|d| (d.partition, d.offset))
+        .unwrap();
+    assert_eq!(
+        (partition, offset),
+        (before, 0),
+        "the new partition's first record"
+    );
+    // The other process applies it; the API process announces it.
+    let announced = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            match changes.recv().await {
+                Ok(a) if a.change == atelier::project::Change::Upload(upload_id) => return a,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("changes: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the upload in the new partition is announced");
+    assert_eq!(
+        (announced.topic.as_str(), announced.position.partition),
+        (topic.as_str(), before)
+    );
+    let applied = projector
+        .projector(atelier::view::cards::VIEW)
+        .expect("cards projector")
+        .totals()
+        .applied;
+    assert!(applied > 0, "the other process applied it");
+    projector.stop().await.unwrap();
+    api.stop().await;
 }
