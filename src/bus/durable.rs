@@ -9,6 +9,15 @@
 //! - A [`super::Producer`] of this process answers a send only once the
 //!   follower journaled the record ([`Durable::journaled`]): the edge's 202
 //!   means "on disk".
+//! - The follower fetches only while something is to be journaled. The mock
+//!   cluster answers an empty fetch only when the fetch's wait runs out, so
+//!   a follower that kept fetching an idle cluster would cost CPU all the
+//!   time (about 500 round trips a second at its 2 ms wait). A waiter
+//!   ([`Durable::journaled`], [`Durable::barrier`]) says which offset it
+//!   waits for, which wakes the follower; once everything asked for is
+//!   journaled, the follower pauses its partitions and sleeps, looking
+//!   again every [`IDLE_LOOK`] for records appended by writers that wait
+//!   for nothing (another process on the cluster's port).
 //! - An explicit commit ([`super::Member::commit`], the inference worker's)
 //!   first waits until everything the cluster holds is journaled (the
 //!   outcomes it commits for among it), journals the offsets, and only then
@@ -54,6 +63,9 @@ use crate::config::KafkaConfig;
 const WAIT: Duration = Duration::from_secs(30);
 /// Most records the follower journals in one group.
 const GROUP_RECORDS: usize = 20_000;
+/// How often an idle follower fetches anyway, for records no waiter asked
+/// for.
+pub const IDLE_LOOK: Duration = Duration::from_millis(250);
 
 /// The durable logs of this process, by their clusters' bootstrap servers:
 /// how a producer or a member built from `brokers` finds its journal.
@@ -96,6 +108,14 @@ pub struct Durable {
     marks: parking_lot::Mutex<HashMap<Tp, i64>>,
     /// Bumped whenever `marks` move or the follower fails.
     moved: tokio::sync::watch::Sender<u64>,
+    /// Per followed partition, the next offset a waiter waits for: the
+    /// follower fetches until `marks` reach it.
+    wanted: parking_lot::Mutex<HashMap<Tp, i64>>,
+    /// Wakes an idle follower (a want, or stop).
+    wake: parking_lot::Condvar,
+    /// How often an idle follower fetches anyway ([`IDLE_LOOK`]; tests
+    /// lengthen it), in milliseconds.
+    idle_look_ms: std::sync::atomic::AtomicU64,
     failed: parking_lot::Mutex<Option<String>>,
     stop: AtomicBool,
     follower: parking_lot::Mutex<Option<JoinHandle<()>>>,
@@ -299,6 +319,9 @@ impl Durable {
             journal: parking_lot::RwLock::new(Some(journal)),
             marks: parking_lot::Mutex::new(marks),
             moved: tokio::sync::watch::Sender::new(0),
+            wanted: parking_lot::Mutex::new(HashMap::new()),
+            wake: parking_lot::Condvar::new(),
+            idle_look_ms: std::sync::atomic::AtomicU64::new(IDLE_LOOK.as_millis() as u64),
             failed: parking_lot::Mutex::new(None),
             stop: AtomicBool::new(false),
             follower: parking_lot::Mutex::new(None),
@@ -428,6 +451,7 @@ impl Durable {
     ) -> Result<(), BusError> {
         let key = (topic.to_owned(), partition);
         let mut moved = self.moved.subscribe();
+        self.want([(&key, offset + 1)]);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             self.check()?;
@@ -448,6 +472,35 @@ impl Durable {
         }
     }
 
+    /// Asks the follower to journal followed partitions up to (below) the
+    /// given next offsets, waking it if it is idle.
+    fn want<'a>(&self, wants: impl IntoIterator<Item = (&'a Tp, i64)>) {
+        let marks = self.marks.lock();
+        let mut wanted = self.wanted.lock();
+        let mut more = false;
+        for (tp, next) in wants {
+            if marks.get(tp).is_some_and(|&m| m < next) {
+                let w = wanted.entry(tp.clone()).or_insert(0);
+                if *w < next {
+                    *w = next;
+                    more = true;
+                }
+            }
+        }
+        drop(marks);
+        if more {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Whether every offset a waiter asked for is journaled (marks at or
+    /// past `wanted`).
+    fn satisfied(&self, expect: &HashMap<Tp, i64>, wanted: &HashMap<Tp, i64>) -> bool {
+        wanted
+            .iter()
+            .all(|(tp, w)| expect.get(tp).is_some_and(|e| e >= w))
+    }
+
     /// Waits (blocking) until everything the cluster holds now is journaled.
     pub fn barrier(&self, within: Duration) -> Result<(), BusError> {
         let deadline = Instant::now() + within;
@@ -457,6 +510,7 @@ impl Durable {
             let (_, high) = self.probe.fetch_watermarks(&tp.0, tp.1, within)?;
             want.push((tp, high));
         }
+        self.want(want.iter().map(|(tp, high)| (tp, *high)));
         loop {
             self.check()?;
             {
@@ -511,7 +565,9 @@ impl Durable {
         let mut expect: HashMap<Tp, i64> = self.marks.lock().clone();
         while !self.stop.load(Ordering::Acquire) {
             let mut n = 0usize;
-            let mut wait = Duration::from_millis(50);
+            // Nothing for this long, with everything asked for journaled:
+            // the follower goes idle (see `idle`).
+            let mut wait = Duration::from_millis(10);
             while n < GROUP_RECORDS {
                 let Some(r) = consumer.poll(wait) else { break };
                 wait = Duration::ZERO;
@@ -541,6 +597,12 @@ impl Durable {
                 }
             }
             if batch.is_empty() {
+                if n == 0
+                    && let Err(why) = self.idle(&consumer, &expect)
+                {
+                    self.fail(why);
+                    return;
+                }
                 continue;
             }
             if let Err(why) = self.write(&mut batch) {
@@ -548,6 +610,43 @@ impl Durable {
                 return;
             }
         }
+    }
+
+    /// Once every offset asked for is journaled: stops the follower's
+    /// fetches and sleeps until a waiter asks for more, [`IDLE_LOOK`]
+    /// passes, or the log closes; then fetches again from where it was.
+    /// (It gives its partitions up rather than pausing them: librdkafka
+    /// wakes a consumer's idle broker thread when a partition starts
+    /// fetching, not when one resumes, which left a resumed follower
+    /// waiting up to a second.)
+    fn idle(&self, consumer: &BaseConsumer, expect: &HashMap<Tp, i64>) -> Result<(), String> {
+        let mut wanted = self.wanted.lock();
+        if !self.satisfied(expect, &wanted) || self.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in expect {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if consumer.unassign().is_err() {
+            return Ok(());
+        }
+        let until =
+            Instant::now() + Duration::from_millis(self.idle_look_ms.load(Ordering::Relaxed));
+        while self.satisfied(expect, &wanted) && !self.stop.load(Ordering::Acquire) {
+            if self.wake.wait_until(&mut wanted, until).timed_out() {
+                break;
+            }
+        }
+        drop(wanted);
+        consumer
+            .assign(&tpl)
+            .map_err(|e| format!("the journal's follower could not fetch again: {e}"))
     }
 
     /// Journals one group of records, then moves the marks past them.
@@ -591,6 +690,10 @@ impl Durable {
             tracing::warn!(error = %e, "closing the journal before it caught up");
         }
         self.stop.store(true, Ordering::Release);
+        {
+            let _wanted = self.wanted.lock();
+            self.wake.notify_all();
+        }
         if let Some(h) = self.follower.lock().take() {
             let _ = h.join();
         }
@@ -840,6 +943,83 @@ mod tests {
         drop(c);
         let c = start(&cfg, dir.path());
         assert_eq!(c.durable().unwrap().restored().records, 121);
+    }
+
+    /// An idle log's follower stops fetching: the cluster is asked next to
+    /// nothing while nobody writes (a follower that kept fetching asked
+    /// about 500 times a second). A record of a writer that waits for
+    /// nothing is still journaled, found by the follower's next look; and a
+    /// send wakes it at once, which the test proves by making the looks an
+    /// hour apart first (the send would time out otherwise).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_follower_stops_fetching_and_wakes_for_a_send() {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = KafkaConfig::default();
+        let c = start(&cfg, dir.path());
+        let brokers = c.bootstrap_servers().to_owned();
+        let d = c.durable().unwrap().clone();
+        let mark = |partition: i32| d.mark(&(TOPIC.to_owned(), partition)).unwrap();
+        let p = Producer::new(&cfg, &brokers, "test").unwrap();
+        let a = p
+            .send_raw(TOPIC, Some(b"k"), &[], Some(b"one"))
+            .await
+            .unwrap();
+        assert!(mark(a.partition) > a.offset);
+        c.track_fetches().unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.take_fetches().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = c.take_fetches().unwrap();
+        assert!(
+            idle < 200,
+            "{idle} fetch requests in 2 s with nothing written"
+        );
+
+        // A writer that waits for nothing: found by a look.
+        let raw: FutureProducer = client_config(&cfg, &brokers).create().unwrap();
+        let b = raw
+            .send(
+                FutureRecord::to(TOPIC).key("k").payload("two"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while mark(b.partition) <= b.offset {
+            assert!(
+                Instant::now() < deadline,
+                "a record nobody waits for was not journaled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Looks an hour apart: once the current look has passed, only a
+        // waiter's want wakes the follower.
+        d.idle_look_ms.store(3_600_000, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(2 * IDLE_LOOK.as_millis() as u64)).await;
+        c.take_fetches().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(c.take_fetches().unwrap() < 10, "the follower is asleep");
+        let e = p
+            .send_raw(TOPIC, Some(b"k"), &[], Some(b"three"))
+            .await
+            .unwrap();
+        assert!(mark(e.partition) > e.offset);
+        // And a commit's barrier (the worker's) wakes it too.
+        let f = raw
+            .send(
+                FutureRecord::to(TOPIC).key("k").payload("four"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let d2 = d.clone();
+        tokio::task::spawn_blocking(move || d2.barrier(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(mark(f.partition) > f.offset);
     }
 
     /// Collects what a consumer hands over.

@@ -25,6 +25,10 @@ type Reply = mpsc::Sender<Result<(), String>>;
 
 enum Command {
     CreateTopic(String, i32, Reply),
+    /// Count fetch requests from now on.
+    TrackFetches(Reply),
+    /// Fetch requests since tracking started or the last count.
+    TakeFetches(mpsc::Sender<Option<usize>>),
     Stop,
 }
 
@@ -75,6 +79,20 @@ impl EmbeddedCluster {
                                 .map_err(|e| e.to_string());
                             let _ = reply.send(r);
                         }
+                        Command::TrackFetches(reply) => {
+                            let ok = kafka_mock_tuning::start_request_tracking(owner.client());
+                            let _ = reply.send(if ok {
+                                Ok(())
+                            } else {
+                                Err("no mock cluster".into())
+                            });
+                        }
+                        Command::TakeFetches(reply) => {
+                            let _ = reply.send(kafka_mock_tuning::take_requests(
+                                owner.client(),
+                                kafka_mock_tuning::FETCH,
+                            ));
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -112,6 +130,30 @@ impl EmbeddedCluster {
             topics.push((name.to_owned(), partitions));
         }
         Ok(())
+    }
+
+    /// Starts counting the fetch requests the cluster receives (see
+    /// [`Self::take_fetches`]).
+    pub fn track_fetches(&self) -> Result<(), BusError> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(Command::TrackFetches(reply))
+            .map_err(|e| BusError::Embedded(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| BusError::Embedded(e.to_string()))?
+            .map_err(BusError::Embedded)
+    }
+
+    /// The fetch requests the cluster received since
+    /// [`Self::track_fetches`] or the last call.
+    pub fn take_fetches(&self) -> Result<usize, BusError> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(Command::TakeFetches(reply))
+            .map_err(|e| BusError::Embedded(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| BusError::Embedded(e.to_string()))?
+            .ok_or_else(|| BusError::Embedded("no mock cluster".into()))
     }
 
     /// Reads the journal in `dir` back into this cluster (its topics
