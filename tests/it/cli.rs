@@ -218,3 +218,45 @@ fn shared_roles_refuse_to_start_without_their_secrets() {
         "an API process needs no voter key: {err}"
     );
 }
+
+/// `atelier bench reads` on the embedded defaults runs in a scratch data
+/// directory: the configured one is `atelier up`'s, whose log would
+/// otherwise journal the run's topics (and refuse to start on them
+/// afterwards) and whose view snapshot the run would overwrite.
+#[test]
+fn bench_reads_leaves_the_configured_data_directory_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let (ok, out, err) = atelier(
+        data.path(),
+        &[
+            "bench",
+            "reads",
+            "--brokers",
+            "",
+            "--views",
+            "embedded",
+            "--items",
+            "60",
+            "--polls",
+            "2",
+            "--clients",
+            "2",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "1",
+            "--rate",
+            "100",
+        ],
+    );
+    assert!(ok, "bench reads failed:\n{out}\n{err}");
+    assert!(out.contains("produce -> visible"), "{out}");
+    let left: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the configured data directory holds {left:?}"
+    );
+}

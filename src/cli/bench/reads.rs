@@ -2,7 +2,7 @@
 //!
 //! Starts the whole application in this process (the embedded Kafka cluster
 //! or a real one; the embedded view store or Cassandra) under a fresh
-//! namespace and keyspace, seeds feed items, polls with votes and likes on a
+//! namespace, keyspace and data directory, seeds feed items, polls with votes and likes on a
 //! few hot items straight onto the log, and waits until the views show them.
 //! Then `--clients` closed-loop HTTP clients (one request in flight each, one
 //! shared connection pool) hit one kind of read per phase, so that each gets
@@ -84,8 +84,8 @@ pub(crate) struct ReadsArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
-    /// Keep the run's topics and keyspace on real services (default: delete
-    /// them at the end).
+    /// Keep the run's topics and keyspace on real services, and its data
+    /// directory (default: delete them at the end).
     #[arg(long)]
     keep: bool,
 }
@@ -248,6 +248,11 @@ pub(super) async fn run(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     }
     cfg.http.listen = "127.0.0.1:0".parse()?;
     cfg.http.max_after_wait_ms = 10_000;
+    // A scratch data directory: the configured one is `atelier up`'s, whose
+    // embedded log would otherwise journal the run's topics (and refuse to
+    // start on them afterwards) and whose view snapshot the run would
+    // overwrite.
+    cfg.data_dir = std::env::temp_dir().join(format!("atelier-bench-reads-{run_id}"));
     // Reads need no credentials: per-run secrets rather than a dev secret
     // written under the data dir.
     if cfg.auth.jwt_secret.expose().is_empty() && cfg.auth.api_keys.is_empty() {
@@ -280,6 +285,7 @@ pub(super) async fn run(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
         Err(e) => {
             if !a.keep {
                 crate::app::delete_run_data(&cfg).await;
+                let _ = std::fs::remove_dir_all(&cfg.data_dir);
             }
             return Err(e);
         }
@@ -288,6 +294,7 @@ pub(super) async fn run(mut cfg: Config, a: ReadsArgs) -> anyhow::Result<()> {
     let stopped = app.stop().await;
     if !a.keep {
         crate::app::delete_run_data(&cfg).await;
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
     }
     let report = result?;
     stopped?;
