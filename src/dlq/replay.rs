@@ -207,6 +207,9 @@ struct Out {
     producer: FutureProducer,
     transactional: bool,
     dlq_topic: String,
+    /// On the embedded log: each copy and marker is answered once journaled
+    /// (as every other write of the process).
+    durable: Option<std::sync::Arc<crate::bus::durable::Durable>>,
 }
 
 impl Out {
@@ -228,6 +231,7 @@ impl Out {
             producer,
             transactional,
             dlq_topic: log.topic().to_owned(),
+            durable: crate::bus::durable::of(log.brokers()),
         })
     }
 
@@ -348,7 +352,7 @@ impl Out {
         key: Option<&[u8]>,
         headers: &[(String, Vec<u8>)],
         payload: Option<&[u8]>,
-    ) -> Result<Place, KafkaError> {
+    ) -> Result<Place, crate::bus::BusError> {
         let mut hs = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
             hs = hs.insert(Header {
@@ -371,6 +375,9 @@ impl Out {
             .send(r, Timeout::After(Duration::from_secs(30)))
             .await
             .map_err(|(e, _)| e)?;
+        if let Some(j) = &self.durable {
+            j.journaled(topic, d.partition, d.offset).await?;
+        }
         Ok(Place {
             topic: topic.to_owned(),
             partition: d.partition,

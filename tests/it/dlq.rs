@@ -473,6 +473,15 @@ async fn a_corrected_replay_counts_exactly_once(b: Backends) {
         partition: to["partition"].as_i64().unwrap() as i32,
         offset: to["offset"].as_i64().unwrap(),
     };
+    // Answered: on disk, on the embedded log too (its journal holds the
+    // copy), as every accepted write.
+    if let Some(d) = atelier::bus::durable::of(&t.app.brokers) {
+        let mark = d.mark(&(copy.topic.clone(), copy.partition)).unwrap();
+        assert!(
+            mark > copy.offset,
+            "replayed to {copy:?}, journaled below {mark}"
+        );
+    }
     let (_, p) = t
         .get(&format!(
             "/v1/polls/{poll}?after={}",
