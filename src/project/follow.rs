@@ -109,7 +109,12 @@ pub async fn follow(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             () = &mut discover => {
-                let listed = added(&consumer, &names, &assigned, started).await;
+                // A listing waits on the brokers (seconds when they are
+                // down): shutdown does not wait for it.
+                let listed = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    r = added(&consumer, &names, &assigned, started) => r,
+                };
                 let next = match listed.and_then(|new| {
                     assign(&consumer, &new)?;
                     Ok(new)
