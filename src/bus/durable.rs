@@ -15,7 +15,7 @@
 //!   time (about 500 round trips a second at its 2 ms wait). A waiter
 //!   ([`Durable::journaled`], [`Durable::barrier`]) says which offset it
 //!   waits for, which wakes the follower; once everything asked for is
-//!   journaled, the follower pauses its partitions and sleeps, looking
+//!   journaled, the follower gives its partitions up and sleeps, looking
 //!   again every [`IDLE_LOOK`] for records appended by writers that wait
 //!   for nothing (another process on the cluster's port).
 //! - An explicit commit ([`super::Member::commit`], the inference worker's)
@@ -493,14 +493,6 @@ impl Durable {
         }
     }
 
-    /// Whether every offset a waiter asked for is journaled (marks at or
-    /// past `wanted`).
-    fn satisfied(&self, expect: &HashMap<Tp, i64>, wanted: &HashMap<Tp, i64>) -> bool {
-        wanted
-            .iter()
-            .all(|(tp, w)| expect.get(tp).is_some_and(|e| e >= w))
-    }
-
     /// Waits (blocking) until everything the cluster holds now is journaled.
     pub fn barrier(&self, within: Duration) -> Result<(), BusError> {
         let deadline = Instant::now() + within;
@@ -621,7 +613,7 @@ impl Durable {
     /// waiting up to a second.)
     fn idle(&self, consumer: &BaseConsumer, expect: &HashMap<Tp, i64>) -> Result<(), String> {
         let mut wanted = self.wanted.lock();
-        if !self.satisfied(expect, &wanted) || self.stop.load(Ordering::Acquire) {
+        if !satisfied(expect, &wanted) || self.stop.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
@@ -638,7 +630,7 @@ impl Durable {
         }
         let until =
             Instant::now() + Duration::from_millis(self.idle_look_ms.load(Ordering::Relaxed));
-        while self.satisfied(expect, &wanted) && !self.stop.load(Ordering::Acquire) {
+        while satisfied(expect, &wanted) && !self.stop.load(Ordering::Acquire) {
             if self.wake.wait_until(&mut wanted, until).timed_out() {
                 break;
             }
@@ -710,6 +702,14 @@ impl Durable {
         drop(open);
         self.moved.send_modify(|v| *v += 1);
     }
+}
+
+/// Whether the follower has every offset a waiter asked for (`expect`,
+/// its next offset per partition, at or past `wanted`).
+fn satisfied(expect: &HashMap<Tp, i64>, wanted: &HashMap<Tp, i64>) -> bool {
+    wanted
+        .iter()
+        .all(|(tp, w)| expect.get(tp).is_some_and(|e| e >= w))
 }
 
 fn corrupt(dir: &Path, why: String) -> super::journal::JournalError {

@@ -26,7 +26,7 @@ type Reply = mpsc::Sender<Result<(), String>>;
 enum Command {
     CreateTopic(String, i32, Reply),
     /// Count fetch requests from now on.
-    TrackFetches(Reply),
+    TrackFetches(mpsc::Sender<bool>),
     /// Fetch requests since tracking started or the last count.
     TakeFetches(mpsc::Sender<Option<usize>>),
     Stop,
@@ -80,12 +80,8 @@ impl EmbeddedCluster {
                             let _ = reply.send(r);
                         }
                         Command::TrackFetches(reply) => {
-                            let ok = kafka_mock_tuning::start_request_tracking(owner.client());
-                            let _ = reply.send(if ok {
-                                Ok(())
-                            } else {
-                                Err("no mock cluster".into())
-                            });
+                            let _ = reply
+                                .send(kafka_mock_tuning::start_request_tracking(owner.client()));
                         }
                         Command::TakeFetches(reply) => {
                             let _ = reply.send(kafka_mock_tuning::take_requests(
@@ -116,14 +112,18 @@ impl EmbeddedCluster {
         &self.bootstrap
     }
 
-    /// Creates a topic (idempotent on the mock broker).
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), BusError> {
+    /// Sends a command to the cluster's thread and waits for its answer.
+    fn ask<T>(&self, command: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, BusError> {
         let (reply, rx) = mpsc::channel();
         self.tx
-            .send(Command::CreateTopic(name.to_owned(), partitions, reply))
+            .send(command(reply))
             .map_err(|e| BusError::Embedded(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| BusError::Embedded(e.to_string()))?
+        rx.recv().map_err(|e| BusError::Embedded(e.to_string()))
+    }
+
+    /// Creates a topic (idempotent on the mock broker).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), BusError> {
+        self.ask(|reply| Command::CreateTopic(name.to_owned(), partitions, reply))?
             .map_err(BusError::Embedded)?;
         let mut topics = self.topics.lock();
         if !topics.iter().any(|(t, _)| t == name) {
@@ -135,24 +135,15 @@ impl EmbeddedCluster {
     /// Starts counting the fetch requests the cluster receives (see
     /// [`Self::take_fetches`]).
     pub fn track_fetches(&self) -> Result<(), BusError> {
-        let (reply, rx) = mpsc::channel();
-        self.tx
-            .send(Command::TrackFetches(reply))
-            .map_err(|e| BusError::Embedded(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| BusError::Embedded(e.to_string()))?
-            .map_err(BusError::Embedded)
+        self.ask(Command::TrackFetches)?
+            .then_some(())
+            .ok_or_else(|| BusError::Embedded("no mock cluster".into()))
     }
 
     /// The fetch requests the cluster received since
     /// [`Self::track_fetches`] or the last call.
     pub fn take_fetches(&self) -> Result<usize, BusError> {
-        let (reply, rx) = mpsc::channel();
-        self.tx
-            .send(Command::TakeFetches(reply))
-            .map_err(|e| BusError::Embedded(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| BusError::Embedded(e.to_string()))?
+        self.ask(Command::TakeFetches)?
             .ok_or_else(|| BusError::Embedded("no mock cluster".into()))
     }
 

@@ -110,6 +110,50 @@ pub struct Appended {
     pub offset: i64,
 }
 
+/// Appends one record with `producer` (to `partition`, or where its key
+/// hashes), answering once the broker acknowledged it and, on a durable
+/// embedded log (`durable`), once it is journaled: the one write path of
+/// the process's producers, so that "answered" means "kept" for all.
+pub(crate) async fn append(
+    producer: &FutureProducer,
+    durable: Option<&super::durable::Durable>,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+    body: Option<&[u8]>,
+) -> Result<Appended, BusError> {
+    let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        hs = hs.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(hs);
+    if let Some(p) = partition {
+        r = r.partition(p);
+    }
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    if let Some(b) = body {
+        r = r.payload(b);
+    }
+    let d = producer
+        .send(r, Timeout::After(Duration::from_secs(30)))
+        .await
+        .map_err(|(e, _)| BusError::Kafka(e))?;
+    if let Some(j) = durable {
+        j.journaled(topic, d.partition, d.offset).await?;
+    }
+    Ok(Appended {
+        topic: topic.to_owned(),
+        partition: d.partition,
+        offset: d.offset,
+    })
+}
+
 /// An idempotent producer bound to one namespace.
 #[derive(Clone)]
 pub struct Producer {
@@ -171,33 +215,16 @@ impl Producer {
         headers: &[(&str, &[u8])],
         body: Option<&[u8]>,
     ) -> Result<Appended, BusError> {
-        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
-        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(hs);
-        if let Some(k) = key {
-            r = r.key(k);
-        }
-        if let Some(b) = body {
-            r = r.payload(b);
-        }
-        let d = self
-            .inner
-            .send(r, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map_err(|(e, _)| BusError::Kafka(e))?;
-        if let Some(j) = &self.durable {
-            j.journaled(topic, d.partition, d.offset).await?;
-        }
-        Ok(Appended {
-            topic: topic.to_owned(),
-            partition: d.partition,
-            offset: d.offset,
-        })
+        append(
+            &self.inner,
+            self.durable.as_deref(),
+            topic,
+            None,
+            key,
+            headers,
+            body,
+        )
+        .await
     }
 
     /// Waits for in-flight records (shutdown).

@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{FutureProducer, Producer as _};
 
 use super::DlqError;
 use super::letters::{
@@ -353,35 +351,24 @@ impl Out {
         headers: &[(String, Vec<u8>)],
         payload: Option<&[u8]>,
     ) -> Result<Place, crate::bus::BusError> {
-        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            });
-        }
-        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(hs);
-        if let Some(p) = partition {
-            r = r.partition(p);
-        }
-        if let Some(k) = key {
-            r = r.key(k);
-        }
-        if let Some(b) = payload {
-            r = r.payload(b);
-        }
-        let d = self
-            .producer
-            .send(r, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map_err(|(e, _)| e)?;
-        if let Some(j) = &self.durable {
-            j.journaled(topic, d.partition, d.offset).await?;
-        }
+        let hs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let a = crate::bus::producer::append(
+            &self.producer,
+            self.durable.as_deref(),
+            topic,
+            partition,
+            key,
+            &hs,
+            payload,
+        )
+        .await?;
         Ok(Place {
-            topic: topic.to_owned(),
-            partition: d.partition,
-            offset: d.offset,
+            topic: a.topic,
+            partition: a.partition,
+            offset: a.offset,
         })
     }
 }
