@@ -1087,11 +1087,20 @@ async fn the_models_topic_is_read_to_its_end_past_a_transaction_marker() {
     let probe: BaseConsumer = client_config(&cfg.kafka, &cfg.kafka.brokers)
         .create()
         .unwrap();
-    let (_, end) = tokio::task::block_in_place(|| {
-        probe
-            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
-            .unwrap()
-    });
+    // The coordinator writes the commit marker after the commit returns:
+    // the end is read until it includes it (or the assertion fails).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let end = loop {
+        let (_, end) = tokio::task::block_in_place(|| {
+            probe
+                .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+                .unwrap()
+        });
+        if end >= 2 || std::time::Instant::now() > deadline {
+            break end;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(end, 2, "one record and its commit marker");
     let app = atelier::app::App::start(cfg, Roles::API).await.unwrap();
     let t = TestApp {
