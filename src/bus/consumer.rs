@@ -3,9 +3,10 @@
 //!
 //! - Records are grouped per partition into mini-batches (full, or lingered).
 //! - Each partition has one worker and a bounded queue of batches. When the
-//!   queue is full the partition is paused (no unbounded buffering) and
-//!   resumed once the worker drains it. A worker takes what queued up while
-//!   it was busy as one batch (up to the batch size).
+//!   queue is full, records wait in the loop; once a whole batch waits the
+//!   partition is paused (no unbounded buffering) and resumed once the
+//!   worker drains its queue. A worker takes what queued up while it was
+//!   busy as one batch (up to the batch size).
 //! - A worker hands a batch to the [`PartitionHandler`]; only when the
 //!   handler says its effects are durable is the offset stored. Retriable
 //!   failures are retried with capped backoff while the partition waits.
@@ -405,7 +406,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     w.progress.inside.fetch_add(1, Ordering::Relaxed);
                     w.first_pending.get_or_insert_with(Instant::now);
                     if w.pending.len() >= spec.max_batch {
-                        dispatch(&consumer, &tp, w)?;
+                        dispatch(&consumer, &tp, w, spec.max_batch.max(1))?;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
@@ -421,7 +422,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                         emit::resumed(1);
                     }
                     if w.first_pending.is_some_and(|t| t.elapsed() >= spec.linger) {
-                        dispatch(&consumer, tp, w)?;
+                        dispatch(&consumer, tp, w, spec.max_batch.max(1))?;
                     }
                 }
             }
@@ -582,7 +583,7 @@ fn go_live(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
     Ok(())
 }
 
-fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
+fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker, max_batch: usize) -> Result<(), BusError> {
     if w.pending.is_empty() {
         return Ok(());
     }
@@ -598,9 +599,14 @@ fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> 
             emit::consumed(&tp.0, "project", n);
         }
         Err(mpsc::error::TrySendError::Full(b)) => {
-            // Backpressure: keep the records, stop fetching this partition.
+            // The worker is busy: keep the records (offered again each
+            // tick, and joined by what arrives meanwhile). Only a whole
+            // batch held back stops the partition's fetches: librdkafka
+            // takes hundreds of ms to fetch a resumed partition again, so
+            // pausing whenever one write outlasts two lingers cost live
+            // traffic on Cassandra most of a second per pause.
             w.pending = b.records;
-            if !w.paused {
+            if !w.paused && w.pending.len() >= max_batch {
                 consumer.pause(tp)?;
                 w.paused = true;
                 emit::paused(Some(&tp.0), 1);

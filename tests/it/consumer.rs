@@ -316,3 +316,99 @@ async fn queued_batches_merge(b: Backends) {
     app.stop().await.unwrap();
 }
 both!(queued_batches_merge);
+
+/// A handler busy with one batch while the next one waits in the full
+/// queue and more records arrive: those records wait in the consumer loop
+/// and the partition keeps fetching. Only a whole batch held back pauses
+/// it (`backpressure_pauses`): a paused partition is fetched again only
+/// hundreds of ms after it resumes (librdkafka), which cost live traffic
+/// on Cassandra most of a second whenever one write outlasted two lingers.
+async fn a_busy_handler_pauses_nothing_for_less_than_a_batch(b: Backends) {
+    let Some(cfg) = helpers::config(b).await else {
+        return;
+    };
+    let metrics = atelier::telemetry::prometheus().expect("recorder");
+    let app = App::start(cfg, Roles::NONE).await.unwrap();
+    let topic = app.producer.topic(Topic::Polls);
+    struct Gate {
+        calls: Mutex<Vec<Vec<i64>>>,
+        open: tokio::sync::Semaphore,
+    }
+    #[async_trait]
+    impl PartitionHandler for Gate {
+        async fn assigned(&self, _: &str, _: i32) {}
+        async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
+            let first = {
+                let mut calls = self.calls.lock();
+                calls.push(b.records.iter().map(|r| r.offset).collect());
+                calls.len() == 1
+            };
+            if first {
+                let _ = self.open.acquire().await.unwrap();
+            }
+            Ok(())
+        }
+    }
+    let h = Arc::new(Gate {
+        calls: Mutex::new(Vec::new()),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let stop = CancellationToken::new();
+    let mut sp = spec(format!("{}c5", app.config.kafka.namespace), topic.clone());
+    sp.max_batch = 100;
+    sp.queue_depth = 1;
+    let task = tokio::spawn(consumer::run(
+        app.config.kafka.clone(),
+        app.brokers.to_string(),
+        sp,
+        h.clone(),
+        stop.clone(),
+    ));
+    let send = || app.producer.send_raw(&topic, Some(b"one"), &[], Some(b"x"));
+    let first = send().await.unwrap();
+    helpers::eventually(60, "the first batch to be taken", || {
+        let taken = !h.calls.lock().is_empty();
+        async move { taken.then_some(()) }
+    })
+    .await;
+    // Five records well apart: the first fills the one-deep queue, the
+    // others find it full.
+    let mut last = first.offset;
+    for _ in 0..5 {
+        let at = send().await.unwrap();
+        assert_eq!(at.partition, first.partition, "one key, one partition");
+        last = at.offset;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.open.add_permits(1);
+    helpers::eventually(60, "all records handled", || {
+        let done = h.calls.lock().last().and_then(|c| c.last().copied()) == Some(last);
+        async move { done.then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let calls = h.calls.lock().clone();
+    let all: Vec<i64> = calls.iter().flatten().copied().collect();
+    assert_eq!(
+        all,
+        (first.offset..=last).collect::<Vec<_>>(),
+        "in order, no gap, no repeat: {calls:?}"
+    );
+    // The queue held one batch: a third call means records were held
+    // back while it was full (what used to pause the partition).
+    assert!(
+        calls.len() >= 3,
+        "records waited behind the full queue: {calls:?}"
+    );
+    let pauses: f64 = metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("atelier_partition_pauses_total") && l.contains(&topic))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(pauses, 0.0, "paused for less than a batch: {calls:?}");
+    app.stop().await.unwrap();
+}
+both!(a_busy_handler_pauses_nothing_for_less_than_a_batch);
