@@ -232,43 +232,54 @@ async fn backpressure_pauses(b: Backends) {
 }
 both!(backpressure_pauses);
 
-/// While a partition's handler is busy, what queues up behind it is
-/// handled together (up to the batch size), in order, rather than one
-/// small batch per turn.
-async fn queued_batches_merge(b: Backends) {
-    let Some(cfg) = helpers::config(b).await else {
-        return;
-    };
+/// A handler whose first call holds its partition until the test opens
+/// the gate; it keeps every call's offsets.
+struct Gate {
+    calls: Mutex<Vec<Vec<i64>>>,
+    open: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl PartitionHandler for Gate {
+    async fn assigned(&self, _: &str, _: i32) {}
+    async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
+        let first = {
+            let mut calls = self.calls.lock();
+            calls.push(b.records.iter().map(|r| r.offset).collect());
+            calls.len() == 1
+        };
+        if first {
+            let _ = self.open.acquire().await.unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// Consumes the polls topic of a fresh app through a [`Gate`] with these
+/// batch and queue sizes: one record is taken and held, five more are sent
+/// well apart (each its own lingered batch) behind it, and the gate opens
+/// 2 s later. Answers the handler's calls once all six are handled, and
+/// the first and last offsets.
+async fn behind_a_busy_handler(
+    b: Backends,
+    group: &str,
+    max_batch: usize,
+    queue_depth: usize,
+) -> Option<(Vec<Vec<i64>>, i64, i64, String)> {
+    let cfg = helpers::config(b).await?;
     let app = App::start(cfg, Roles::NONE).await.unwrap();
     let topic = app.producer.topic(Topic::Polls);
-    struct Gate {
-        calls: Mutex<Vec<Vec<i64>>>,
-        open: tokio::sync::Semaphore,
-    }
-    #[async_trait]
-    impl PartitionHandler for Gate {
-        async fn assigned(&self, _: &str, _: i32) {}
-        async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
-            // The first call holds the partition until the test opens it.
-            let first = {
-                let mut calls = self.calls.lock();
-                calls.push(b.records.iter().map(|r| r.offset).collect());
-                calls.len() == 1
-            };
-            if first {
-                let _ = self.open.acquire().await.unwrap();
-            }
-            Ok(())
-        }
-    }
     let h = Arc::new(Gate {
         calls: Mutex::new(Vec::new()),
         open: tokio::sync::Semaphore::new(0),
     });
     let stop = CancellationToken::new();
-    let mut sp = spec(format!("{}c4", app.config.kafka.namespace), topic.clone());
-    sp.max_batch = 100;
-    sp.queue_depth = 8;
+    let mut sp = spec(
+        format!("{}{group}", app.config.kafka.namespace),
+        topic.clone(),
+    );
+    sp.max_batch = max_batch;
+    sp.queue_depth = queue_depth;
     let task = tokio::spawn(consumer::run(
         app.config.kafka.clone(),
         app.brokers.to_string(),
@@ -283,8 +294,6 @@ async fn queued_batches_merge(b: Backends) {
         async move { taken.then_some(()) }
     })
     .await;
-    // Five records well apart (each its own lingered batch), queued
-    // behind the busy handler.
     let mut last = first.offset;
     for _ in 0..5 {
         let at = send().await.unwrap();
@@ -301,6 +310,7 @@ async fn queued_batches_merge(b: Backends) {
     .await;
     stop.cancel();
     task.await.unwrap().unwrap();
+    app.stop().await.unwrap();
     let calls = h.calls.lock().clone();
     let all: Vec<i64> = calls.iter().flatten().copied().collect();
     assert_eq!(
@@ -308,12 +318,21 @@ async fn queued_batches_merge(b: Backends) {
         (first.offset..=last).collect::<Vec<_>>(),
         "in order, no gap, no repeat: {calls:?}"
     );
+    Some((calls, first.offset, last, topic))
+}
+
+/// While a partition's handler is busy, what queues up behind it is
+/// handled together (up to the batch size), in order, rather than one
+/// small batch per turn.
+async fn queued_batches_merge(b: Backends) {
+    let Some((calls, _, _, _)) = behind_a_busy_handler(b, "c4", 100, 8).await else {
+        return;
+    };
     let after: Vec<&Vec<i64>> = calls.iter().skip(1).collect();
     assert!(
         after.len() < 5 && after.iter().any(|c| c.len() > 1),
         "the five queued records were handled together, not one call each: {calls:?}"
     );
-    app.stop().await.unwrap();
 }
 both!(queued_batches_merge);
 
@@ -324,78 +343,12 @@ both!(queued_batches_merge);
 /// hundreds of ms after it resumes (librdkafka), which cost live traffic
 /// on Cassandra most of a second whenever one write outlasted two lingers.
 async fn a_busy_handler_pauses_nothing_for_less_than_a_batch(b: Backends) {
-    let Some(cfg) = helpers::config(b).await else {
+    let metrics = atelier::telemetry::prometheus().expect("recorder");
+    // The first of the five fills the one-deep queue, the others find it
+    // full.
+    let Some((calls, _, _, topic)) = behind_a_busy_handler(b, "c5", 100, 1).await else {
         return;
     };
-    let metrics = atelier::telemetry::prometheus().expect("recorder");
-    let app = App::start(cfg, Roles::NONE).await.unwrap();
-    let topic = app.producer.topic(Topic::Polls);
-    struct Gate {
-        calls: Mutex<Vec<Vec<i64>>>,
-        open: tokio::sync::Semaphore,
-    }
-    #[async_trait]
-    impl PartitionHandler for Gate {
-        async fn assigned(&self, _: &str, _: i32) {}
-        async fn handle(&self, b: &Batch) -> Result<(), HandlerError> {
-            let first = {
-                let mut calls = self.calls.lock();
-                calls.push(b.records.iter().map(|r| r.offset).collect());
-                calls.len() == 1
-            };
-            if first {
-                let _ = self.open.acquire().await.unwrap();
-            }
-            Ok(())
-        }
-    }
-    let h = Arc::new(Gate {
-        calls: Mutex::new(Vec::new()),
-        open: tokio::sync::Semaphore::new(0),
-    });
-    let stop = CancellationToken::new();
-    let mut sp = spec(format!("{}c5", app.config.kafka.namespace), topic.clone());
-    sp.max_batch = 100;
-    sp.queue_depth = 1;
-    let task = tokio::spawn(consumer::run(
-        app.config.kafka.clone(),
-        app.brokers.to_string(),
-        sp,
-        h.clone(),
-        stop.clone(),
-    ));
-    let send = || app.producer.send_raw(&topic, Some(b"one"), &[], Some(b"x"));
-    let first = send().await.unwrap();
-    helpers::eventually(60, "the first batch to be taken", || {
-        let taken = !h.calls.lock().is_empty();
-        async move { taken.then_some(()) }
-    })
-    .await;
-    // Five records well apart: the first fills the one-deep queue, the
-    // others find it full.
-    let mut last = first.offset;
-    for _ in 0..5 {
-        let at = send().await.unwrap();
-        assert_eq!(at.partition, first.partition, "one key, one partition");
-        last = at.offset;
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    h.open.add_permits(1);
-    helpers::eventually(60, "all records handled", || {
-        let done = h.calls.lock().last().and_then(|c| c.last().copied()) == Some(last);
-        async move { done.then_some(()) }
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    let calls = h.calls.lock().clone();
-    let all: Vec<i64> = calls.iter().flatten().copied().collect();
-    assert_eq!(
-        all,
-        (first.offset..=last).collect::<Vec<_>>(),
-        "in order, no gap, no repeat: {calls:?}"
-    );
     // The queue held one batch: a third call means records were held
     // back while it was full (what used to pause the partition).
     assert!(
@@ -409,6 +362,5 @@ async fn a_busy_handler_pauses_nothing_for_less_than_a_batch(b: Backends) {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(pauses, 0.0, "paused for less than a batch: {calls:?}");
-    app.stop().await.unwrap();
 }
 both!(a_busy_handler_pauses_nothing_for_less_than_a_batch);
