@@ -242,6 +242,9 @@ pub async fn run<H: PartitionHandler + ?Sized>(
 
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
     let mut workers: HashMap<Tp, Worker> = HashMap::new();
+    // The most records a batch takes, and a partition holds back before
+    // it is paused.
+    let max_batch = spec.max_batch.max(1);
     let mut tick = tokio::time::interval(spec.linger.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let worker_stop = CancellationToken::new();
@@ -273,7 +276,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             tp.clone(),
             Queue {
                 rx,
-                max_batch: spec.max_batch.max(1),
+                max_batch,
                 carry: None,
             },
             worker_stop.child_token(),
@@ -332,7 +335,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             handler.clone(),
             consumer.clone(),
             jobs,
-            spec.max_batch.max(1),
+            max_batch,
             caught_tx.clone(),
             fatal_tx.clone(),
         ));
@@ -405,8 +408,8 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     w.pending.push(record);
                     w.progress.inside.fetch_add(1, Ordering::Relaxed);
                     w.first_pending.get_or_insert_with(Instant::now);
-                    if w.pending.len() >= spec.max_batch {
-                        dispatch(&consumer, &tp, w, spec.max_batch.max(1))?;
+                    if w.pending.len() >= max_batch {
+                        dispatch(&consumer, &tp, w, max_batch)?;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
@@ -422,7 +425,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                         emit::resumed(1);
                     }
                     if w.first_pending.is_some_and(|t| t.elapsed() >= spec.linger) {
-                        dispatch(&consumer, tp, w, spec.max_batch.max(1))?;
+                        dispatch(&consumer, tp, w, max_batch)?;
                     }
                 }
             }
