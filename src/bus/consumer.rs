@@ -1,19 +1,25 @@
-//! The consumer loop: one `select!` over records, rebalances, a linger
-//! ticker and shutdown; one worker task per assigned partition.
+//! The consumer loop: one `select!` over rebalances, the member's events,
+//! the embedded log's catch-ups, a ticker and shutdown; one worker task per
+//! assigned partition, reading that partition's own queue of records.
 //!
-//! - Records are grouped per partition into mini-batches (full, or lingered).
-//! - Each partition has one worker and a bounded queue of batches. When the
-//!   queue is full, records wait in the loop; once a whole batch waits the
-//!   partition is paused (no unbounded buffering) and resumed once the
-//!   worker drains its queue. A worker takes what queued up while it was
-//!   busy as one batch (up to the batch size).
+//! - Each partition's records arrive on a queue of their own (librdkafka's
+//!   partition queue, detached from the main queue before the partition is
+//!   assigned). Its worker takes what is ready as one batch (up to the
+//!   batch size; a batch not full lingers), so no record passes through a
+//!   loop or a channel on its way to the handler.
+//! - Backpressure needs no pause: librdkafka stops fetching a partition
+//!   whose queue holds `max_batch * queue_depth` records (or 4 MiB) and
+//!   fetches it again once it drains. A paused partition was fetched again
+//!   only when the fetch in flight returned, up to `fetch.wait.max.ms`
+//!   later.
 //! - A worker hands a batch to the [`PartitionHandler`]; only when the
 //!   handler says its effects are durable is the offset stored. Retriable
 //!   failures are retried with capped backoff while the partition waits.
 //! - On revoke a partition's worker is dropped; a write still in flight is
 //!   fenced by the views' offset-derived write timestamps.
 //! - On shutdown (the cancellation token, wired to SIGTERM/SIGINT) workers
-//!   drain with a timeout, then stored offsets are committed.
+//!   finish the batch in hand, with a timeout, then stored offsets are
+//!   committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::BusError;
-use super::member::{Member, MemberSpec, Offsets, Rebalance, Tp};
+use super::member::{Member, MemberSpec, Offsets, PartitionQueue, Rebalance, Tp};
 use crate::config::KafkaConfig;
 use crate::telemetry::emit;
 
@@ -166,7 +172,9 @@ pub struct ConsumerSpec {
     pub max_batch: usize,
     /// Longest wait for a batch to fill.
     pub linger: Duration,
-    /// Batches queued per partition before it is paused.
+    /// Batches of records each partition keeps ready: what librdkafka
+    /// prefetches for it, and how far the embedded log's journal reads run
+    /// ahead of its worker.
     pub queue_depth: usize,
     /// How long shutdown waits for workers to drain.
     pub drain_timeout: Duration,
@@ -177,8 +185,8 @@ pub struct ConsumerSpec {
 struct Progress {
     /// The next offset to apply (the last durable one + 1), -1 before any.
     next: AtomicI64,
-    /// Records taken from the log and not yet durable (pending, queued or
-    /// being handled).
+    /// Records taken from the log and not yet durable (in a batch being
+    /// filled, queued from the journal or being handled).
     inside: AtomicUsize,
 }
 
@@ -187,21 +195,21 @@ type Parts = Arc<parking_lot::Mutex<HashMap<Tp, Arc<Progress>>>>;
 /// How often each consumer measures its partitions' lag.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
+/// What a partition's worker is fed besides its own queue of records: on
+/// the embedded log, the batches read from its journal, then where the
+/// records from the cluster take over.
+enum Feed {
+    Batch(Batch),
+    Live(i64),
+}
+
+/// The loop's side of a partition's worker.
 struct Worker {
     progress: Arc<Progress>,
-    tx: mpsc::Sender<Batch>,
+    feed: mpsc::Sender<Feed>,
     task: JoinHandle<()>,
-    pending: Vec<Record>,
-    first_pending: Option<Instant>,
-    paused: bool,
-    /// On the embedded log: the partition's records are being read from
-    /// the journal (the cluster's fetches of it are paused and dropped).
-    catching: bool,
     /// On the embedded log: which catch-up is the current one.
     epoch: u64,
-    /// On the embedded log, once caught up: the next offset expected from
-    /// the cluster (one past it is a gap the cluster dropped).
-    next: i64,
     /// On the embedded log: caught up to here, the cluster's fetch not yet
     /// moved there (librdkafka refuses a seek until the partition's fetch
     /// has started; retried each tick).
@@ -214,7 +222,7 @@ struct CatchUp {
     tp: Tp,
     from: Option<i64>,
     epoch: u64,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Feed>,
     progress: Arc<Progress>,
 }
 
@@ -227,7 +235,11 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    // Offsets are stored by hand, only after a batch is durable.
+    // The most records a batch takes.
+    let max_batch = spec.max_batch.max(1);
+    let depth = spec.queue_depth.max(1);
+    // Offsets are stored by hand, only after a batch is durable. Each
+    // partition's records arrive on its own queue, which its worker reads.
     let (consumer, mut rebalances) = Member::join(
         &kafka,
         &brokers,
@@ -235,25 +247,29 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             group: spec.group.clone(),
             topics: spec.topics.clone(),
             offsets: Offsets::Stored,
-            prefetch_kbytes: 16384,
+            prefetch_kbytes: PREFETCH_KBYTES,
+            partition_queues: true,
+            prefetch_records: u32::try_from(max_batch.saturating_mul(depth)).unwrap_or(u32::MAX),
         },
     )?;
     let consumer = Arc::new(consumer);
 
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
     let mut workers: HashMap<Tp, Worker> = HashMap::new();
-    // The most records a batch takes, and a partition holds back before
-    // it is paused.
-    let max_batch = spec.max_batch.max(1);
     let mut tick = tokio::time::interval(spec.linger.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Workers finish the batch in hand and stop; past the drain timeout,
+    // their retries stop too.
+    let closing = CancellationToken::new();
     let worker_stop = CancellationToken::new();
     let mut failure = None;
 
     // On the embedded log, records behind the cluster's window are read
-    // from its journal (see `catch_up`).
+    // from its journal (see `catch_up`); a worker that finds one missing
+    // asks for them on `gaps`.
     let durable = super::durable::of(&brokers);
     let (caught_tx, mut caught_rx) = mpsc::unbounded_channel::<(Tp, i64, u64)>();
+    let (gaps_tx, mut gaps_rx) = mpsc::unbounded_channel::<(Tp, i64)>();
     let mut epochs = 0u64;
     let parts: Parts = Default::default();
     let sampler_stop = shutdown.child_token();
@@ -263,43 +279,53 @@ pub async fn run<H: PartitionHandler + ?Sized>(
         parts.clone(),
         sampler_stop.clone(),
     ));
-    let spawn = |tp: &Tp, workers: &mut HashMap<Tp, Worker>| {
-        let (tx, rx) = mpsc::channel(spec.queue_depth.max(1));
+    let spawn = |tp: &Tp, workers: &mut HashMap<Tp, Worker>| -> Result<(), BusError> {
+        let Some(live) = consumer.partition_queue(tp) else {
+            return Err(BusError::Handler(format!(
+                "no queue for the assigned partition {}/{}",
+                tp.0, tp.1
+            )));
+        };
+        let (tx, rx) = mpsc::channel(depth);
         let progress = Arc::new(Progress {
             next: AtomicI64::new(-1),
             inside: AtomicUsize::new(0),
         });
         parts.lock().insert(tp.clone(), progress.clone());
+        let intake = Intake {
+            tp: tp.clone(),
+            live,
+            feed: rx,
+            max_batch,
+            linger: spec.linger,
+            // On the embedded log a partition starts from its journal.
+            gaps: durable.as_ref().map(|_| gaps_tx.clone()),
+            catching: durable.is_some(),
+            next: 0,
+            progress: progress.clone(),
+        };
         let task = tokio::spawn(worker(
             handler.clone(),
             consumer.clone(),
-            tp.clone(),
-            Queue {
-                rx,
-                max_batch,
-                carry: None,
-            },
+            intake,
+            closing.clone(),
             worker_stop.child_token(),
             fatal_tx.clone(),
-            progress.clone(),
         ));
         workers.insert(
             tp.clone(),
             Worker {
                 progress,
-                tx,
+                feed: tx,
                 task,
-                pending: Vec::new(),
-                first_pending: None,
-                paused: false,
-                catching: false,
                 epoch: 0,
-                next: 0,
                 seek_to: None,
             },
         );
+        Ok(())
     };
-    // Starts reading partitions from the journal (the embedded log only).
+    // Starts reading partitions from the journal (the embedded log only):
+    // their fetches from the cluster are paused until it is read.
     let catch_up = |tps: Vec<(Tp, Option<i64>)>,
                     workers: &mut HashMap<Tp, Worker>,
                     epochs: &mut u64|
@@ -312,21 +338,13 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             };
             consumer.pause(&tp)?;
             *epochs += 1;
-            w.catching = true;
             w.seek_to = None;
             w.epoch = *epochs;
-            // Records fetched and not handed over are read again.
-            let from = w.pending.first().map(|r| r.offset).or(from);
-            w.progress
-                .inside
-                .fetch_sub(w.pending.len(), Ordering::Relaxed);
-            w.pending.clear();
-            w.first_pending = None;
             jobs.push(CatchUp {
                 tp,
                 from,
                 epoch: w.epoch,
-                tx: w.tx.clone(),
+                tx: w.feed.clone(),
                 progress: w.progress.clone(),
             });
         }
@@ -355,7 +373,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     let mut fresh = Vec::new();
                     for tp in tps {
                         if !workers.contains_key(&tp) {
-                            spawn(&tp, &mut workers);
+                            spawn(&tp, &mut workers)?;
                             fresh.push((tp, None));
                         }
                     }
@@ -368,49 +386,34 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                         }
                         parts.lock().remove(&tp);
                         crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
+                        emit::prefetched(&spec.group, &tp.0, tp.1, 0);
                     }
                 }
             },
+            Some((tp, from)) = gaps_rx.recv() => {
+                // The cluster dropped records before one its worker
+                // fetched: read them from the journal.
+                catch_up(vec![(tp, Some(from))], &mut workers, &mut epochs)?;
+            }
             Some((tp, to, epoch)) = caught_rx.recv() => {
                 // The journal was read up to `to`: fetch from the cluster
                 // after it.
                 if let Some(w) = workers.get_mut(&tp)
-                    && w.catching
                     && w.epoch == epoch
                 {
                     w.seek_to = Some(to);
                     go_live(&consumer, &tp, w)?;
                 }
             }
+            // The main queue serves the member's events; every record
+            // arrives on its partition's queue.
             msg = consumer.recv() => match msg {
-                Ok((tp, record)) => {
-                    if !workers.contains_key(&tp) {
-                        spawn(&tp, &mut workers);
-                        if durable.is_some() {
-                            catch_up(vec![(tp, None)], &mut workers, &mut epochs)?;
-                            continue;
-                        }
-                    }
-                    let w = workers.get_mut(&tp).expect("worker exists");
-                    if durable.is_some() {
-                        if w.catching || record.offset < w.next {
-                            continue;
-                        }
-                        if record.offset > w.next {
-                            // The cluster dropped records before this one
-                            // was fetched: read them from the journal.
-                            let from = Some(w.next);
-                            catch_up(vec![(tp, from)], &mut workers, &mut epochs)?;
-                            continue;
-                        }
-                        w.next += 1;
-                    }
-                    w.pending.push(record);
-                    w.progress.inside.fetch_add(1, Ordering::Relaxed);
-                    w.first_pending.get_or_insert_with(Instant::now);
-                    if w.pending.len() >= max_batch {
-                        dispatch(&consumer, &tp, w, max_batch)?;
-                    }
+                Ok(((topic, partition), record)) => {
+                    failure = Some(BusError::Handler(format!(
+                        "record {topic}/{partition}@{} arrived outside its partition's queue",
+                        record.offset
+                    )));
+                    break;
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
             },
@@ -419,23 +422,15 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                     if w.seek_to.is_some() {
                         go_live(&consumer, tp, w)?;
                     }
-                    if w.paused && !w.catching && w.tx.capacity() > 0 {
-                        consumer.resume(tp)?;
-                        w.paused = false;
-                        emit::resumed(1);
-                    }
-                    if w.first_pending.is_some_and(|t| t.elapsed() >= spec.linger) {
-                        dispatch(&consumer, tp, w, max_batch)?;
-                    }
                 }
             }
         }
     }
 
-    // Drain: stop taking records, let workers finish what they hold.
+    // Drain: workers finish the batch in hand.
+    closing.cancel();
     let deadline = Instant::now() + spec.drain_timeout;
     let tasks: Vec<JoinHandle<()>> = workers.into_values().map(|w| w.task).collect();
-    // Dropping the senders (above) ends each worker after its queue.
     for t in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(left, t).await.is_err() {
@@ -451,6 +446,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     let _ = tokio::time::timeout(Duration::from_secs(3), sampler).await;
     for tp in parts.lock().keys() {
         crate::telemetry::lag::forget(&spec.group, &tp.0, tp.1);
+        emit::prefetched(&spec.group, &tp.0, tp.1, 0);
     }
     if let Err(e) = consumer.commit_stored() {
         // Nothing stored since the last commit is a normal outcome.
@@ -463,10 +459,14 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     }
 }
 
+/// Most kilobytes librdkafka prefetches per partition.
+const PREFETCH_KBYTES: u32 = 4096;
+
 /// Reads partitions from the embedded log's journal into their workers
-/// (waiting while a worker's queue is full), from where each was asked to
-/// start up to what the journal held when this began, and reports each one
-/// caught up. One pass over the journal serves every partition of `jobs`.
+/// (waiting while a worker's feed is full), from where each was asked to
+/// start up to what the journal held when this began, then tells each
+/// worker, and the loop, where the cluster's records take over. One pass
+/// over the journal serves every partition of `jobs`.
 async fn read_journal<H: PartitionHandler + ?Sized>(
     durable: Arc<super::durable::Durable>,
     handler: Arc<H>,
@@ -499,7 +499,9 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
         .max(0);
         let to = durable.mark(&job.tp).unwrap_or(from).max(from);
         if from >= to {
-            let _ = caught.send((job.tp, to, job.epoch));
+            if job.tx.send(Feed::Live(to)).await.is_ok() {
+                let _ = caught.send((job.tp, to, job.epoch));
+            }
             continue;
         }
         wants.insert(job.tp.clone(), (from, to));
@@ -521,20 +523,22 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
             let buf = pending.entry(tp.clone()).or_default();
             buf.extend(records.iter().map(Record::from_journal));
             let done = last + 1 >= *to;
-            while buf.len() >= max_batch || (done && !buf.is_empty()) {
+            let mut sent = Ok(());
+            while sent.is_ok() && (buf.len() >= max_batch || (done && !buf.is_empty())) {
                 let rest = buf.split_off(buf.len().min(max_batch));
                 let records = std::mem::replace(buf, rest);
                 let n = records.len();
                 progress.inside.fetch_add(n, Ordering::Relaxed);
                 emit::consumed(&tp.0, "project", n as u64);
-                let batch = Batch {
+                let batch = Feed::Batch(Batch {
                     topic: tp.0.clone(),
                     partition: tp.1,
                     records,
-                };
-                // Backpressure: a full queue stops this read (as a paused
-                // partition stops the cluster's fetches) until it drains.
-                let sent = match tx.try_send(batch) {
+                });
+                // Backpressure: a full feed stops this read (as a full
+                // partition queue stops the cluster's fetches) until it
+                // drains.
+                sent = match tx.try_send(batch) {
                     Ok(()) => Ok(()),
                     Err(mpsc::error::TrySendError::Full(batch)) => {
                         emit::paused(Some(&tp.0), 1);
@@ -545,17 +549,20 @@ async fn read_journal<H: PartitionHandler + ?Sized>(
                     Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
                 };
                 if sent.is_err() {
-                    // Revoked: its worker is gone.
                     progress.inside.fetch_sub(n, Ordering::Relaxed);
-                    into.remove(tp);
-                    pending.remove(tp);
-                    return false;
                 }
             }
-            if done {
-                let _ = caught.send((tp.clone(), *to, *epoch));
+            if done && sent.is_ok() {
+                sent = tx.blocking_send(Feed::Live(*to)).map_err(drop);
+                if sent.is_ok() {
+                    let _ = caught.send((tp.clone(), *to, *epoch));
+                }
+            }
+            if sent.is_err() || done {
+                // Revoked (its worker is gone), or caught up.
                 into.remove(tp);
                 pending.remove(tp);
+                return sent.is_ok();
             }
             true
         })
@@ -578,100 +585,124 @@ fn go_live(consumer: &Member, tp: &Tp, w: &mut Worker) -> Result<(), BusError> {
         return Ok(());
     }
     w.seek_to = None;
-    w.catching = false;
-    w.next = to;
-    if !w.paused {
-        consumer.resume(tp)?;
-    }
-    Ok(())
+    consumer.resume(tp)
 }
 
-fn dispatch(consumer: &Member, tp: &Tp, w: &mut Worker, max_batch: usize) -> Result<(), BusError> {
-    if w.pending.is_empty() {
-        return Ok(());
-    }
-    let batch = Batch {
-        topic: tp.0.clone(),
-        partition: tp.1,
-        records: std::mem::take(&mut w.pending),
-    };
-    let n = batch.records.len() as u64;
-    match w.tx.try_send(batch) {
-        Ok(()) => {
-            w.first_pending = None;
-            emit::consumed(&tp.0, "project", n);
-        }
-        Err(mpsc::error::TrySendError::Full(b)) => {
-            // The worker is busy: keep the records (offered again each
-            // tick, and joined by what arrives meanwhile). Only a whole
-            // batch held back stops the partition's fetches: librdkafka
-            // takes hundreds of ms to fetch a resumed partition again, so
-            // pausing whenever one write outlasts two lingers cost live
-            // traffic on Cassandra most of a second per pause.
-            w.pending = b.records;
-            if !w.paused && w.pending.len() >= max_batch {
-                consumer.pause(tp)?;
-                w.paused = true;
-                emit::paused(Some(&tp.0), 1);
-            }
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            return Err(BusError::Handler(format!(
-                "worker of {}/{} stopped",
-                tp.0, tp.1
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A partition's queue of batches, as its worker takes them.
-struct Queue {
-    rx: mpsc::Receiver<Batch>,
+/// Where a partition's worker takes its batches from: its own queue of
+/// records (librdkafka stops fetching the partition while the queue is
+/// full, so a busy worker needs no pause), and on the embedded log its
+/// feed from the journal.
+struct Intake {
+    tp: Tp,
+    live: PartitionQueue,
+    feed: mpsc::Receiver<Feed>,
     max_batch: usize,
-    /// Taken from the queue, too big to join the batch before it.
-    carry: Option<Batch>,
+    linger: Duration,
+    /// On the embedded log: where to ask for the records the cluster
+    /// dropped (its records must arrive without a gap).
+    gaps: Option<mpsc::UnboundedSender<(Tp, i64)>>,
+    /// On the embedded log: the records come from the journal until its
+    /// feed says where the cluster's take over; the cluster's are dropped.
+    catching: bool,
+    /// On the embedded log, once caught up: the next offset expected from
+    /// the cluster.
+    next: i64,
+    progress: Arc<Progress>,
 }
 
-impl Queue {
-    /// The next batch, with what queued up behind it (while the handler
-    /// was busy) appended, up to `max_batch` records: under load a
-    /// partition takes bigger batches instead of waiting its turn once per
-    /// small one. `None` once the queue is closed and empty.
-    async fn next(&mut self) -> Option<Batch> {
-        let mut batch = match self.carry.take() {
-            Some(b) => b,
-            None => self.rx.recv().await?,
-        };
-        while batch.records.len() < self.max_batch {
-            match self.rx.try_recv() {
-                Ok(more) if batch.records.len() + more.records.len() <= self.max_batch => {
-                    batch.records.extend(more.records);
-                }
-                Ok(more) => {
-                    self.carry = Some(more);
-                    break;
-                }
-                Err(_) => break,
+impl Intake {
+    /// The next batch: from the journal, or the partition's records as they
+    /// come (what is ready at once, up to `max_batch`; a batch not full
+    /// waits up to `linger` after its first record). `None` once `closing`
+    /// fires.
+    async fn next(&mut self, closing: &CancellationToken) -> Option<Vec<Record>> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = closing.cancelled() => return None,
+                fed = self.feed.recv() => match fed? {
+                    Feed::Batch(b) => return Some(b.records),
+                    Feed::Live(to) => {
+                        self.catching = false;
+                        self.next = to;
+                        continue;
+                    }
+                },
+                r = self.live.recv(), if !self.catching => r,
+            };
+            let mut records = Vec::new();
+            self.take(first, &mut records);
+            let started = Instant::now();
+            while records.len() < self.max_batch && !self.catching {
+                let r = match self.live.try_recv() {
+                    Some(r) => r,
+                    None => {
+                        let left = self.linger.saturating_sub(started.elapsed());
+                        if left.is_zero() {
+                            break;
+                        }
+                        match tokio::time::timeout(left, self.live.recv()).await {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                self.take(r, &mut records);
+            }
+            if !records.is_empty() {
+                let n = records.len();
+                self.progress.inside.fetch_add(n, Ordering::Relaxed);
+                emit::consumed(&self.tp.0, "project", n as u64);
+                return Some(records);
             }
         }
-        Some(batch)
+    }
+
+    /// Adds a record of the partition's queue to `records`; on the embedded
+    /// log only the next one expected (older ones were read from the
+    /// journal; a newer one means the cluster dropped some).
+    fn take(&mut self, r: Result<Record, rdkafka::error::KafkaError>, records: &mut Vec<Record>) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(topic = %self.tp.0, partition = self.tp.1, error = %e, "kafka consumer error");
+                return;
+            }
+        };
+        if let Some(gaps) = &self.gaps {
+            if self.catching || r.offset < self.next {
+                return;
+            }
+            if r.offset > self.next {
+                self.catching = true;
+                let _ = gaps.send((self.tp.clone(), self.next));
+                return;
+            }
+            self.next += 1;
+        }
+        records.push(r);
     }
 }
 
 async fn worker<H: PartitionHandler + ?Sized>(
     handler: Arc<H>,
     consumer: Arc<Member>,
-    tp: Tp,
-    mut queue: Queue,
+    mut intake: Intake,
+    closing: CancellationToken,
     stop: CancellationToken,
     fatal: mpsc::Sender<String>,
-    progress: Arc<Progress>,
 ) {
+    let tp = intake.tp.clone();
+    let progress = intake.progress.clone();
     handler.assigned(&tp.0, tp.1).await;
-    while let Some(batch) = queue.next().await {
-        let Some(last) = batch.records.last().map(|r| r.offset) else {
+    while let Some(records) = intake.next(&closing).await {
+        let Some(last) = records.last().map(|r| r.offset) else {
             continue;
+        };
+        let batch = Batch {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            records,
         };
         let mut backoff = Duration::from_millis(100);
         // Every log line of the batch (dead letters, retries) says where

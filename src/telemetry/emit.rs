@@ -138,6 +138,13 @@ pub fn lag(group: &str, topic: &str, partition: i32, lag: i64) {
     .set(lag as f64);
 }
 
+/// Records fetched for a partition and not yet taken by its worker.
+pub fn prefetched(group: &str, topic: &str, partition: i32, records: i64) {
+    metrics::gauge!(names::PREFETCHED, "group" => group.to_owned(), "topic" => topic.to_owned(),
+        "partition" => partition.to_string())
+    .set(records as f64);
+}
+
 /// A request refused by a limit (`writes`, `reads`, `uploads`).
 pub fn limited(limit: &'static str) {
     metrics::counter!(names::LIMITED, "limit" => limit).increment(1);

@@ -56,6 +56,10 @@ pub mod names {
     /// Consumer lag (records not yet applied), by `group`, `topic`,
     /// `partition`; measured every second by each consumer loop.
     pub const LAG: &str = "atelier_consumer_lag";
+    /// Records librdkafka fetched for a partition that its worker has not
+    /// taken yet, by `group`, `topic`, `partition` (the projectors'
+    /// consumers; from librdkafka's statistics, every second).
+    pub const PREFETCHED: &str = "atelier_consumer_prefetched";
     /// Rebalances this process's consumer group members went through
     /// (each assignment they received).
     pub const REBALANCES: &str = "atelier_rebalances_total";

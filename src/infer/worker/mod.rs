@@ -185,6 +185,8 @@ impl InferWorker {
                 topics: vec![self.kafka.topic(Topic::Uploads)],
                 offsets: Offsets::Explicit,
                 prefetch_kbytes: 4096,
+                partition_queues: false,
+                prefetch_records: 0,
             },
         )?;
         let consumer = Arc::new(consumer);
