@@ -611,24 +611,37 @@ struct Intake {
 }
 
 impl Intake {
-    /// The next batch: from the journal, or the partition's records as they
-    /// come (what is ready at once, up to `max_batch`; a batch not full
-    /// waits up to `linger` after its first record). `None` once `closing`
-    /// fires.
+    /// The next batch: from the journal, or the partition's records: what
+    /// is ready, up to `max_batch`. A batch whose first record had to be
+    /// waited for lingers up to `linger` for more; one whose records were
+    /// already waiting (the worker was busy) goes at once. `None` once
+    /// `closing` fires.
     async fn next(&mut self, closing: &CancellationToken) -> Option<Vec<Record>> {
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = closing.cancelled() => return None,
-                fed = self.feed.recv() => match fed? {
-                    Feed::Batch(b) => return Some(b.records),
-                    Feed::Live(to) => {
-                        self.catching = false;
-                        self.next = to;
-                        continue;
-                    }
+            if closing.is_cancelled() {
+                return None;
+            }
+            let ready = if self.catching {
+                None
+            } else {
+                self.live.try_recv()
+            };
+            let lingers = ready.is_none();
+            let first = match ready {
+                Some(r) => r,
+                None => tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => return None,
+                    fed = self.feed.recv() => match fed? {
+                        Feed::Batch(b) => return Some(b.records),
+                        Feed::Live(to) => {
+                            self.catching = false;
+                            self.next = to;
+                            continue;
+                        }
+                    },
+                    r = self.live.recv(), if !self.catching => r,
                 },
-                r = self.live.recv(), if !self.catching => r,
             };
             let mut records = Vec::new();
             self.take(first, &mut records);
@@ -636,6 +649,7 @@ impl Intake {
             while records.len() < self.max_batch && !self.catching {
                 let r = match self.live.try_recv() {
                     Some(r) => r,
+                    None if !lingers => break,
                     None => {
                         let left = self.linger.saturating_sub(started.elapsed());
                         if left.is_zero() {
