@@ -195,6 +195,15 @@ fn prefetched(text: &str, topic: &str, partition: i32) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// How many times the topic's partitions were paused, from the metrics
+/// text.
+fn pauses(text: &str, topic: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("atelier_partition_pauses_total") && l.contains(topic))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A slow handler falls behind a backlog of its partition: librdkafka
 /// stops fetching the partition once its queue holds the prefetch bound
 /// (a batch per queue slot, or a fetch more), so the process buffers a
@@ -294,12 +303,7 @@ async fn a_slow_partition_prefetches_a_bounded_part(b: Backends) {
         most <= 10.0 + 2.0 * 8.0 + 14.0,
         "the partition's queue stayed bounded: {most} records"
     );
-    let pauses: f64 = metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("atelier_partition_pauses_total") && l.contains(&topic))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let pauses = pauses(&metrics.render(), &topic);
     assert_eq!(pauses, 0.0, "no pause: the queue bound stops the fetches");
     app.stop().await.unwrap();
 }
@@ -426,12 +430,7 @@ async fn a_busy_handler_pauses_nothing(b: Backends) {
         calls.len() >= 2 && calls[1..].iter().map(Vec::len).sum::<usize>() == 5,
         "records waited behind the busy handler: {calls:?}"
     );
-    let pauses: f64 = metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("atelier_partition_pauses_total") && l.contains(&topic))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let pauses = pauses(&metrics.render(), &topic);
     assert_eq!(pauses, 0.0, "paused behind a busy handler: {calls:?}");
 }
 both!(a_busy_handler_pauses_nothing);

@@ -28,8 +28,11 @@ pub fn detach_partition<C: ClientContext>(client: &Client<C>, topic: &str, parti
     // own reference: forwarded to nothing, then released; the partition's
     // fetch queue itself lives on in librdkafka.
     unsafe {
-        let q =
-            rdkafka_sys::rd_kafka_queue_get_partition(client.native_ptr(), topic.as_ptr(), partition);
+        let q = rdkafka_sys::rd_kafka_queue_get_partition(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+        );
         if q.is_null() {
             return false;
         }
