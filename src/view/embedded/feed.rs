@@ -89,7 +89,7 @@ impl TimelineParts for EmbeddedStore {
             .collect();
         let mut out: Vec<TimelineRow> = Vec::new();
         self.feed.timelines.rows_of(&pks, |rows| {
-            out.extend(page::<_, TimelineRow>(rows, after, limit)?);
+            out.extend(page::<_, _, TimelineRow>(rows, after, limit)?);
             Ok(())
         })?;
         Ok(out)

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::EmbeddedStore;
-use super::table::{Mutation, Row, Table, from_cells, page, to_cells};
-use crate::event::{PollId, QuestionId, UserId};
+use super::table::{Cells, Footprint, Mutation, Row, Table, Whole, page};
+use crate::event::{PollId, Principal, QuestionId, UserId};
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
 use crate::view::polls::voter_changes;
 use crate::view::{
@@ -17,11 +17,60 @@ use crate::view::{
 /// Newest first: clustering order `created_at DESC, poll_id DESC`.
 type OwnerKey = std::cmp::Reverse<(i64, PollId)>;
 
+/// Typed rows, written whole (as the CQL store writes every column): no
+/// JSON on the projector's write path.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
-    polls: Table<PollId, VoterKey>,
-    by_owner: Table<UserId, OwnerKey>,
-    voters: Table<(PollId, QuestionId), String>,
+    polls: Table<PollId, VoterKey, Whole<PollState>, Whole<Ballot>>,
+    by_owner: Table<UserId, OwnerKey, Cells, Whole<OwnerPollRow>>,
+    voters: Table<(PollId, QuestionId), String, Cells, Whole<VoterRow>>,
+}
+
+fn principal_heap(p: &Principal) -> u64 {
+    (p.id.as_str().len() + p.name.len() + p.avatar_url.as_ref().map_or(0, String::len)) as u64
+}
+
+impl Footprint for PollState {
+    fn heap(&self) -> u64 {
+        let each = |n: usize, size: usize| (n * size) as u64;
+        principal_heap(&self.owner)
+            + (self.head.len() + self.message.len()) as u64
+            + self
+                .questions
+                .iter()
+                .map(|q| (std::mem::size_of_val(q) + q.text.len()) as u64)
+                .sum::<u64>()
+            + each(self.tallies.len(), 8)
+            + self
+                .recent
+                .iter()
+                .map(|r| {
+                    (std::mem::size_of_val(r)
+                        + r.id.as_str().len()
+                        + r.name.len()
+                        + r.avatar_url.as_ref().map_or(0, String::len)) as u64
+                })
+                .sum::<u64>()
+            + each(self.rejected.len(), 64)
+    }
+}
+
+impl Footprint for Ballot {
+    fn heap(&self) -> u64 {
+        self.name.as_ref().map_or(0, |n| n.len() as u64)
+    }
+}
+
+impl Footprint for OwnerPollRow {
+    fn heap(&self) -> u64 {
+        self.head.len() as u64
+    }
+}
+
+impl Footprint for VoterRow {
+    fn heap(&self) -> u64 {
+        (self.voter.as_str().len() + self.name.as_ref().map_or(0, String::len)) as u64
+    }
 }
 
 impl Tables {
@@ -57,9 +106,7 @@ impl PollsStore for EmbeddedStore {
     async fn load_polls(&self, ids: &[PollId]) -> Result<Vec<PollState>, ViewError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(m) = self.polls.polls.statics(id)? {
-                out.push(from_cells(m)?);
-            }
+            out.extend(self.polls.polls.statics(id)?);
         }
         Ok(out)
     }
@@ -71,16 +118,13 @@ impl PollsStore for EmbeddedStore {
     ) -> Result<Vec<(VoterKey, Ballot)>, ViewError> {
         self.polls.polls.rows(&poll, |rows| {
             let Some(rows) = rows else {
-                return Ok(Vec::new());
+                return Vec::new();
             };
-            let mut out = Vec::new();
-            for v in voters {
-                if let Some(m) = rows.get(v).and_then(Row::live) {
-                    out.push((v.clone(), from_cells(m)?));
-                }
-            }
-            Ok(out)
-        })?
+            voters
+                .iter()
+                .filter_map(|v| Some((v.clone(), rows.get(v).and_then(Row::live)?)))
+                .collect()
+        })
     }
 
     async fn commit_poll(&self, c: &PollCommit) -> Result<(), ViewError> {
@@ -94,24 +138,24 @@ impl PollsStore for EmbeddedStore {
             ts,
             vec![Mutation::Upsert(
                 std::cmp::Reverse((s.created_at.timestamp_micros(), s.poll_id)),
-                to_cells(&row),
+                row,
             )],
         )?;
         for (q, changes) in voter_changes(c) {
             let vm = changes
                 .into_iter()
                 .map(|(v, row)| match row {
-                    Some(r) => Mutation::Upsert(v.to_owned(), to_cells(&r)),
+                    Some(r) => Mutation::Upsert(v.to_owned(), r),
                     None => Mutation::Delete(v.to_owned()),
                 })
                 .collect::<Vec<_>>();
             self.polls.voters.batch(&(s.poll_id, q), ts, vm)?;
         }
         let mut muts = Vec::with_capacity(c.ballots.len() + 1);
-        muts.push(Mutation::Static(to_cells(s)));
+        muts.push(Mutation::Static(s.clone()));
         for (k, b) in &c.ballots {
             muts.push(match b {
-                Some(b) => Mutation::Upsert(k.clone(), to_cells(b)),
+                Some(b) => Mutation::Upsert(k.clone(), b.clone()),
                 None => Mutation::Delete(k.clone()),
             });
         }
@@ -119,7 +163,7 @@ impl PollsStore for EmbeddedStore {
     }
 
     async fn poll(&self, id: PollId) -> Result<Option<PollState>, ViewError> {
-        self.polls.polls.statics(&id)?.map(from_cells).transpose()
+        self.polls.polls.statics(&id)
     }
 
     async fn polls_by_owner(
@@ -151,11 +195,6 @@ impl PollsStore for EmbeddedStore {
         after: Option<PollId>,
         limit: usize,
     ) -> Result<(Vec<PollState>, Option<PollId>), ViewError> {
-        let (states, next) = self.polls.polls.scan_statics(after.as_ref(), limit)?;
-        let states = states
-            .into_iter()
-            .map(from_cells)
-            .collect::<Result<Vec<PollState>, _>>()?;
-        Ok((states, next))
+        self.polls.polls.scan_statics(after.as_ref(), limit)
     }
 }
