@@ -12,7 +12,6 @@
 //!    can, then each aggregate's commits in order, aggregates concurrently
 //!    (bounded by `write_concurrency`).
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::Change;
 use super::runtime::{Announce, BatchStats, Positioned, Projection};
@@ -32,6 +32,8 @@ use crate::view::{AggregateStore, Checkpoint, View, ViewError};
 type Cache<A> = Mutex<LruCache<(i32, <A as Aggregate>::Id), <A as Aggregate>::State>>;
 
 /// Every row of an aggregate, as this projector wrote them.
+/// Keys are aggregate ids and row keys (authenticated user ids, or their
+/// keyed hashes), as in the folds' own maps: a fast hasher is acceptable.
 type RowSet<A> = HashMap<<A as Aggregate>::Key, <A as Aggregate>::Row>;
 
 /// The rows of aggregates this projector knows whole, so that their
@@ -53,7 +55,7 @@ impl<A: Aggregate> KnownRows<A> {
 
     /// Applies a batch's commits to a known (or newly created) aggregate.
     fn apply(&mut self, key: (i32, A::Id), commits: &[A::Commit]) {
-        let set = self.sets.get_or_insert_mut(key, HashMap::new);
+        let set = self.sets.get_or_insert_mut(key, HashMap::default);
         let before = set.len();
         for c in commits {
             for (k, r) in A::rows_written(c) {
@@ -133,7 +135,7 @@ impl<A: Aggregate, S: AggregateStore<A> + ?Sized> Aggregates<A, S> {
         partition: i32,
         groups: &[(A::Id, Vec<Positioned>)],
     ) -> Result<(Vec<A>, Vec<bool>), ViewError> {
-        let mut states: HashMap<A::Id, A::State> = HashMap::new();
+        let mut states: HashMap<A::Id, A::State> = HashMap::default();
         let mut missing = Vec::new();
         {
             let mut cache = self.cache.lock();
@@ -242,7 +244,7 @@ where
         cp: &mut Checkpoint,
     ) -> Result<Plan<A>, ViewError> {
         let mut groups: Vec<(A::Id, Vec<Positioned>)> = Vec::new();
-        let mut index: HashMap<A::Id, usize> = HashMap::new();
+        let mut index: HashMap<A::Id, usize> = HashMap::default();
         for (pos, event) in events {
             let Some(id) = A::id_of(&event.data) else {
                 continue;

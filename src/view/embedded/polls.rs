@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::EmbeddedStore;
-use super::table::{Cells, Footprint, Mutation, Row, Table, Whole, page};
+use super::table::{Cells, Footprint, Mutation, Row, Table, TextKey, Whole, page};
 use crate::event::{PollId, Principal, QuestionId, UserId};
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
 use crate::view::polls::voter_changes;
@@ -21,9 +21,9 @@ type OwnerKey = std::cmp::Reverse<(i64, PollId)>;
 /// JSON on the projector's write path.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
-    polls: Table<PollId, VoterKey, Whole<PollState>, Whole<Ballot>>,
+    polls: Table<PollId, TextKey, Whole<PollState>, Whole<Ballot>>,
     by_owner: Table<UserId, OwnerKey, Cells, Whole<OwnerPollRow>>,
-    voters: Table<(PollId, QuestionId), String, Cells, Whole<VoterRow>>,
+    voters: Table<(PollId, QuestionId), TextKey, Cells, Whole<VoterRow>>,
 }
 
 fn principal_heap(p: &Principal) -> u64 {
@@ -122,7 +122,10 @@ impl PollsStore for EmbeddedStore {
             };
             voters
                 .iter()
-                .filter_map(|v| Some((v.clone(), rows.get(v).and_then(Row::live)?)))
+                .filter_map(|v| {
+                    let live = rows.get(&TextKey::from(v.as_str())).and_then(Row::live)?;
+                    Some((v.clone(), live))
+                })
                 .collect()
         })
     }
@@ -145,8 +148,8 @@ impl PollsStore for EmbeddedStore {
             let vm = changes
                 .into_iter()
                 .map(|(v, row)| match row {
-                    Some(r) => Mutation::Upsert(v.to_owned(), r),
-                    None => Mutation::Delete(v.to_owned()),
+                    Some(r) => Mutation::Upsert(v.into(), r),
+                    None => Mutation::Delete(v.into()),
                 })
                 .collect::<Vec<_>>();
             self.polls.voters.batch(&(s.poll_id, q), ts, vm)?;
@@ -155,8 +158,8 @@ impl PollsStore for EmbeddedStore {
         muts.push(Mutation::Static(s.clone()));
         for (k, b) in &c.ballots {
             muts.push(match b {
-                Some(b) => Mutation::Upsert(k.clone(), b.clone()),
-                None => Mutation::Delete(k.clone()),
+                Some(b) => Mutation::Upsert(k.as_str().into(), b.clone()),
+                None => Mutation::Delete(k.as_str().into()),
             });
         }
         self.polls.polls.batch(&s.poll_id, ts, muts)
@@ -186,7 +189,7 @@ impl PollsStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<VoterRow>, ViewError> {
         self.polls.voters.rows(&(poll, question), |rows| {
-            page(rows, after.map(str::to_owned), limit)
+            page(rows, after.map(TextKey::from), limit)
         })?
     }
 
