@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::EmbeddedStore;
-use super::table::{Mutation, Row, Table, from_cells, page, to_cells};
-use crate::event::FeedItemId;
+use super::table::{Cells, Footprint, Mutation, Row, Table, Whole, page, to_cells};
+use crate::event::{FeedContent, FeedItemId};
 use crate::fold::feed::{FeedKind, ItemCommit, ItemState, Member, MemberKey};
 use crate::view::feed::shards;
 use crate::view::{
@@ -27,15 +27,52 @@ type TimelinePk = (Cow<'static, str>, i64, i16);
 /// The bucket index: per timeline, its buckets newest first.
 type BucketKey = std::cmp::Reverse<i64>;
 
+/// Items and timelines hold typed rows, written whole (as the CQL store
+/// writes every column); the bucket index stays cells.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Tables {
-    items: Table<FeedItemId, MemberKey>,
-    timelines: Table<TimelinePk, TimelineKey>,
+    items: Table<FeedItemId, MemberKey, Whole<ItemState>, Whole<Member>>,
+    timelines: Table<TimelinePk, TimelineKey, Cells, Whole<TimelineRow>>,
     buckets: Table<Cow<'static, str>, BucketKey>,
     /// What this store's own writes and index reads know; no other process
     /// writes an embedded store, so the index is read once.
     #[serde(skip)]
     known: KnownBuckets,
+}
+
+impl Footprint for FeedContent {
+    fn heap(&self) -> u64 {
+        (match self {
+            FeedContent::Post { title, body } => title.len() + body.len(),
+            FeedContent::Game { name, location } => name.len() + location.len(),
+            FeedContent::Team { room } => room.len(),
+        }) as u64
+    }
+}
+
+impl Footprint for ItemState {
+    fn heap(&self) -> u64 {
+        self.content.heap()
+            + self.author.heap()
+            + self
+                .recent_members
+                .iter()
+                .map(|m| (std::mem::size_of_val(m) + m.id.as_str().len() + m.name.len()) as u64)
+                .sum::<u64>()
+            + 64 * self.rejected.len() as u64
+    }
+}
+
+impl Footprint for Member {
+    fn heap(&self) -> u64 {
+        self.name.len() as u64
+    }
+}
+
+impl Footprint for TimelineRow {
+    fn heap(&self) -> u64 {
+        self.content.heap() + self.author.heap()
+    }
 }
 
 fn pk(p: TimelinePart) -> TimelinePk {
@@ -121,9 +158,7 @@ impl FeedStore for EmbeddedStore {
     async fn load_items(&self, ids: &[FeedItemId]) -> Result<Vec<ItemState>, ViewError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(m) = self.feed.items.statics(id)? {
-                out.push(from_cells(m)?);
-            }
+            out.extend(self.feed.items.statics(id)?);
         }
         Ok(out)
     }
@@ -135,23 +170,22 @@ impl FeedStore for EmbeddedStore {
     ) -> Result<Vec<(MemberKey, Member)>, ViewError> {
         self.feed.items.rows(&item, |rows| {
             let Some(rows) = rows else {
-                return Ok(Vec::new());
+                return Vec::new();
             };
-            let mut out = Vec::new();
-            for k in keys {
-                if let Some(m) = rows.get(k).and_then(Row::live) {
-                    out.push((k.clone(), from_cells(m)?));
-                }
-            }
-            Ok(out)
-        })?
+            keys.iter()
+                .filter_map(|k| Some((k.clone(), rows.get(k).and_then(Row::live)?)))
+                .collect()
+        })
     }
 
     async fn commit_timelines(&self, states: &[&ItemState]) -> Result<(), ViewError> {
         // One batch per partition (rule 3: derived rows, written before
         // their items'), then the index entries of buckets not known yet.
-        let mut parts: std::collections::BTreeMap<TimelinePart, Vec<(i64, Mutation<TimelineKey>)>> =
-            Default::default();
+        type Muts = Vec<(
+            i64,
+            Mutation<TimelineKey, serde_json::Map<String, serde_json::Value>, TimelineRow>,
+        )>;
+        let mut parts: std::collections::BTreeMap<TimelinePart, Muts> = Default::default();
         for s in states {
             let ts = write_timestamp(s.position.offset);
             let key = std::cmp::Reverse((s.created_at.timestamp_micros(), s.item_id));
@@ -159,7 +193,7 @@ impl FeedStore for EmbeddedStore {
             for p in TimelineRow::parts(s) {
                 let m = match s.deleted_at {
                     Some(_) => Mutation::Delete(key),
-                    None => Mutation::Upsert(key, to_cells(&row)),
+                    None => Mutation::Upsert(key, row.clone()),
                 };
                 parts.entry(p).or_default().push((ts, m));
             }
@@ -189,10 +223,10 @@ impl FeedStore for EmbeddedStore {
         let s = &c.state;
         let ts = write_timestamp(s.position.offset);
         let mut muts = Vec::with_capacity(c.members.len() + 1);
-        muts.push(Mutation::Static(to_cells(s)));
+        muts.push(Mutation::Static(s.clone()));
         for (k, m) in &c.members {
             muts.push(match m {
-                Some(m) => Mutation::Upsert(k.clone(), to_cells(m)),
+                Some(m) => Mutation::Upsert(k.clone(), m.clone()),
                 None => Mutation::Delete(k.clone()),
             });
         }
@@ -200,7 +234,7 @@ impl FeedStore for EmbeddedStore {
     }
 
     async fn item(&self, id: FeedItemId) -> Result<Option<ItemState>, ViewError> {
-        self.feed.items.statics(&id)?.map(from_cells).transpose()
+        self.feed.items.statics(&id)
     }
 
     async fn timeline(

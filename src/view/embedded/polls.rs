@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::EmbeddedStore;
 use super::table::{Cells, Footprint, Mutation, Row, Table, TextKey, Whole, page};
-use crate::event::{PollId, Principal, QuestionId, UserId};
+use crate::event::{PollId, QuestionId, UserId};
 use crate::fold::poll::{Ballot, PollCommit, PollState, VoterKey};
 use crate::view::polls::voter_changes;
 use crate::view::{
@@ -26,14 +26,10 @@ pub(super) struct Tables {
     voters: Table<(PollId, QuestionId), TextKey, Cells, Whole<VoterRow>>,
 }
 
-fn principal_heap(p: &Principal) -> u64 {
-    (p.id.as_str().len() + p.name.len() + p.avatar_url.as_ref().map_or(0, String::len)) as u64
-}
-
 impl Footprint for PollState {
     fn heap(&self) -> u64 {
         let each = |n: usize, size: usize| (n * size) as u64;
-        principal_heap(&self.owner)
+        self.owner.heap()
             + (self.head.len() + self.message.len()) as u64
             + self
                 .questions

@@ -163,6 +163,13 @@ pub(super) trait Footprint {
     fn heap(&self) -> u64;
 }
 
+impl Footprint for crate::event::Principal {
+    fn heap(&self) -> u64 {
+        (self.id.as_str().len() + self.name.len() + self.avatar_url.as_ref().map_or(0, String::len))
+            as u64
+    }
+}
+
 impl<R> Content for Whole<R>
 where
     R: Footprint + Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static,
