@@ -4,6 +4,12 @@
 //! CQL). A batch to one partition is atomic and isolated: it is applied
 //! under the table's lock. Every access is counted here, the one place the
 //! store's statements pass through.
+//!
+//! A row holds JSON cells ([`Cells`]), or, in the tables the projectors
+//! write on every event, one typed value written whole at one timestamp
+//! ([`Whole`]): the views' rows go in as they are, with no JSON between
+//! the fold and the table. Both are stored as cells in a snapshot or the
+//! spill file, so each reads what the other wrote.
 
 use std::collections::BTreeMap;
 
