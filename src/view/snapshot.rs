@@ -4,8 +4,8 @@
 //! and its projectors read only the log after the snapshot's checkpoints.
 //!
 //! The file is `[magic: 16 bytes][body length: u64 LE][crc32 of body: u32
-//! LE][body]`, the body JSON (cells are JSON values already). It is written
-//! beside its place, synced, and renamed over the old one, so a crash
+//! LE][body]`, the body JSON (cells, and typed rows as they serialize). It
+//! is written beside its place, synced, and renamed over the old one, so a crash
 //! leaves the old snapshot or the new one, never a mix. On read, a wrong
 //! magic, length or checksum, or a body that does not parse, is an error:
 //! the caller rebuilds from the log and never serves it.
@@ -26,8 +26,12 @@ use serde::{Deserialize, Serialize};
 use super::{EmbeddedStore, Generations, Store, View};
 
 /// What a snapshot file starts with (the format's version is its last
-/// two bytes; v3: the feed's timelines are bucketed by day and sharded).
-const MAGIC: &[u8; 16] = b"atelier-views\0v3";
+/// two bytes; v3: the feed's timelines are bucketed by day and sharded;
+/// v4: the tables of typed rows store them as rows, not cells).
+const MAGIC: &[u8; 16] = b"atelier-views\0v4";
+/// The versions this one reads: v3's typed tables hold cells, which they
+/// read as rows.
+const READS: [&[u8; 16]; 2] = [MAGIC, b"atelier-views\0v3"];
 const HEADER: usize = 16 + 8 + 4;
 
 /// A snapshot that cannot be read or written.
@@ -201,7 +205,7 @@ pub fn read(path: &Path) -> Result<Option<Restored>, SnapshotError> {
     let mut header = [0u8; HEADER];
     file.read_exact(&mut header)
         .map_err(|_| bad(path, "shorter than its header"))?;
-    if &header[..16] != MAGIC {
+    if !READS.iter().any(|m| header[..16] == m[..]) {
         return Err(bad(
             path,
             "not a view snapshot of this version (another atelier wrote it?)",

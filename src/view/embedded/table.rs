@@ -8,8 +8,9 @@
 //! A row holds JSON cells ([`Cells`]), or, in the tables the projectors
 //! write on every event, one typed value written whole at one timestamp
 //! ([`Whole`]): the views' rows go in as they are, with no JSON between
-//! the fold and the table. Both are stored as cells in a snapshot or the
-//! spill file, so each reads what the other wrote.
+//! the fold and the table. A typed row is stored (in a snapshot or the
+//! spill file) as itself beside its timestamp, and reads stored cells
+//! (what an older atelier wrote) as its row.
 
 use std::collections::BTreeMap;
 
@@ -34,8 +35,7 @@ struct Cell {
 
 /// What a row (or a partition's statics) holds: JSON cells, each with its
 /// write timestamp ([`Cells`]), or a typed value written whole at one
-/// timestamp ([`Whole`]). Both are stored in a snapshot or the spill file
-/// as cells, so either reads what the other wrote.
+/// timestamp ([`Whole`]).
 pub(super) trait Content: Default + Clone + std::fmt::Debug + Send + Sync + 'static {
     /// What one write statement carries.
     type Write;
@@ -47,10 +47,25 @@ pub(super) trait Content: Default + Clone + std::fmt::Debug + Send + Sync + 'sta
     fn live(&self, deleted_at: Option<i64>) -> Option<Self::Out>;
     /// The estimated bytes of the contents in memory.
     fn bytes(&self) -> u64;
-    /// The contents as a map of cells.
-    fn serialize_cells<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
-    /// The contents from a map of cells (a row deleted at `deleted_at`).
-    fn from_cells(c: Cells, deleted_at: Option<i64>) -> Result<Self, String>;
+    /// The row, deleted at `deleted_at`, as a snapshot or the spill file
+    /// stores it.
+    fn serialize_row<S: serde::Serializer>(
+        &self,
+        deleted_at: Option<i64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error>;
+    /// A stored row: its deletion timestamp and contents.
+    fn deserialize_row<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<(Option<i64>, Self), D::Error>;
+}
+
+/// A row stored as cells: `{"deleted_at", "cells": {column: {"ts",
+/// "value"}}}`.
+#[derive(Serialize)]
+struct CellsRef<'a> {
+    deleted_at: Option<i64>,
+    cells: &'a Cells,
 }
 
 /// A row (or a partition's static cells).
@@ -135,12 +150,28 @@ impl Content for Cells {
             .sum()
     }
 
-    fn serialize_cells<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.serialize(s)
+    fn serialize_row<S: serde::Serializer>(
+        &self,
+        deleted_at: Option<i64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        CellsRef {
+            deleted_at,
+            cells: self,
+        }
+        .serialize(s)
     }
 
-    fn from_cells(c: Cells, _: Option<i64>) -> Result<Self, String> {
-        Ok(c)
+    fn deserialize_row<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<(Option<i64>, Self), D::Error> {
+        #[derive(Deserialize)]
+        struct Stored {
+            deleted_at: Option<i64>,
+            cells: Cells,
+        }
+        let r = Stored::deserialize(d)?;
+        Ok((r.deleted_at, r.cells))
     }
 }
 
@@ -204,19 +235,49 @@ where
         })
     }
 
-    fn serialize_cells<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let cells = match &self.value {
-            Some(r) => to_cells(r),
-            None => Map::new(),
-        };
-        let ts = self.ts;
-        s.collect_map(
-            cells
-                .into_iter()
-                .map(|(col, v)| (col, Cell { ts, value: Some(v) })),
-        )
+    /// `{"deleted_at", "ts", "row"}`: the row as its type serializes,
+    /// with no JSON tree between.
+    fn serialize_row<S: serde::Serializer>(
+        &self,
+        deleted_at: Option<i64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Row", 3)?;
+        st.serialize_field("deleted_at", &deleted_at)?;
+        st.serialize_field("ts", &self.ts)?;
+        st.serialize_field("row", &self.value)?;
+        st.end()
     }
 
+    /// Its own form, or cells (what an older atelier stored).
+    fn deserialize_row<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<(Option<i64>, Self), D::Error> {
+        #[derive(Deserialize)]
+        #[serde(bound(deserialize = "R: DeserializeOwned"))]
+        struct Stored<R> {
+            deleted_at: Option<i64>,
+            #[serde(default)]
+            ts: Option<i64>,
+            #[serde(default)]
+            row: Option<R>,
+            #[serde(default)]
+            cells: Option<Cells>,
+        }
+        let r = Stored::<R>::deserialize(d)?;
+        let whole = match r.cells {
+            Some(c) => Self::from_cells(c, r.deleted_at).map_err(serde::de::Error::custom)?,
+            None => Self {
+                ts: r.ts.unwrap_or(i64::MIN),
+                value: r.row,
+            },
+        };
+        Ok((r.deleted_at, whole))
+    }
+}
+
+impl<R: DeserializeOwned> Whole<R> {
     /// The live cells, at the newest of their timestamps (rows written as
     /// cells by an older atelier: it wrote every row whole too).
     fn from_cells(c: Cells, deleted_at: Option<i64>) -> Result<Self, String> {
@@ -259,32 +320,14 @@ impl<V: Content> Row<V> {
 
 impl<V: Content> Serialize for Row<V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        struct AsCells<'a, V>(&'a V);
-        impl<V: Content> Serialize for AsCells<'_, V> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                self.0.serialize_cells(s)
-            }
-        }
-        let mut st = s.serialize_struct("Row", 2)?;
-        st.serialize_field("deleted_at", &self.deleted_at)?;
-        st.serialize_field("cells", &AsCells(&self.cells))?;
-        st.end()
+        self.cells.serialize_row(self.deleted_at, s)
     }
 }
 
 impl<'de, V: Content> Deserialize<'de> for Row<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Stored {
-            deleted_at: Option<i64>,
-            cells: Cells,
-        }
-        let r = Stored::deserialize(d)?;
-        Ok(Self {
-            deleted_at: r.deleted_at,
-            cells: V::from_cells(r.cells, r.deleted_at).map_err(serde::de::Error::custom)?,
-        })
+        let (deleted_at, cells) = V::deserialize_row(d)?;
+        Ok(Self { deleted_at, cells })
     }
 }
 
@@ -1070,10 +1113,10 @@ mod tests {
         assert_eq!(r.live(), Some(typed(5, Some("b"))));
     }
 
-    /// Typed tables keep their rows as cells on disk: a snapshot or spill
-    /// written by either kind of table reads back in the other.
+    /// A typed table reads the cells an older atelier stored (snapshot v3,
+    /// or its spill file) with their timestamps, and its own form.
     #[test]
-    fn typed_and_cell_tables_read_each_others_stored_form() {
+    fn typed_tables_read_stored_cells_and_their_own_form() {
         let c = Arc::new(Counters::default());
         let cells: Table<u8, u8> = Table::new(&c);
         let cell_rows = [
@@ -1093,71 +1136,39 @@ mod tests {
                 vec![Mutation::Static(obj(json!({"n": 70}))), Mutation::Delete(3)],
             )
             .unwrap();
-        let stored = serde_json::to_vec(&cells).unwrap();
-        let whole: Table<u8, u8, Whole<Typed>, Whole<Typed>> =
-            serde_json::from_slice(&stored).unwrap();
-        assert_eq!(whole.statics(&7).unwrap(), Some(typed(70, None)));
-        let read = |t: &Table<u8, u8, Whole<Typed>, Whole<Typed>>| {
-            t.rows(&7, |r| page::<_, _, Typed>(r, None, 10))
-                .unwrap()
-                .unwrap()
+        type Typed2 = Table<u8, u8, Whole<Typed>, Whole<Typed>>;
+        let whole: Typed2 = serde_json::from_slice(&serde_json::to_vec(&cells).unwrap()).unwrap();
+        let read = |t: &Typed2| {
+            (
+                t.statics(&7).unwrap(),
+                t.rows(&7, |r| page::<_, _, Typed>(r, None, 10))
+                    .unwrap()
+                    .unwrap(),
+            )
         };
-        assert_eq!(read(&whole), vec![typed(1, Some("a")), typed(2, None)]);
+        let expect = (
+            Some(typed(70, None)),
+            vec![typed(1, Some("a")), typed(2, None)],
+        );
+        assert_eq!(read(&whole), expect);
         // The timestamps came along: an older write still loses, and the
         // delete still shadows one at its timestamp.
-        whole
-            .batch(&7, 9, vec![Mutation::Upsert(1, typed(9, None))])
+        let stale = |t: &Typed2| {
+            t.batch(&7, 9, vec![Mutation::Upsert(1, typed(9, None))])
+                .unwrap();
+            t.batch(&7, 11, vec![Mutation::Upsert(3, typed(9, None))])
+                .unwrap();
+        };
+        stale(&whole);
+        assert_eq!(read(&whole), expect);
+        // Its own form: the same rows, and the same timestamps.
+        let again: Typed2 = serde_json::from_slice(&serde_json::to_vec(&whole).unwrap()).unwrap();
+        stale(&again);
+        assert_eq!(read(&again), expect);
+        again
+            .batch(&7, 12, vec![Mutation::Upsert(3, typed(9, None))])
             .unwrap();
-        whole
-            .batch(&7, 11, vec![Mutation::Upsert(3, typed(9, None))])
-            .unwrap();
-        assert_eq!(read(&whole), vec![typed(1, Some("a")), typed(2, None)]);
-        // And back: the typed table's stored form reads as the same cells.
-        let back: Table<u8, u8> =
-            serde_json::from_slice(&serde_json::to_vec(&whole).unwrap()).unwrap();
-        assert_eq!(back.statics(&7).unwrap(), Some(obj(json!({"n": 70}))));
-        let rows = back
-            .rows(&7, |r| page::<_, _, Value>(r, None, 10))
-            .unwrap()
-            .unwrap();
-        assert_eq!(rows, vec![json!({"n": 1, "name": "a"}), json!({"n": 2})]);
-    }
-
-    #[test]
-    fn text_keys_order_as_their_text() {
-        let words = [
-            "",
-            "a",
-            "a\0",
-            "a\0\0b",
-            "ab",
-            "voter-1",
-            "voter-10",
-            "voter-100000000002",
-            "voter-100000000010",
-            "voter-2",
-            "voter-20",
-            "h:00ff",
-            "h:00fe99",
-            "\u{7f}",
-            "é",
-            "0123456789abcdef",
-            "0123456789abcdef0",
-            "0123456789abcdeg",
-        ];
-        for a in words {
-            for b in words {
-                assert_eq!(
-                    TextKey::from(a).cmp(&TextKey::from(b)),
-                    a.cmp(b),
-                    "{a:?} against {b:?}"
-                );
-            }
-        }
-        let k = TextKey::from("voter-7");
-        let text = serde_json::to_string(&k).unwrap();
-        assert_eq!(text, "\"voter-7\"");
-        assert_eq!(serde_json::from_str::<TextKey>(&text).unwrap(), k);
+        assert_eq!(read(&again).1.len(), 3, "a newer write revives the row");
     }
 
     #[test]
