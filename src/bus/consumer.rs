@@ -303,6 +303,7 @@ pub async fn run<H: PartitionHandler + ?Sized>(
             catching: durable.is_some(),
             next: 0,
             progress: progress.clone(),
+            taken: Vec::new(),
         };
         let task = tokio::spawn(worker(
             handler.clone(),
@@ -608,6 +609,8 @@ struct Intake {
     /// the cluster.
     next: i64,
     progress: Arc<Progress>,
+    /// Records taken from the queue in one call, before `take` sees them.
+    taken: Vec<Result<Record, rdkafka::error::KafkaError>>,
 }
 
 impl Intake {
@@ -621,15 +624,16 @@ impl Intake {
             if closing.is_cancelled() {
                 return None;
             }
-            let ready = if self.catching {
-                None
-            } else {
-                self.live.try_recv()
-            };
-            let lingers = ready.is_none();
-            let first = match ready {
-                Some(r) => r,
-                None => tokio::select! {
+            let mut records = Vec::new();
+            if !self.catching {
+                self.take_ready(&mut records);
+            }
+            // A batch whose records were already waiting (the worker was
+            // busy) goes at once; one whose first record had to be waited
+            // for lingers.
+            let lingers = records.is_empty();
+            if lingers {
+                let first = tokio::select! {
                     biased;
                     _ = closing.cancelled() => return None,
                     fed = self.feed.recv() => match fed? {
@@ -641,27 +645,25 @@ impl Intake {
                         }
                     },
                     r = self.live.recv(), if !self.catching => r,
-                },
-            };
-            let mut records = Vec::new();
-            self.take(first, &mut records);
+                };
+                self.take(first, &mut records);
+            }
             let started = Instant::now();
             while records.len() < self.max_batch && !self.catching {
-                let r = match self.live.try_recv() {
-                    Some(r) => r,
-                    None if !lingers => break,
-                    None => {
-                        let left = self.linger.saturating_sub(started.elapsed());
-                        if left.is_zero() {
-                            break;
-                        }
-                        match tokio::time::timeout(left, self.live.recv()).await {
-                            Ok(r) => r,
-                            Err(_) => break,
-                        }
-                    }
-                };
-                self.take(r, &mut records);
+                if self.take_ready(&mut records) > 0 {
+                    continue;
+                }
+                if !lingers {
+                    break;
+                }
+                let left = self.linger.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(left, self.live.recv()).await {
+                    Ok(r) => self.take(r, &mut records),
+                    Err(_) => break,
+                }
             }
             if !records.is_empty() {
                 let n = records.len();
@@ -670,6 +672,21 @@ impl Intake {
                 return Some(records);
             }
         }
+    }
+
+    /// Takes what the partition's queue holds ready, up to a whole batch,
+    /// into `records` (see [`Intake::take`]); answers how many records
+    /// left the queue.
+    fn take_ready(&mut self, records: &mut Vec<Record>) -> usize {
+        let mut taken = std::mem::take(&mut self.taken);
+        let n = self
+            .live
+            .take_ready(self.max_batch.saturating_sub(records.len()), &mut taken);
+        for r in taken.drain(..) {
+            self.take(r, records);
+        }
+        self.taken = taken;
+        n
     }
 
     /// Adds a record of the partition's queue to `records`; on the embedded

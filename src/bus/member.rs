@@ -239,7 +239,14 @@ impl std::fmt::Debug for Member {
 }
 
 /// One partition's records, in order ([`Member::partition_queue`]).
-pub struct PartitionQueue(StreamPartitionQueue<Ctx>);
+pub struct PartitionQueue {
+    /// What takes the ready records in one call. Declared first, so it is
+    /// released first: `stream` may hold the last reference to the
+    /// consumer, and a queue outliving its client is freed memory.
+    ready: kafka_partition_queue::ReadyQueue,
+    /// What waits for the first record.
+    stream: StreamPartitionQueue<Ctx>,
+}
 
 impl std::fmt::Debug for PartitionQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,13 +257,18 @@ impl std::fmt::Debug for PartitionQueue {
 impl PartitionQueue {
     /// The next record, owned (cancel-safe).
     pub async fn recv(&self) -> Result<Record, KafkaError> {
-        self.0.recv().await.map(|m| Record::of(&m))
+        self.stream.recv().await.map(|m| Record::of(&m))
     }
 
-    /// The next record if one is ready.
-    pub fn try_recv(&self) -> Option<Result<Record, KafkaError>> {
-        use futures::FutureExt;
-        self.recv().now_or_never()
+    /// Up to `max` records that are ready, owned, into `out`, in one call
+    /// to librdkafka; answers how many (errors included).
+    pub fn take_ready(&self, max: usize, out: &mut Vec<Result<Record, KafkaError>>) -> usize {
+        self.ready.take_ready(max, |t| {
+            out.push(match t.error() {
+                Some((code, _)) => Err(KafkaError::MessageConsumption(code.into())),
+                None => Ok(Record::new(t.offset(), t.key(), t.headers(), t.payload())),
+            })
+        })
     }
 }
 
@@ -345,9 +357,9 @@ impl Member {
     /// An assigned partition's own queue ([`MemberSpec::partition_queues`]);
     /// `None` when librdkafka knows no such partition.
     pub fn partition_queue(&self, tp: &Tp) -> Option<PartitionQueue> {
-        self.consumer
-            .split_partition_queue(&tp.0, tp.1)
-            .map(PartitionQueue)
+        let stream = self.consumer.split_partition_queue(&tp.0, tp.1)?;
+        let ready = kafka_partition_queue::ReadyQueue::open(self.consumer.client(), &tp.0, tp.1)?;
+        Some(PartitionQueue { ready, stream })
     }
 
     /// Moves a partition's fetch position to `offset` (what was fetched
