@@ -119,13 +119,16 @@ impl<'a> Taken<'a> {
             let got = unsafe {
                 rdkafka_sys::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size)
             };
-            if got != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            if got != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null()
+            {
                 return None;
             }
             idx += 1;
             // SAFETY: a header name is NUL-terminated and lives with the
             // message.
-            let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_str().unwrap_or_default();
+            let name = unsafe { std::ffi::CStr::from_ptr(name) }
+                .to_str()
+                .unwrap_or_default();
             Some((name, bytes(value.cast_mut(), size).unwrap_or_default()))
         })
     }
@@ -145,7 +148,11 @@ impl ReadyQueue {
         // SAFETY: as in `detach_partition`; the reference answered is owned
         // by the `ReadyQueue` and released on drop.
         let q = unsafe {
-            rdkafka_sys::rd_kafka_queue_get_partition(client.native_ptr(), topic.as_ptr(), partition)
+            rdkafka_sys::rd_kafka_queue_get_partition(
+                client.native_ptr(),
+                topic.as_ptr(),
+                partition,
+            )
         };
         std::ptr::NonNull::new(q).map(Self)
     }
