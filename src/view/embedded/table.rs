@@ -13,13 +13,12 @@
 //! (what an older atelier wrote) as its row.
 
 use std::collections::BTreeMap;
-
-use rustc_hash::FxHashMap as HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap as HashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -1169,6 +1168,43 @@ mod tests {
             .batch(&7, 12, vec![Mutation::Upsert(3, typed(9, None))])
             .unwrap();
         assert_eq!(read(&again).1.len(), 3, "a newer write revives the row");
+    }
+
+    #[test]
+    fn text_keys_order_as_their_text() {
+        let words = [
+            "",
+            "a",
+            "a\0",
+            "a\0\0b",
+            "ab",
+            "voter-1",
+            "voter-10",
+            "voter-100000000002",
+            "voter-100000000010",
+            "voter-2",
+            "voter-20",
+            "h:00ff",
+            "h:00fe99",
+            "\u{7f}",
+            "é",
+            "0123456789abcdef",
+            "0123456789abcdef0",
+            "0123456789abcdeg",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(
+                    TextKey::from(a).cmp(&TextKey::from(b)),
+                    a.cmp(b),
+                    "{a:?} against {b:?}"
+                );
+            }
+        }
+        let k = TextKey::from("voter-7");
+        let text = serde_json::to_string(&k).unwrap();
+        assert_eq!(text, "\"voter-7\"");
+        assert_eq!(serde_json::from_str::<TextKey>(&text).unwrap(), k);
     }
 
     #[test]
