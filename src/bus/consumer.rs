@@ -37,21 +37,26 @@ use super::member::{Member, MemberSpec, Offsets, PartitionQueue, Rebalance, Tp};
 use crate::config::KafkaConfig;
 use crate::telemetry::emit;
 
-/// One consumed record, owned. Headers are packed into one buffer: a
-/// record costs a handful of allocations, not two per header.
+/// One consumed record, owned. Key, value and headers are packed into one
+/// buffer: a record costs two allocations (the buffer and the header
+/// index), whatever its headers.
 #[derive(Clone, Debug, Default)]
 pub struct Record {
     /// Offset in its partition.
     pub offset: i64,
-    /// Key bytes.
-    pub key: Option<Vec<u8>>,
-    /// Body bytes.
-    pub payload: Option<Vec<u8>>,
-    /// Header keys and values, back to back.
-    hbuf: Vec<u8>,
-    /// Per header: end of its key, end of its value (in `hbuf`).
+    /// The key, the value, then header names and values, back to back.
+    buf: Vec<u8>,
+    /// End of the key in `buf` (`None`: no key).
+    key_end: Option<u32>,
+    /// End of the value in `buf` (`None`: no value).
+    payload_end: Option<u32>,
+    /// Per header: end of its name, end of its value (in `buf`).
     hidx: Vec<(u32, u32)>,
 }
+
+/// Room reserved for the headers of a record (the pipeline's own events
+/// carry a handful of short ones; more grow the buffer once or twice).
+const HEADER_ROOM: usize = 128;
 
 impl Record {
     /// A record from parts.
@@ -61,20 +66,34 @@ impl Record {
         headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
         payload: Option<&[u8]>,
     ) -> Self {
-        let mut r = Self {
-            offset,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.map(<[u8]>::to_vec),
-            hbuf: Vec::new(),
-            hidx: Vec::new(),
+        let len = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
+        let mut buf = Vec::with_capacity(len(key) + len(payload) + HEADER_ROOM);
+        let end = |b: Option<&[u8]>, buf: &mut Vec<u8>| {
+            b.map(|b| {
+                buf.extend_from_slice(b);
+                buf.len() as u32
+            })
+        };
+        let key_end = end(key, &mut buf);
+        let payload_end = end(payload, &mut buf);
+        let headers = headers.into_iter();
+        let mut hidx = match headers.size_hint() {
+            (_, Some(0)) => Vec::new(),
+            (n, _) => Vec::with_capacity(n.max(8)),
         };
         for (k, v) in headers {
-            r.hbuf.extend_from_slice(k.as_bytes());
-            let kend = r.hbuf.len() as u32;
-            r.hbuf.extend_from_slice(v);
-            r.hidx.push((kend, r.hbuf.len() as u32));
+            buf.extend_from_slice(k.as_bytes());
+            let kend = buf.len() as u32;
+            buf.extend_from_slice(v);
+            hidx.push((kend, buf.len() as u32));
         }
-        r
+        Self {
+            offset,
+            buf,
+            key_end,
+            payload_end,
+            hidx,
+        }
     }
 
     /// Owns a consumed message.
@@ -102,14 +121,30 @@ impl Record {
         )
     }
 
+    /// Its key, if it has one.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key_end.map(|e| &self.buf[..e as usize])
+    }
+
+    /// Its value, if it has one.
+    pub fn payload(&self) -> Option<&[u8]> {
+        let start = self.key_end.unwrap_or(0) as usize;
+        self.payload_end.map(|e| &self.buf[start..e as usize])
+    }
+
+    /// Where its headers start in `buf`.
+    fn headers_start(&self) -> usize {
+        self.payload_end.or(self.key_end).unwrap_or(0) as usize
+    }
+
     /// Headers as borrowed pairs, in order (for `event::wire::decode`).
     pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        let mut start = 0usize;
+        let mut start = self.headers_start();
         self.hidx.iter().map(move |&(kend, vend)| {
             let (kend, vend) = (kend as usize, vend as usize);
             // Keys were `&str` when packed.
-            let key = std::str::from_utf8(&self.hbuf[start..kend]).unwrap_or_default();
-            let value = &self.hbuf[kend..vend];
+            let key = std::str::from_utf8(&self.buf[start..kend]).unwrap_or_default();
+            let value = &self.buf[kend..vend];
             start = vend;
             (key, value)
         })
@@ -811,6 +846,36 @@ async fn sample_lag(consumer: Arc<Member>, group: String, parts: Parts, stop: Ca
                 (head - done).max(0)
             };
             crate::telemetry::lag::record(&group, &tp.0, tp.1, head, lag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Record;
+
+    #[test]
+    fn a_record_keeps_its_parts_apart() {
+        let headers = [
+            ("type", &b"poll.voted"[..]),
+            ("empty", b""),
+            ("type", b"again"),
+        ];
+        for key in [None, Some(&b""[..]), Some(b"k1")] {
+            for payload in [None, Some(&b""[..]), Some(b"{\"a\":1}")] {
+                for hs in [&headers[..], &[]] {
+                    let r = Record::new(7, key, hs.iter().copied(), payload);
+                    let what = format!("{key:?} {payload:?} {hs:?}");
+                    assert_eq!(r.offset, 7, "{what}");
+                    assert_eq!(r.key(), key, "{what}");
+                    assert_eq!(r.payload(), payload, "{what}");
+                    assert_eq!(r.header_pairs().collect::<Vec<_>>(), hs, "{what}");
+                    // The first of two headers of one name.
+                    let first = hs.first().map(|(_, v)| *v);
+                    assert_eq!(r.header("type"), first, "{what}");
+                    assert_eq!(r.header("missing"), None, "{what}");
+                }
+            }
         }
     }
 }

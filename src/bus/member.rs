@@ -262,7 +262,7 @@ impl PartitionQueue {
 
     /// Up to `max` records that are ready, owned, into `out`, in one call
     /// to librdkafka; answers how many (errors included).
-    pub fn take_ready(&self, max: usize, out: &mut Vec<Result<Record, KafkaError>>) -> usize {
+    pub fn take_ready(&mut self, max: usize, out: &mut Vec<Result<Record, KafkaError>>) -> usize {
         self.ready.take_ready(max, |t| {
             out.push(match t.error() {
                 Some((code, _)) => Err(KafkaError::MessageConsumption(code.into())),

@@ -488,10 +488,13 @@ pub fn copy_of(
     Ok(Copy {
         of: l.pos,
         topic: source.topic.clone(),
-        partition: l.record.key.is_none().then_some(source.partition),
-        key: l.record.key.clone(),
+        partition: l.record.key().is_none().then_some(source.partition),
+        key: l.record.key().map(<[u8]>::to_vec),
         headers,
-        payload: edits.payload.clone().or_else(|| l.record.payload.clone()),
+        payload: edits
+            .payload
+            .clone()
+            .or_else(|| l.record.payload().map(<[u8]>::to_vec)),
     })
 }
 

@@ -166,12 +166,7 @@ pub async fn send(
         .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
     producer
-        .send_raw(
-            &producer.topic(Topic::Dlq),
-            rec.key.as_deref(),
-            &hs,
-            rec.payload.as_deref(),
-        )
+        .send_raw(&producer.topic(Topic::Dlq), rec.key(), &hs, rec.payload())
         .await?;
     crate::telemetry::emit::dead_letter(stage);
     tracing::warn!(

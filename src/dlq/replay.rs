@@ -140,7 +140,7 @@ impl DlqLog {
         let mut picked: BTreeMap<Pos, DeadLetter> = BTreeMap::new();
         let mut bytes = 0usize;
         let mut bulk = Bulk::default();
-        let size = |l: &DeadLetter| l.record.payload.as_ref().map_or(0, Vec::len);
+        let size = |l: &DeadLetter| l.record.payload().map_or(0, <[u8]>::len);
         self.scan(&Scope::All(Cursor::default()), |e| match e {
             Entry::Letter(l) if filter.matches(&l, &namespace) => {
                 if picked.len() >= MAX_BULK || bytes + size(&l) > MAX_BULK_BYTES {

@@ -274,7 +274,7 @@ pub async fn follow(
         let rec = Record::of(&m);
         match wire::decode(
             rec.header_pairs(),
-            rec.payload.as_deref().unwrap_or_default(),
+            rec.payload().unwrap_or_default(),
             Some(Topic::Models),
         ) {
             Ok(ev) => {

@@ -279,7 +279,7 @@ impl<P: Projection> Projector<P> {
             }
             let decoded = wire::decode(
                 rec.header_pairs(),
-                rec.payload.as_deref().unwrap_or_default(),
+                rec.payload().unwrap_or_default(),
                 expect_one,
             )
             .map_err(|e| e.to_string())
@@ -339,7 +339,7 @@ impl<P: Projection> Projector<P> {
             {
                 continue;
             }
-            let body = rec.payload.as_deref().unwrap_or_default();
+            let body = rec.payload().unwrap_or_default();
             let Ok(e) = wire::decode(rec.header_pairs(), body, None) else {
                 continue;
             };

@@ -472,7 +472,7 @@ fn log_of(cfg: &Config, topic: Topic) -> Vec<(Position, atelier::event::Event)> 
     for (p, recs) in read_all(cfg, &cfg.kafka.brokers, &name, &last) {
         for r in recs {
             let r: Record = r;
-            let body = r.payload.as_deref().unwrap_or_default();
+            let body = r.payload().unwrap_or_default();
             if let Ok(e) = wire::decode(r.header_pairs(), body, Some(topic)) {
                 out.push((
                     Position {

@@ -546,7 +546,7 @@ fn read_topic_as(
     while std::time::Instant::now() < deadline && !done(&events) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             let rec = atelier::bus::Record::of(&m);
-            let body = rec.payload.as_deref().unwrap_or_default();
+            let body = rec.payload().unwrap_or_default();
             if let Ok(e) = wire::decode(rec.header_pairs(), body, Some(topic)) {
                 events.push(e);
             }

@@ -50,19 +50,23 @@ pub fn detach_partition<C: ClientContext>(client: &Client<C>, topic: &str, parti
 /// stream on the same queue. Drop it before its client: the caller keeps
 /// the client alive meanwhile.
 #[derive(Debug)]
-pub struct ReadyQueue(std::ptr::NonNull<rdkafka_sys::rd_kafka_queue_t>);
+pub struct ReadyQueue {
+    q: std::ptr::NonNull<rdkafka_sys::rd_kafka_queue_t>,
+    /// The pointers one call answers, kept between calls (empty there).
+    taken: Vec<*mut rdkafka_sys::rd_kafka_message_t>,
+}
 
 // SAFETY: librdkafka's queue operations lock the queue; a handle may be used
 // from any thread.
 unsafe impl Send for ReadyQueue {}
-// SAFETY: as above; `take_ready` takes `&self` and librdkafka serializes
-// concurrent consumers of one queue under its lock.
+// SAFETY: as above; `take_ready` takes `&mut self`, and `taken` is empty
+// between calls (no message is held across them).
 unsafe impl Sync for ReadyQueue {}
 
 impl Drop for ReadyQueue {
     fn drop(&mut self) {
         // SAFETY: the reference `open` took, released once.
-        unsafe { rdkafka_sys::rd_kafka_queue_destroy(self.0.as_ptr()) }
+        unsafe { rdkafka_sys::rd_kafka_queue_destroy(self.q.as_ptr()) }
     }
 }
 
@@ -154,33 +158,40 @@ impl ReadyQueue {
                 partition,
             )
         };
-        std::ptr::NonNull::new(q).map(Self)
+        std::ptr::NonNull::new(q).map(|q| Self {
+            q,
+            taken: Vec::new(),
+        })
     }
 
     /// Takes up to `max` records that are ready, without waiting, in one
     /// call; `each` sees them in order, and each is released after it.
     /// Answers how many were taken.
-    pub fn take_ready(&self, max: usize, mut each: impl FnMut(Taken<'_>)) -> usize {
+    pub fn take_ready(&mut self, max: usize, mut each: impl FnMut(Taken<'_>)) -> usize {
         if max == 0 {
             return 0;
         }
-        let mut taken: Vec<*mut rdkafka_sys::rd_kafka_message_t> = Vec::with_capacity(max);
+        let taken = &mut self.taken;
+        taken.clear();
+        taken.reserve(max);
         // SAFETY: `taken` has room for `max` pointers; librdkafka writes at
         // most that many and answers how many (or -1).
         let n = unsafe {
-            rdkafka_sys::rd_kafka_consume_batch_queue(self.0.as_ptr(), 0, taken.as_mut_ptr(), max)
+            rdkafka_sys::rd_kafka_consume_batch_queue(self.q.as_ptr(), 0, taken.as_mut_ptr(), max)
         };
         let n = usize::try_from(n).unwrap_or(0).min(max);
         // SAFETY: librdkafka initialized the first `n` entries.
         unsafe { taken.set_len(n) };
-        // Each message is released once, even if `each` panics.
-        struct Release(Vec<*mut rdkafka_sys::rd_kafka_message_t>, usize);
-        impl Drop for Release {
+        // Each message is released once, even if `each` panics; `taken` is
+        // left empty either way.
+        struct Release<'v>(&'v mut Vec<*mut rdkafka_sys::rd_kafka_message_t>, usize);
+        impl Drop for Release<'_> {
             fn drop(&mut self) {
                 for &m in &self.0[self.1..] {
                     // SAFETY: a message librdkafka handed out, released once.
                     unsafe { rdkafka_sys::rd_kafka_message_destroy(m) };
                 }
+                self.0.clear();
             }
         }
         let mut release = Release(taken, 0);

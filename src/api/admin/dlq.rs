@@ -197,7 +197,7 @@ fn key_json(key: Option<&[u8]>) -> (Option<String>, bool) {
 
 impl From<&DeadLetter> for LetterJson {
     fn from(l: &DeadLetter) -> Self {
-        let (key, key_base64) = key_json(l.record.key.as_deref());
+        let (key, key_base64) = key_json(l.record.key());
         Self {
             partition: l.pos.partition,
             offset: l.pos.offset,
@@ -343,7 +343,7 @@ async fn show(
 ) -> Result<Json<LetterFull>, ApiError> {
     let at = pos(&p.partition, &p.offset)?;
     let l = log(&st).get(at).await?.ok_or(DlqError::Unknown(at))?;
-    let (payload, payload_base64) = match l.record.payload.as_deref().map(text_or_base64) {
+    let (payload, payload_base64) = match l.record.payload().map(text_or_base64) {
         Some((p, b)) => (Some(p), b),
         None => (None, false),
     };

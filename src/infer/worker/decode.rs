@@ -23,7 +23,7 @@ pub(super) async fn fetch_and_decode(sh: Arc<Shared>, job: Job, ready: mpsc::Sen
     let t0 = Instant::now();
     let ev = match wire::decode(
         job.rec.header_pairs(),
-        job.rec.payload.as_deref().unwrap_or_default(),
+        job.rec.payload().unwrap_or_default(),
         Some(Topic::Uploads),
     ) {
         Ok(ev) => ev,

@@ -116,9 +116,9 @@ impl Shared {
         );
         Out {
             topic: self.kafka.topic(Topic::Dlq),
-            key: job.rec.key.clone(),
+            key: job.rec.key().map(<[u8]>::to_vec),
             headers: dlq::headers(STAGE, &job.tp.0, job.tp.1, &job.rec, error, attempts),
-            body: job.rec.payload.clone().unwrap_or_default(),
+            body: job.rec.payload().unwrap_or_default().to_vec(),
         }
     }
 

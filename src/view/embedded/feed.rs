@@ -189,14 +189,21 @@ impl FeedStore for EmbeddedStore {
         for s in states {
             let ts = write_timestamp(s.position.offset);
             let key = std::cmp::Reverse((s.created_at.timestamp_micros(), s.item_id));
-            let row = TimelineRow::of(s);
-            for p in TimelineRow::parts(s) {
-                let m = match s.deleted_at {
-                    Some(_) => Mutation::Delete(key),
-                    None => Mutation::Upsert(key, row.clone()),
-                };
-                parts.entry(p).or_default().push((ts, m));
-            }
+            // The item's two timelines (its kind's, all kinds'): the row is
+            // cloned for the first and moved into the second.
+            let [own, all] = TimelineRow::parts(s);
+            let (a, b) = match s.deleted_at {
+                Some(_) => (Mutation::Delete(key), Mutation::Delete(key)),
+                None => {
+                    let row = TimelineRow::of(s);
+                    (
+                        Mutation::Upsert(key, row.clone()),
+                        Mutation::Upsert(key, row),
+                    )
+                }
+            };
+            parts.entry(own).or_default().push((ts, a));
+            parts.entry(all).or_default().push((ts, b));
         }
         let mut new_buckets = std::collections::BTreeSet::new();
         for (p, muts) in parts {

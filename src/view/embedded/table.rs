@@ -294,7 +294,7 @@ impl<R: DeserializeOwned> Whole<R> {
         if m.is_empty() {
             return Ok(Self::default());
         }
-        let value = serde_json::from_value(Value::Object(m)).map_err(|e| e.to_string())?;
+        let value = from_cells(m).map_err(|e| e.to_string())?;
         Ok(Self {
             ts,
             value: Some(value),
