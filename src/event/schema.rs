@@ -301,9 +301,8 @@ mod tests {
             format!("{{{p},{rest}}}"),
             format!("{{{rest},{p}}}"),
             format!(r#"{{"id":7,{p},"slot":2,"content":{{"title":"T","kind":"post"}},"list":[]}}"#),
-            format!(
-                r#"{{"principal":{{"id":"bob","name":"B"}},"id":8,"slot":3,"content":{{"kind":"game","name":"G"}},"list":[3]}}"#
-            ),
+            r#"{"princip\u0061l":{"id":"bob","name":"B"},"i\u0064":8,"slot":3,"content":{"kind":"game","name":"G"},"list":[3]}"#
+                .to_owned(),
             format!(r#"{{{p},{rest},"extra":{{"principal":1,"id":[]}},"note":"n"}}"#),
             // Refused: no principal, two, a bad one, a payload field
             // missing or of the wrong type, an unknown tag, not an object.
