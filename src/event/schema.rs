@@ -261,7 +261,7 @@ mod tests {
     /// A payload with what the event types use: a flattened part, an
     /// internally tagged enum, a list, an optional field.
     #[derive(Debug, PartialEq, Deserialize)]
-    struct Payload {
+    struct Sample {
         id: u32,
         #[serde(flatten)]
         inner: Inner,
@@ -319,9 +319,9 @@ mod tests {
         ];
         let mut accepted = 0;
         for b in &bodies {
-            let ours = serde_json::from_str::<Body<Payload>>(b).map(|b| (b.principal, b.data));
+            let ours = serde_json::from_str::<Body<Sample>>(b).map(|b| (b.principal, b.data));
             let reference =
-                serde_json::from_str::<Flattened<Payload>>(b).map(|b| (b.principal, b.data));
+                serde_json::from_str::<Flattened<Sample>>(b).map(|b| (b.principal, b.data));
             match (ours, reference) {
                 (Ok(a), Ok(r)) => {
                     assert_eq!(a, r, "{b}");
