@@ -208,7 +208,8 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
             Some(py) => Some(python_flops(py, &a, &file, size)?),
             None => None,
         };
-        let inputs = tempdir("bench-inputs")?;
+        let scratch = tempdir("bench-inputs")?;
+        let inputs = scratch.path();
         let jpegs: Vec<Vec<u8>> = (0..n as u32)
             .map(|i| {
                 let img = codec::test_pattern(size, size, i);
@@ -226,7 +227,7 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
                 rs.push(rust_forward(&loaded, size, batch, n, &jpegs)?);
                 if let Some(py) = &python {
                     ps.push(python_bench(
-                        py, &a, &file, threads, "forward", batch, size, n, &inputs,
+                        py, &a, &file, threads, "forward", batch, size, n, inputs,
                     )?);
                 }
             }
@@ -262,23 +263,24 @@ pub(super) async fn run(cfg: Config, a: InferArgs) -> anyhow::Result<()> {
         rows.push(r);
         if let Some(py) = &python {
             for &batch in &a.batches {
-                let r = python_bench(py, &a, &file, threads, "pipeline", batch, size, n, &inputs)?;
+                let r = python_bench(py, &a, &file, threads, "pipeline", batch, size, n, inputs)?;
                 print(&r, a.json);
                 rows.push(r);
             }
-            let r = subprocess(py, &a, &file, threads, size, &inputs)?;
+            let r = subprocess(py, &a, &file, threads, size, inputs)?;
             print(&r, a.json);
             rows.push(r);
         }
-        let _ = std::fs::remove_dir_all(&inputs);
     }
     Ok(())
 }
 
-fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("atelier-{what}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
+/// A scratch directory under the temporary directory, removed when it is
+/// dropped: on an error as at the end.
+fn tempdir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("atelier-{what}-"))
+        .tempdir()?)
 }
 
 fn rust_forward(
@@ -453,7 +455,8 @@ fn subprocess(
 }
 
 /// An embedded app with the projectors and the worker, one model
-/// published under `style`.
+/// published under `style`, and its data directory (removed when dropped:
+/// keep it until the app has stopped).
 async fn pipeline_app(
     cfg: &Config,
     style: &Style,
@@ -461,12 +464,13 @@ async fn pipeline_app(
     threads: usize,
     max_batch: usize,
     in_flight: usize,
-) -> anyhow::Result<App> {
+) -> anyhow::Result<(App, tempfile::TempDir)> {
+    let data = tempdir("bench-data")?;
     let mut cfg = cfg.clone();
     cfg.kafka = Default::default();
     cfg.views = Default::default();
     cfg.blobs = Default::default();
-    cfg.data_dir = tempdir("bench-data")?;
+    cfg.data_dir = data.path().to_owned();
     cfg.http.listen = "127.0.0.1:0".parse()?;
     cfg.infer.threads = threads;
     cfg.infer.max_batch = max_batch;
@@ -498,7 +502,7 @@ async fn pipeline_app(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(app)
+    Ok((app, data))
 }
 
 async fn put_upload(app: &App, style: &Style, jpeg: &[u8], i: usize) -> anyhow::Result<Event> {
@@ -567,7 +571,7 @@ async fn rust_pipeline(
     lone: bool,
 ) -> anyhow::Result<Row> {
     let style = Style::parse(&a.model)?;
-    let app = pipeline_app(cfg, &style, model_bytes, threads, batch, 32).await?;
+    let (app, _data) = pipeline_app(cfg, &style, model_bytes, threads, batch, 32).await?;
     // Warm-up: one upload through every stage.
     let warm = put_upload(&app, &style, &jpegs[0], 0).await?;
     app.producer.send(&warm).await?;
@@ -680,7 +684,8 @@ pub(super) async fn memory_probe(cfg: Config, p: MemoryProbeArgs) -> anyhow::Res
     let bytes = std::fs::read(p.models_dir.join(format!("{}.pt", p.model)))?;
     let style = Style::parse(&p.model)?;
     let threads = threads(p.threads);
-    let app = pipeline_app(&cfg, &style, &bytes, threads, p.max_batch, p.in_flight).await?;
+    let (app, _data) =
+        pipeline_app(&cfg, &style, &bytes, threads, p.max_batch, p.in_flight).await?;
     let registry = app.registry.clone().context("inference runs")?;
     let jpegs: Vec<Vec<u8>> = (0..p.images as u32)
         .map(|i| {
