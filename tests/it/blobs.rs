@@ -12,7 +12,7 @@ async fn store(b: Backends) -> Option<(Arc<dyn BlobStore>, String)> {
     let prefix = format!("t{}/", unique());
     Some(match b {
         Backends::Embedded => {
-            let dir = std::env::temp_dir().join(format!("atelier-blobs-{}", unique()));
+            let dir = crate::helpers::scratch().join(format!("atelier-blobs-{}", unique()));
             (Arc::new(LocalBlobs::new(dir).unwrap()), prefix)
         }
         Backends::Real => {

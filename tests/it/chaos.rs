@@ -518,7 +518,7 @@ async fn chaos_on_a_local_cluster() {
     let Some(base) = helpers::config(Backends::Real).await else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("atelier-chaos-{}", helpers::unique()));
+    let dir = crate::helpers::scratch().join(format!("atelier-chaos-{}", helpers::unique()));
     let cluster = Cluster { dir: dir.clone() };
     eprintln!("cluster state and member logs: {}", dir.display());
     cluster.run(&["up"]).await;

@@ -22,9 +22,9 @@ fn atelier(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn up_then_emit_shows_tallies_and_sigterm_stops() {
-    let data = std::env::temp_dir().join(format!("atelier-cli-{}", crate::helpers::unique()));
+    let data = crate::helpers::scratch().join(format!("atelier-cli-{}", crate::helpers::unique()));
     let log_path =
-        std::env::temp_dir().join(format!("atelier-cli-{}.log", crate::helpers::unique()));
+        crate::helpers::scratch().join(format!("atelier-cli-{}.log", crate::helpers::unique()));
     let log = std::fs::File::create(&log_path).unwrap();
     let mut up = Command::new(env!("CARGO_BIN_EXE_atelier"))
         .args(["up", "--listen", "127.0.0.1:0"])
@@ -187,7 +187,7 @@ fn up_then_emit_shows_tallies_and_sigterm_stops() {
 /// of the caller must not leak in.
 #[test]
 fn shared_roles_refuse_to_start_without_their_secrets() {
-    let data = std::env::temp_dir().join(format!("atelier-cli-{}", crate::helpers::unique()));
+    let data = crate::helpers::scratch().join(format!("atelier-cli-{}", crate::helpers::unique()));
     let run = |role: &str, envs: &[(&str, &str)]| {
         let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
             .arg(role)

@@ -658,7 +658,7 @@ async fn a_filtered_replay_skips_what_was_replayed(b: Backends) {
 both!(a_filtered_replay_skips_what_was_replayed);
 
 fn atelier(t: &TestApp, args: &[&str]) -> (bool, String, String) {
-    let data = std::env::temp_dir().join(format!("atelier-cli-{}", unique()));
+    let data = crate::helpers::scratch().join(format!("atelier-cli-{}", unique()));
     let token = t.token(ADMIN);
     let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
         .args(args)
@@ -727,7 +727,7 @@ async fn the_cli_lists_shows_and_replays(b: Backends) {
     );
 
     // The corrected body from a file.
-    let body = std::env::temp_dir().join(format!("vote-{}.json", unique()));
+    let body = crate::helpers::scratch().join(format!("vote-{}.json", unique()));
     std::fs::write(&body, wire::encode(&vote, "test").body).unwrap();
     let body = body.to_string_lossy().into_owned();
     let (ok, out, err) = run(args(&["dlq", "replay", &at, "--body", &body, "--dry-run"])).await;

@@ -344,7 +344,7 @@ async fn atelier(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env(
             "ATELIER_DATA_DIR",
-            std::env::temp_dir().join(format!("atelier-export-{}", unique())),
+            crate::helpers::scratch().join(format!("atelier-export-{}", unique())),
         )
         .output()
         .await

@@ -47,6 +47,36 @@ pub fn real(var: &str) -> Option<String> {
     }
 }
 
+/// Where this test process keeps its data (apps' logs, views and blobs,
+/// models, logs of child processes): `atelier-it-<pid>` under the temporary
+/// directory. The first test to ask removes the directories of earlier runs
+/// that have exited, so a run's data stays until the next run (a failure
+/// can be looked at) but does not pile up. (`scripts/test` also points the
+/// temporary directory at one of its own.)
+pub fn scratch() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        let proc = std::path::Path::new("/proc");
+        if proc.join("self").exists()
+            && let Ok(entries) = std::fs::read_dir(&tmp)
+        {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid = name.to_str().and_then(|n| n.strip_prefix("atelier-it-"));
+                if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok())
+                    && !proc.join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("atelier-it-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("the test run's directory");
+        dir
+    })
+}
+
 /// A short unique id.
 pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
@@ -83,7 +113,7 @@ pub fn s3_blobs() -> Option<BlobConfig> {
 /// A configuration for `b`, or `None` when the real services are absent.
 pub async fn config(b: Backends) -> Option<Config> {
     let mut cfg = Config {
-        data_dir: std::env::temp_dir().join(format!("atelier-test-{}", unique())),
+        data_dir: scratch().join(format!("atelier-test-{}", unique())),
         ..Config::default()
     };
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();

@@ -141,7 +141,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     // closes, so most ballots count. Produced in chunks while the projector
     // runs, with a SIGKILL after each chunk and more until it caught up.
     let topic = cfg.kafka.topic(Topic::Polls);
-    let log = std::env::temp_dir().join(format!("atelier-kill-{}.log", helpers::unique()));
+    let log = crate::helpers::scratch().join(format!("atelier-kill-{}.log", helpers::unique()));
     eprintln!("projector log: {}", log.display());
     let mut rng = SmallRng::seed_from_u64(5);
     let mut child = spawn(&cfg, &log, 0);

@@ -538,8 +538,8 @@ fn check(reads: &BTreeMap<String, Value>, w: &Written) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_keeps_every_accepted_write_across_sigkill_and_sigterm() {
-    let data: PathBuf = std::env::temp_dir().join(format!("atelier-restart-{}", unique()));
-    let log = std::env::temp_dir().join(format!("atelier-restart-{}.log", unique()));
+    let data: PathBuf = crate::helpers::scratch().join(format!("atelier-restart-{}", unique()));
+    let log = crate::helpers::scratch().join(format!("atelier-restart-{}.log", unique()));
     eprintln!("atelier up's log: {}", log.display());
     let w = Arc::new(parking_lot::Mutex::new(Written::default()));
     let users = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -31,7 +31,7 @@ async fn store(b: Backends) -> Option<Arc<dyn Store>> {
     if b == Backends::Embedded && spilled() {
         // A budget of one byte: every partition leaves memory after each
         // access, and the next one reads it back from the file.
-        let path = std::env::temp_dir().join(format!("atelier-spill-{}", unique()));
+        let path = crate::helpers::scratch().join(format!("atelier-spill-{}", unique()));
         let spill = Spill::open(&path.join("views.spill"), 1, true, true).expect("spill opens");
         spill.set_hot_window(0);
         store
