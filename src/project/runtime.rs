@@ -42,6 +42,9 @@ use crate::view::{Checkpoint, CheckpointStore, Degraded, View, ViewError};
 /// An event with its log position.
 pub type Positioned = (Position, Event);
 
+/// A replayed dead letter of a batch: its offset and its aggregate's key.
+type Replayed = (i64, String);
+
 /// The DLQ stage of records whose view writes the store refused for good.
 pub const SINK: &str = "sink";
 
@@ -259,49 +262,67 @@ impl<P: Projection> Projector<P> {
     /// (the checkpoint) and dead-lettering those that cannot be decoded or
     /// do not belong to this view's topics; each DLQ append is acknowledged
     /// before going on.
+    ///
+    /// Also returns the replayed dead letters (`dlq_replay_of`) among the
+    /// batch's records, duplicates included, with their aggregate's key:
+    /// noted while each record's headers are read anyway, rather than in a
+    /// second pass over the batch once its records are cold.
     async fn decode(
         &self,
         batch: &Batch,
         applied: i64,
         stats: &mut BatchStats,
         dead_letter: bool,
-    ) -> Result<Vec<Positioned>, HandlerError> {
+    ) -> Result<(Vec<Positioned>, Vec<Replayed>), HandlerError> {
         let expect: &[Topic] = self.view.topics();
         let expect_one = match expect {
             [t] => Some(*t),
             _ => None,
         };
         let mut out = Vec::with_capacity(batch.records.len());
+        let mut replayed = Vec::new();
         for rec in &batch.records {
+            let body = rec.payload().unwrap_or_default();
             if rec.offset <= applied {
                 stats.duplicates += 1;
+                // Applied before, but its mark may not have been cleared.
+                if rec.header(crate::dlq::header::REPLAY_OF).is_some()
+                    && let Ok(e) = wire::decode(rec.header_pairs(), body, None)
+                {
+                    replayed.extend(self.replayed(rec.offset, &e));
+                }
                 continue;
             }
-            let decoded = wire::decode(
-                rec.header_pairs(),
-                rec.payload().unwrap_or_default(),
-                expect_one,
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|e| {
-                if expect.contains(&e.topic()) {
-                    Ok(e)
-                } else {
-                    Err(format!(
-                        "{} does not belong on {}",
-                        e.data.type_name(),
-                        batch.topic
-                    ))
-                }
-            });
+            let mut replay = false;
+            let headers = rec
+                .header_pairs()
+                .inspect(|(k, _)| replay |= *k == crate::dlq::header::REPLAY_OF);
+            let decoded = wire::decode(headers, body, expect_one)
+                .map_err(|e| e.to_string())
+                .and_then(|e| {
+                    if expect.contains(&e.topic()) {
+                        Ok(e)
+                    } else {
+                        Err(format!(
+                            "{} does not belong on {}",
+                            e.data.type_name(),
+                            batch.topic
+                        ))
+                    }
+                });
             match decoded {
-                Ok(e) => out.push((
-                    Position {
-                        partition: batch.partition,
-                        offset: rec.offset,
-                    },
-                    e,
-                )),
+                Ok(e) => {
+                    if replay {
+                        replayed.extend(self.replayed(rec.offset, &e));
+                    }
+                    out.push((
+                        Position {
+                            partition: batch.partition,
+                            offset: rec.offset,
+                        },
+                        e,
+                    ));
+                }
                 // Decoding again (to isolate a sink failure): already sent.
                 Err(_) if !dead_letter => {}
                 Err(reason) => {
@@ -323,7 +344,31 @@ impl<P: Projection> Projector<P> {
                 }
             }
         }
-        Ok(out)
+        Ok((out, replayed))
+    }
+
+    /// A replayed dead letter at `offset`, with its aggregate's key.
+    fn replayed(&self, offset: i64, e: &Event) -> Option<Replayed> {
+        self.projection.key_of(&e.data).map(|key| (offset, key))
+    }
+
+    /// A replayed dead letter (`dlq_replay_of`) that applied clears its
+    /// aggregate's degraded mark; one the store refused again does not.
+    async fn clear_replayed(
+        &self,
+        replayed: &[Replayed],
+        refused: &[i64],
+    ) -> Result<(), HandlerError> {
+        for (offset, key) in replayed {
+            if refused.contains(offset) {
+                continue;
+            }
+            self.checkpoints
+                .clear_degraded(self.view.as_str(), key)
+                .await
+                .map_err(view_err)?;
+        }
+        Ok(())
     }
 
     /// Applies `events` (log order) part by part after their batch's write
@@ -331,28 +376,6 @@ impl<P: Projection> Projector<P> {
     /// single record it refuses goes to the DLQ with stage [`SINK`]. Parts
     /// apply in log order; an outage meanwhile is returned as retriable
     /// (the whole batch runs again, and what landed is skipped as applied).
-    /// A replayed dead letter (`dlq_replay_of`) that applied clears its
-    /// aggregate's degraded mark.
-    async fn clear_replayed(&self, batch: &Batch, refused: &[i64]) -> Result<(), HandlerError> {
-        for rec in &batch.records {
-            if rec.header(crate::dlq::header::REPLAY_OF).is_none() || refused.contains(&rec.offset)
-            {
-                continue;
-            }
-            let body = rec.payload().unwrap_or_default();
-            let Ok(e) = wire::decode(rec.header_pairs(), body, None) else {
-                continue;
-            };
-            if let Some(key) = self.projection.key_of(&e.data) {
-                self.checkpoints
-                    .clear_degraded(self.view.as_str(), &key)
-                    .await
-                    .map_err(view_err)?;
-            }
-        }
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn isolate(
         &self,
@@ -452,7 +475,7 @@ impl<P: Projection> Projector<P> {
             .await
             .map_err(view_err)?;
         let started = Instant::now();
-        let events = self.decode(batch, cp.offset, &mut stats, true).await?;
+        let (events, replayed) = self.decode(batch, cp.offset, &mut stats, true).await?;
         let newest = events.iter().map(|(_, e)| e.time).max();
         let plan = self
             .projection
@@ -499,7 +522,7 @@ impl<P: Projection> Projector<P> {
                     duplicates: stats.duplicates,
                     ..BatchStats::default()
                 };
-                let events = self
+                let (events, _) = self
                     .decode(batch, cp.offset, &mut BatchStats::default(), false)
                     .await?;
                 self.isolate(
@@ -514,7 +537,7 @@ impl<P: Projection> Projector<P> {
                 .await?;
             }
         }
-        self.clear_replayed(batch, &refused).await?;
+        self.clear_replayed(&replayed, &refused).await?;
         // The batch's rows are durable: reads waiting for it (`?after`)
         // may go on while the checkpoint is saved.
         if live {
