@@ -36,7 +36,7 @@ const STYLES: [&str; 4] = ["sketch", "mosaic", "palette", "painterly"];
 /// A directory holding the exported models named in `styles`.
 fn models(styles: &[&str]) -> Option<PathBuf> {
     let src = PathBuf::from(helpers::real("ATELIER_IT_MODELS")?);
-    let dir = crate::helpers::scratch().join(format!("atelier-models-{}", helpers::unique()));
+    let dir = helpers::scratch().join(format!("atelier-models-{}", helpers::unique()));
     std::fs::create_dir_all(&dir).unwrap();
     for s in styles {
         std::fs::copy(src.join(format!("{s}.pt")), dir.join(format!("{s}.pt")))
@@ -822,8 +822,7 @@ async fn killed_mid_batch_each_upload_commits_exactly_once() {
         t.app.producer.send(e).await.unwrap();
     }
     let ids: Vec<String> = events.iter().map(upload_id).collect();
-    let log =
-        crate::helpers::scratch().join(format!("atelier-infer-kill-{}.log", helpers::unique()));
+    let log = helpers::scratch().join(format!("atelier-infer-kill-{}.log", helpers::unique()));
     eprintln!("worker log: {}", log.display());
 
     // A kill lands between two batches now and then (the last batch's

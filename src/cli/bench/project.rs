@@ -197,16 +197,20 @@ pub(super) async fn run(mut cfg: Config, a: ProjectArgs) -> anyhow::Result<()> {
 }
 
 async fn project(cfg: Config, a: ProjectArgs, run_id: &str) -> anyhow::Result<()> {
-    let mut cluster = None;
     // The embedded log as `atelier up` runs it: journaled, its records
-    // past the cluster's per-partition window read from the journal.
-    let scratch = std::env::temp_dir().join(format!("atelier-bench-project-{run_id}"));
+    // past the cluster's per-partition window read from the journal; in a
+    // directory removed when the run ends, errors included (declared
+    // first: dropped after the cluster that writes it).
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("atelier-bench-project-{run_id}-"))
+        .tempdir()?;
+    let mut cluster = None;
     let brokers = if cfg.kafka.is_embedded() {
         let c = cluster.insert(EmbeddedCluster::start(1)?);
         topics::ensure_embedded(c, &cfg.kafka)?;
         c.make_durable(
             &cfg.kafka,
-            &scratch,
+            scratch.path(),
             crate::bus::journal::JournalOptions::of(&cfg.kafka.journal)
                 .map_err(anyhow::Error::msg)?,
         )?;
@@ -349,6 +353,6 @@ async fn project(cfg: Config, a: ProjectArgs, run_id: &str) -> anyhow::Result<()
     // log its connections refused as errors.
     drop((projector, ctx, producer));
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     super::quiet_when_healthy()
 }
