@@ -449,8 +449,8 @@ impl Aggregate for ItemAggregate {
     fn take_commit(&mut self) -> Option<ItemCommit> {
         ItemAggregate::take_commit(self)
     }
-    fn rows_written(c: &ItemCommit) -> Vec<(&MemberKey, Option<&Member>)> {
-        c.members.iter().map(|(k, m)| (k, m.as_ref())).collect()
+    fn into_rows(c: ItemCommit) -> Vec<(MemberKey, Option<Member>)> {
+        c.members
     }
 }
 

@@ -217,8 +217,9 @@ pub trait Aggregate: Default + Send + 'static {
     fn dirty_rows(&self) -> usize;
     /// Takes what must be written, if anything changed.
     fn take_commit(&mut self) -> Option<Self::Commit>;
-    /// The rows a commit writes (`None`: a deletion), so that a projector
-    /// that knows every row of an aggregate keeps knowing them without
-    /// reading them back.
-    fn rows_written(commit: &Self::Commit) -> Vec<(&Self::Key, Option<&Self::Row>)>;
+    /// The rows a commit wrote (`None`: a deletion), taken from it once it
+    /// is durable, so that a projector that knows every row of an
+    /// aggregate keeps knowing them without reading them back (or copying
+    /// them).
+    fn into_rows(commit: Self::Commit) -> Vec<(Self::Key, Option<Self::Row>)>;
 }

@@ -493,8 +493,8 @@ impl Aggregate for PollAggregate {
     fn take_commit(&mut self) -> Option<PollCommit> {
         PollAggregate::take_commit(self)
     }
-    fn rows_written(c: &PollCommit) -> Vec<(&VoterKey, Option<&Ballot>)> {
-        c.ballots.iter().map(|(k, b)| (k, b.as_ref())).collect()
+    fn into_rows(c: PollCommit) -> Vec<(VoterKey, Option<Ballot>)> {
+        c.ballots
     }
 }
 

@@ -53,18 +53,19 @@ impl<A: Aggregate> KnownRows<A> {
         }
     }
 
-    /// Applies a batch's commits to a known (or newly created) aggregate.
-    fn apply(&mut self, key: (i32, A::Id), commits: &[A::Commit]) {
+    /// Applies a batch's durable commits to a known (or newly created)
+    /// aggregate, moving their rows in.
+    fn apply(&mut self, key: (i32, A::Id), commits: Vec<A::Commit>) {
         let set = self.sets.get_or_insert_mut(key, HashMap::default);
         let before = set.len();
         for c in commits {
-            for (k, r) in A::rows_written(c) {
+            for (k, r) in A::into_rows(c) {
                 match r {
                     Some(r) => {
-                        set.insert(k.clone(), r.clone());
+                        set.insert(k, r);
                     }
                     None => {
-                        set.remove(k);
+                        set.remove(&k);
                     }
                 }
             }
@@ -243,17 +244,30 @@ where
         stats: &mut BatchStats,
         cp: &mut Checkpoint,
     ) -> Result<Plan<A>, ViewError> {
-        let mut groups: Vec<(A::Id, Vec<Positioned>)> = Vec::new();
+        // Each event's group first, then the groups sized to fit: events
+        // are moved once, never again as a group's list grows.
         let mut index: HashMap<A::Id, usize> = HashMap::default();
-        for (pos, event) in events {
-            let Some(id) = A::id_of(&event.data) else {
-                continue;
-            };
-            let i = *index.entry(id).or_insert_with(|| {
-                groups.push((id, Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push((pos, event));
+        let mut sizes: Vec<(A::Id, usize)> = Vec::new();
+        let group_of: Vec<Option<usize>> = events
+            .iter()
+            .map(|(_, event)| {
+                let id = A::id_of(&event.data)?;
+                let i = *index.entry(id).or_insert_with(|| {
+                    sizes.push((id, 0));
+                    sizes.len() - 1
+                });
+                sizes[i].1 += 1;
+                Some(i)
+            })
+            .collect();
+        let mut groups: Vec<(A::Id, Vec<Positioned>)> = sizes
+            .into_iter()
+            .map(|(id, n)| (id, Vec::with_capacity(n)))
+            .collect();
+        for (e, g) in events.into_iter().zip(group_of) {
+            if let Some(i) = g {
+                groups[i].1.push(e);
+            }
         }
         let (aggs, whole) = self.load(partition, &groups).await?;
         let mut plan = Plan {
@@ -331,15 +345,21 @@ where
 
     fn applied(&self, last: Position, plan: Plan<A>, mut announce: Option<Announce<'_>>) {
         let partition = last.partition;
+        let Plan {
+            mut commits,
+            finals,
+            whole,
+            ..
+        } = plan;
         {
             let mut known = self.known.lock();
-            for (id, at) in &plan.whole {
-                let commits = at.map_or(&[][..], |i| &plan.commits[i].1[..]);
-                known.apply((partition, *id), commits);
+            for (id, at) in whole {
+                let mine = at.map_or_else(Vec::new, |i| std::mem::take(&mut commits[i].1));
+                known.apply((partition, id), mine);
             }
         }
         let mut cache = self.cache.lock();
-        for (id, s, changed) in plan.finals {
+        for (id, s, changed) in finals {
             if changed && let Some(a) = announce.as_mut() {
                 a((self.change)(&s), s.position());
             }
