@@ -434,3 +434,106 @@ async fn a_busy_handler_pauses_nothing(b: Backends) {
     assert_eq!(pauses, 0.0, "paused behind a busy handler: {calls:?}");
 }
 both!(a_busy_handler_pauses_nothing);
+
+/// A member that joins a group takes its share without stopping the member
+/// already there: the first gives away exactly the partitions the newcomer
+/// gets, and keeps reading the rest throughout. (Under librdkafka's default
+/// eager protocol it gave every partition away, and got half of them back
+/// only once both had joined again.)
+async fn a_joining_member_moves_only_what_it_takes(b: Backends) {
+    use atelier::bus::{Member, MemberSpec, Offsets, Rebalance, Rebalances};
+    use std::collections::BTreeSet;
+
+    let Some(cfg) = helpers::config(b).await else {
+        return;
+    };
+    let app = App::start(cfg, Roles::NONE).await.unwrap();
+    let spec = MemberSpec {
+        group: format!("{}join", app.config.kafka.namespace),
+        topics: vec![app.producer.topic(Topic::Polls)],
+        offsets: Offsets::Stored,
+        prefetch_kbytes: 64,
+        partition_queues: true,
+        prefetch_records: 10,
+    };
+    let brokers = app.brokers.to_string();
+    // A member's rebalances are served while its main queue is polled.
+    let join = || {
+        let (m, r) = Member::join(&app.config.kafka, &brokers, &spec).unwrap();
+        let m = Arc::new(m);
+        let polled = m.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let _ = polled.recv().await;
+            }
+        });
+        (m, r, task)
+    };
+    // What a member owns, applying its rebalances as they come; every
+    // event is kept.
+    #[derive(Default)]
+    struct Seen {
+        owned: BTreeSet<(String, i32)>,
+        events: Vec<Rebalance>,
+    }
+    async fn next(r: &mut Rebalances, s: &mut Seen) {
+        let ev = r.next().await.expect("the member lives");
+        match &ev {
+            Rebalance::Assigned(tps) => s.owned.extend(tps.iter().cloned()),
+            Rebalance::Revoked(tps) => tps.iter().for_each(|tp| {
+                s.owned.remove(tp);
+            }),
+        }
+        s.events.push(ev);
+    }
+    let (first, mut first_r, first_task) = join();
+    let mut a = Seen::default();
+    tokio::time::timeout(Duration::from_secs(60), next(&mut first_r, &mut a))
+        .await
+        .expect("the first member is assigned partitions in 60 s");
+    let all = a.owned.clone();
+    assert!(all.len() > 1, "the topic has partitions to share: {all:?}");
+    let (second, mut second_r, second_task) = join();
+    let mut b = Seen::default();
+    let settled = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let shared = !b.owned.is_empty()
+                && a.owned.is_disjoint(&b.owned)
+                && a.owned.union(&b.owned).cloned().collect::<BTreeSet<_>>() == all;
+            if shared {
+                return;
+            }
+            tokio::select! {
+                _ = next(&mut first_r, &mut a) => {}
+                _ = next(&mut second_r, &mut b) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "the partitions were not shared in 60 s: first {:?}, second {:?}",
+        a.events,
+        b.events
+    );
+    let given: BTreeSet<_> = a.events[1..]
+        .iter()
+        .flat_map(|e| match e {
+            Rebalance::Revoked(tps) => tps.clone(),
+            // A cooperative round that gives a member nothing new says so.
+            Rebalance::Assigned(tps) if tps.is_empty() => Vec::new(),
+            Rebalance::Assigned(tps) => panic!("the first member was assigned {tps:?} again"),
+        })
+        .collect();
+    assert_eq!(
+        given, b.owned,
+        "the first member gave away exactly what the second took"
+    );
+    for t in [first_task, second_task] {
+        t.abort();
+    }
+    first.leave();
+    second.leave();
+    app.stop().await.unwrap();
+}
+both!(a_joining_member_moves_only_what_it_takes);
