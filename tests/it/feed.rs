@@ -649,7 +649,9 @@ async fn stream_announces_changes_applied_by_other_processes() {
                 json!({"head": format!("P{i}"), "questions": ["a", "b"]}),
             )
             .await;
-        let (s, v) = api.get(&format!("/v1/polls/{poll}?after={tok}")).await;
+        let (s, v) = api
+            .get_applied(&format!("/v1/polls/{poll}?after={tok}"), 60)
+            .await;
         assert_eq!(s, 200, "{v}");
         polls.push(poll);
     }

@@ -212,6 +212,25 @@ impl TestApp {
         self.call(reqwest::Method::GET, path, None, None).await
     }
 
+    /// A read with `?after`, asked again while it answers 503
+    /// `not_yet_applied` (each answer waits `http.max_after_wait_ms`), as
+    /// the contract tells a client, for at most `secs`. For tests whose
+    /// subject is not how soon a view applies: one whose projectors share
+    /// their partitions with another process's may see a rebalance on a
+    /// busy machine.
+    pub async fn get_applied(&self, path: &str, secs: u64) -> (u16, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (s, v) = self.get(path).await;
+            if s != 503
+                || v["error"] != "not_yet_applied"
+                || tokio::time::Instant::now() >= deadline
+            {
+                return (s, v);
+            }
+        }
+    }
+
     /// A read as `user`.
     pub async fn get_as(&self, user: &str, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, Some(user), None)
