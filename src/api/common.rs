@@ -242,6 +242,7 @@ pub(super) async fn wait_applied(st: &AppState, view: View, t: &Token) -> Result
     let mut next_read = Instant::now();
     let topic = st.producer.topic(t.topic);
     loop {
+        let change = st.watermarks.next_change();
         if st
             .watermarks
             .local(&topic, t.partition)
@@ -278,7 +279,7 @@ pub(super) async fn wait_applied(st: &AppState, view: View, t: &Token) -> Result
         }
         let wait = (deadline - now).min(CHECKPOINT_EVERY);
         tokio::select! {
-            _ = st.watermarks.changed() => {}
+            _ = change => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

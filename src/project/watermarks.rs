@@ -44,8 +44,35 @@ impl Watermarks {
             .copied()
     }
 
-    /// Resolves at the next publish (or spuriously; callers re-check).
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// Resolves at the first publish after this call (or spuriously;
+    /// callers re-check). Take it *before* checking the offsets, then await
+    /// it: a publish between the check and the await still wakes the
+    /// caller. (Waiting on a notification taken after the check missed
+    /// such a publish, and a read with `?after` slept out its 50 ms poll.)
+    pub fn next_change(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let mut armed = Box::pin(self.changed.notified());
+        armed.as_mut().enable();
+        armed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Watermarks;
+
+    /// A publish between taking the wake-up and awaiting it wakes the
+    /// waiter (a notification taken when first polled missed it).
+    #[tokio::test]
+    async fn a_publish_after_the_check_still_wakes() {
+        let w = Watermarks::new();
+        let change = w.next_change();
+        assert_eq!(w.local("t", 0), None, "nothing applied yet");
+        w.publish("t", 0, 7);
+        tokio::time::timeout(Duration::from_secs(5), change)
+            .await
+            .expect("the publish woke the waiter");
+        assert_eq!(w.local("t", 0), Some(7));
     }
 }

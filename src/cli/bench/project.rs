@@ -317,6 +317,7 @@ async fn project(cfg: Config, a: ProjectArgs, run_id: &str) -> anyhow::Result<()
         stop.clone(),
     ));
     loop {
+        let change = watermarks.next_change();
         let done = last
             .iter()
             .all(|(p, o)| watermarks.local(&topic, *p).is_some_and(|w| w >= *o));
@@ -325,7 +326,7 @@ async fn project(cfg: Config, a: ProjectArgs, run_id: &str) -> anyhow::Result<()
         }
         anyhow::ensure!(!task.is_finished(), "projector stopped early");
         tokio::select! {
-            _ = watermarks.changed() => {}
+            _ = change => {}
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }

@@ -186,6 +186,12 @@ struct Freshness {
     acked_rate: f64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
+    /// Of the events read back, until this process's projector published
+    /// them as applied (durable in the views): the projector's share of
+    /// "visible".
+    applied_p50_ms: f64,
+    applied_p99_ms: f64,
+    applied_max_ms: f64,
     /// Events read back with `?after`.
     sampled: u64,
     /// Of those, answered 200.
@@ -732,6 +738,7 @@ async fn phase(
 #[derive(Debug, Default)]
 struct FreshTally {
     ack: Mutex<Latencies>,
+    applied: Mutex<Latencies>,
     visible: Mutex<Latencies>,
     read_errors: Mutex<BTreeMap<String, u64>>,
     produce_errors: AtomicU64,
@@ -774,6 +781,7 @@ async fn freshness(
             );
             let sample = n.is_multiple_of(a.sample_every);
             let producer = app.producer.clone();
+            let watermarks = app.watermarks.clone();
             let http = http.clone();
             let base = base.to_owned();
             let tally = tally.clone();
@@ -805,8 +813,32 @@ async fn freshness(
                     "{base}/v1/feed/{item_id}?after={}",
                     Token::from(&at).encode()
                 );
-                match get(&http, &url).await {
-                    Ok(_) => tally.visible.lock().record_us(micros(t0).into()),
+                // Beside the read: when the projector published the like
+                // as applied (it runs in this process).
+                let applied = tokio::time::timeout(VISIBLE_WITHIN, async {
+                    loop {
+                        let change = watermarks.next_change();
+                        if watermarks
+                            .local(&at.topic, at.partition)
+                            .is_some_and(|o| o >= at.offset)
+                        {
+                            return micros(t0);
+                        }
+                        change.await;
+                    }
+                });
+                let read = async {
+                    let r = get(&http, &url).await;
+                    (r, micros(t0))
+                };
+                let (applied_us, (read, visible_us)) = tokio::join!(applied, read);
+                match read {
+                    Ok(_) => {
+                        if let Ok(us) = applied_us {
+                            tally.applied.lock().record_us(us.into());
+                        }
+                        tally.visible.lock().record_us(visible_us.into());
+                    }
                     Err(k) => *tally.read_errors.lock().entry(k).or_default() += 1,
                 }
             });
@@ -819,6 +851,7 @@ async fn freshness(
     let acked_secs = tally.last_ack_us.load(Ordering::Relaxed) as f64 / 1e6;
     let ack = std::mem::take(&mut *tally.ack.lock());
     let vis = std::mem::take(&mut *tally.visible.lock());
+    let applied = std::mem::take(&mut *tally.applied.lock());
     // Every like applied: each partition's last one read back (one read
     // each, taken out below with the sampled read-backs').
     let lasts: Vec<Appended> = tally.last.lock().values().cloned().collect();
@@ -854,6 +887,9 @@ async fn freshness(
         acked_rate: ack.len() as f64 / acked_secs.max(secs),
         ack_p50_ms: ack.quantile_ms(0.5),
         ack_p99_ms: ack.quantile_ms(0.99),
+        applied_p50_ms: applied.quantile_ms(0.5),
+        applied_p99_ms: applied.quantile_ms(0.99),
+        applied_max_ms: applied.max_ms(),
         sampled: tally.sampled.load(Ordering::Relaxed),
         visible: vis.len(),
         read_errors: std::mem::take(&mut *tally.read_errors.lock()),
@@ -944,6 +980,16 @@ fn print_table(r: &Report) {
             f.visible_p99_ms,
             f.visible_p999_ms,
             f.visible_max_ms
+        );
+        println!(
+            "{:<44} {:>9} {:>7} {:>8.2} {:>8.2} {:>8} {:>8.2}",
+            "  of which produce -> applied (projector)",
+            f.visible,
+            "",
+            f.applied_p50_ms,
+            f.applied_p99_ms,
+            "",
+            f.applied_max_ms
         );
         if !f.read_errors.is_empty() {
             println!("    errors: {}", kinds(&f.read_errors));
