@@ -251,6 +251,7 @@ fn bench_reads_leaves_the_configured_data_directory_alone() {
     );
     assert!(ok, "bench reads failed:\n{out}\n{err}");
     assert!(out.contains("produce -> visible"), "{out}");
+    assert!(out.contains("of which produce -> applied"), "{out}");
     let left: Vec<_> = std::fs::read_dir(data.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
