@@ -314,6 +314,9 @@ pub async fn run<H: PartitionHandler + ?Sized>(
     let (caught_tx, mut caught_rx) = mpsc::unbounded_channel::<(Tp, i64, u64)>();
     let (gaps_tx, mut gaps_rx) = mpsc::unbounded_channel::<(Tp, i64)>();
     let mut epochs = 0u64;
+    // Said once: a group this member cannot join because another member
+    // rebalances eagerly.
+    let mut told_protocol = false;
     let parts: Parts = Default::default();
     let sampler_stop = shutdown.child_token();
     let sampler = tokio::spawn(sample_lag(
@@ -458,6 +461,22 @@ pub async fn run<H: PartitionHandler + ?Sized>(
                         record.offset
                     )));
                     break;
+                }
+                Err(e) if e.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::InconsistentGroupProtocol) =>
+                {
+                    if !told_protocol {
+                        told_protocol = true;
+                        tracing::warn!(
+                            group = %spec.group,
+                            "another member of this group rebalances eagerly (an earlier \
+                             release, or another partition.assignment.strategy): this member \
+                             waits, and takes partitions once the last such member leaves \
+                             (see the README's note on upgrading a running group)"
+                        );
+                    } else {
+                        tracing::debug!(group = %spec.group, error = %e, "group protocol refused");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
             },
