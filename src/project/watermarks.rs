@@ -54,6 +54,18 @@ impl Watermarks {
         armed.as_mut().enable();
         armed
     }
+
+    /// Resolves once a local projector reported `offset` (or later) of the
+    /// partition as applied.
+    pub async fn reached(&self, topic: &str, partition: i32, offset: i64) {
+        loop {
+            let change = self.next_change();
+            if self.local(topic, partition).is_some_and(|o| o >= offset) {
+                return;
+            }
+            change.await;
+        }
+    }
 }
 
 #[cfg(test)]
